@@ -1,0 +1,223 @@
+//! Pack objects: many chunks in one immutable object.
+//!
+//! Layout (version 1, all integers little-endian):
+//!
+//! ```text
+//! "STFSPAK1"                                    8-byte magic
+//! repeated: id[32] flags:u8 raw_len:u32 stored_len:u32 data[stored_len]
+//! index:    count:u32, then per chunk id[32] offset:u64 stored_len:u32 raw_len:u32 flags:u8
+//! trailer:  index_offset:u64 index_crc32c:u32 "SPIX"
+//! ```
+//!
+//! `offset` points at the chunk's data, so a chunk is one ranged read. Each
+//! chunk also has its header in line, so a pack can be walked front to back
+//! even if its index is lost; the index lets GC, fsck and recovery read
+//! what a pack holds with one small read of its tail.
+
+use bytes::Bytes;
+
+use super::ChunkId;
+use crate::meta::codec::{Dec, DecodeError, Enc};
+
+const MAGIC: &[u8; 8] = b"STFSPAK1";
+const TRAILER_MAGIC: &[u8; 4] = b"SPIX";
+/// Bytes of the trailer at the end of every pack.
+pub const TRAILER_LEN: u64 = 16;
+const CHUNK_HEADER_LEN: usize = 32 + 1 + 4 + 4;
+const INDEX_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
+
+/// Object key of a pack. The id is random, so its top byte spreads packs
+/// evenly over 256 prefixes.
+pub fn pack_key(id: u64) -> String {
+    format!("packs/{:02x}/{id:016x}", id >> 56)
+}
+
+/// Parses a key made by [`pack_key`].
+pub fn parse_pack_key(key: &str) -> Option<u64> {
+    let rest = key.strip_prefix("packs/")?;
+    let (prefix, name) = rest.split_once('/')?;
+    let id = u64::from_str_radix(name, 16).ok()?;
+    (name.len() == 16 && prefix == format!("{:02x}", id >> 56)).then_some(id)
+}
+
+/// Where one chunk sits inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackIndexEntry {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Offset of the chunk's data in the pack.
+    pub offset: u64,
+    /// Stored length.
+    pub stored_len: u32,
+    /// Plain length.
+    pub raw_len: u32,
+    /// Encoding flags.
+    pub flags: u8,
+}
+
+/// Accumulates chunks into one pack object in memory.
+#[derive(Debug)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    index: Vec<PackIndexEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        PackBuilder::new()
+    }
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> PackBuilder {
+        PackBuilder {
+            buf: MAGIC.to_vec(),
+            index: Vec::new(),
+        }
+    }
+
+    /// Appends a chunk stored plain; returns its index entry.
+    pub fn add(&mut self, id: ChunkId, data: &[u8]) -> PackIndexEntry {
+        let len = data.len() as u32;
+        self.buf.extend_from_slice(&id.0);
+        self.buf.push(0);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        let entry = PackIndexEntry {
+            id,
+            offset: self.buf.len() as u64,
+            stored_len: len,
+            raw_len: len,
+            flags: 0,
+        };
+        self.buf.extend_from_slice(data);
+        self.index.push(entry);
+        entry
+    }
+
+    /// Bytes so far (without index and trailer).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when no chunk was added.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Chunks added so far.
+    pub fn entries(&self) -> &[PackIndexEntry] {
+        &self.index
+    }
+
+    /// Appends index and trailer and returns the object bytes.
+    pub fn finish(mut self) -> Bytes {
+        let index_offset = self.buf.len() as u64;
+        let mut e = Enc::with_capacity(4 + self.index.len() * INDEX_ENTRY_LEN);
+        e.u32(self.index.len() as u32);
+        for x in &self.index {
+            e.raw(&x.id.0).u64(x.offset).u32(x.stored_len).u32(x.raw_len).u8(x.flags);
+        }
+        let index = e.finish();
+        let crc = crc32c::crc32c(&index);
+        self.buf.extend_from_slice(&index);
+        self.buf.extend_from_slice(&index_offset.to_le_bytes());
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(TRAILER_MAGIC);
+        Bytes::from(self.buf)
+    }
+}
+
+/// Reads the trailer (the last [`TRAILER_LEN`] bytes) and returns the index offset.
+pub fn parse_trailer(trailer: &[u8], pack_size: u64) -> Result<(u64, u32), DecodeError> {
+    let mut d = Dec::new(trailer, "pack trailer");
+    let index_offset = d.u64()?;
+    let crc = d.u32()?;
+    if d.raw(4)? != TRAILER_MAGIC {
+        return Err(DecodeError("pack trailer magic missing".into()));
+    }
+    if index_offset < MAGIC.len() as u64 || index_offset + TRAILER_LEN > pack_size {
+        return Err(DecodeError(format!("pack index offset {index_offset} out of range")));
+    }
+    Ok((index_offset, crc))
+}
+
+/// Decodes the index bytes (between index offset and trailer).
+pub fn parse_index(index: &[u8], crc: u32, pack_size: u64) -> Result<Vec<PackIndexEntry>, DecodeError> {
+    if crc32c::crc32c(index) != crc {
+        return Err(DecodeError("pack index checksum mismatch".into()));
+    }
+    let mut d = Dec::new(index, "pack index");
+    let count = d.u32()? as usize;
+    if count.saturating_mul(INDEX_ENTRY_LEN) != d.remaining() {
+        return Err(DecodeError(format!("pack index count {count} disagrees with its length")));
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let e = PackIndexEntry {
+            id: ChunkId(d.array()?),
+            offset: d.u64()?,
+            stored_len: d.u32()?,
+            raw_len: d.u32()?,
+            flags: d.u8()?,
+        };
+        if e.offset < (MAGIC.len() + CHUNK_HEADER_LEN) as u64 || e.offset + e.stored_len as u64 > pack_size {
+            return Err(DecodeError(format!("pack index entry for {} out of range", e.id)));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Decodes the index of a whole pack held in memory.
+pub fn read_index(pack: &[u8]) -> Result<Vec<PackIndexEntry>, DecodeError> {
+    let size = pack.len() as u64;
+    if size < MAGIC.len() as u64 + TRAILER_LEN || &pack[..8] != MAGIC {
+        return Err(DecodeError("not a pack (bad magic or too short)".into()));
+    }
+    let (index_offset, crc) = parse_trailer(&pack[(size - TRAILER_LEN) as usize..], size)?;
+    parse_index(&pack[index_offset as usize..(size - TRAILER_LEN) as usize], crc, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_read_back() {
+        let mut b = PackBuilder::new();
+        let a = b.add(ChunkId::of(b"hello"), b"hello");
+        let c = b.add(ChunkId::of(b"world!"), b"world!");
+        let pack = b.finish();
+        let idx = read_index(&pack).expect("index");
+        assert_eq!(idx, vec![a, c]);
+        let e = idx[1];
+        assert_eq!(&pack[e.offset as usize..(e.offset + e.stored_len as u64) as usize], b"world!");
+    }
+
+    #[test]
+    fn corrupt_packs_are_errors() {
+        let mut b = PackBuilder::new();
+        b.add(ChunkId::of(b"x"), b"x");
+        let pack = b.finish().to_vec();
+        for cut in 0..pack.len() {
+            assert!(read_index(&pack[..cut]).is_err(), "cut {cut}");
+        }
+        let mut flipped = pack.clone();
+        let n = flipped.len();
+        flipped[n - 20] ^= 1;
+        assert!(read_index(&flipped).is_err());
+        assert!(read_index(&[0u8; 64]).is_err());
+    }
+
+    #[test]
+    fn keys_roundtrip() {
+        for id in [0u64, 1, u64::MAX, 0xab00_0000_0000_0001] {
+            let k = pack_key(id);
+            assert_eq!(parse_pack_key(&k), Some(id), "{k}");
+        }
+        assert_eq!(parse_pack_key("packs/00/zz"), None);
+        assert_eq!(parse_pack_key("packs/11/0000000000000001"), None);
+    }
+}

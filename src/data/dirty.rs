@@ -1,0 +1,296 @@
+//! Dirty blocks: the bytes written to a block since it was last flushed, as
+//! non-overlapping pieces that point into the WAL (or read as zeros).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use super::cells::CellData;
+use super::wal::Segment;
+use crate::meta::{BlockRef, Ino, MetaError, MetaRead};
+
+/// Where a piece's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Src {
+    /// Bytes in a WAL segment starting at `pos`.
+    Wal {
+        /// Segment holding the bytes.
+        seg: Arc<Segment>,
+        /// Position of the piece's first byte.
+        pos: u64,
+    },
+    /// Zeros (truncation tail, hole punch).
+    Zero,
+}
+
+/// A run of bytes inside one block.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// Offset inside the block.
+    pub off: u32,
+    /// Length.
+    pub len: u32,
+    /// Byte source.
+    pub src: Src,
+    /// WAL record that wrote it.
+    pub lsn: u64,
+}
+
+impl Piece {
+    fn end(&self) -> u32 {
+        self.off + self.len
+    }
+
+    /// The part of the piece within `[from, to)`, if any.
+    fn clip(&self, from: u32, to: u32) -> Option<Piece> {
+        let a = self.off.max(from);
+        let b = self.end().min(to);
+        if a >= b {
+            return None;
+        }
+        let src = match &self.src {
+            Src::Wal { seg, pos } => Src::Wal {
+                seg: seg.clone(),
+                pos: pos + (a - self.off) as u64,
+            },
+            Src::Zero => Src::Zero,
+        };
+        Some(Piece {
+            off: a,
+            len: b - a,
+            src,
+            lsn: self.lsn,
+        })
+    }
+
+    /// Copies the piece's bytes into `buf`, which holds the block bytes
+    /// starting at block offset `buf_off`. The piece must lie inside it.
+    pub fn copy_into(&self, buf: &mut [u8], buf_off: u32) -> io::Result<()> {
+        let start = (self.off - buf_off) as usize;
+        let dst = &mut buf[start..start + self.len as usize];
+        match &self.src {
+            Src::Wal { seg, pos } => seg.read_at(dst, *pos),
+            Src::Zero => {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The pieces of one block, sorted by offset and not overlapping.
+#[derive(Debug, Clone, Default)]
+pub struct DirtyBlock {
+    pieces: Vec<Piece>,
+}
+
+impl DirtyBlock {
+    /// Adds a piece over whatever was there; returns the change in dirty bytes.
+    pub fn insert(&mut self, p: Piece) -> i64 {
+        if p.len == 0 {
+            return 0;
+        }
+        let before = self.bytes() as i64;
+        let (a, b) = (p.off, p.end());
+        let mut out = Vec::with_capacity(self.pieces.len() + 2);
+        let mut placed = false;
+        for q in self.pieces.drain(..) {
+            if q.end() <= a {
+                out.push(q);
+                continue;
+            }
+            if q.off >= b {
+                if !placed {
+                    out.push(p.clone());
+                    placed = true;
+                }
+                out.push(q);
+                continue;
+            }
+            if let Some(left) = q.clip(q.off, a) {
+                out.push(left);
+            }
+            if !placed {
+                out.push(p.clone());
+                placed = true;
+            }
+            if let Some(right) = q.clip(b, q.end()) {
+                out.push(right);
+            }
+        }
+        if !placed {
+            out.push(p);
+        }
+        self.pieces = out;
+        self.bytes() as i64 - before
+    }
+
+    /// Drops every byte at or after block offset `off`; returns bytes dropped.
+    pub fn truncate(&mut self, off: u32) -> u64 {
+        let before = self.bytes();
+        self.pieces = self.pieces.iter().filter_map(|q| q.clip(q.off, off)).collect();
+        before - self.bytes()
+    }
+
+    /// Removes the pieces written at or below `lsn` (now part of the flushed
+    /// base); returns the bytes removed.
+    pub fn remove_upto(&mut self, lsn: u64) -> u64 {
+        let before = self.bytes();
+        self.pieces.retain(|p| p.lsn > lsn);
+        before - self.bytes()
+    }
+
+    /// Clones of the pieces written at or below `lsn`.
+    pub fn pieces_upto(&self, lsn: u64) -> Vec<Piece> {
+        self.pieces.iter().filter(|p| p.lsn <= lsn).cloned().collect()
+    }
+
+    /// The parts of the pieces inside `[from, to)`.
+    pub fn pieces_in(&self, from: u32, to: u32) -> Vec<Piece> {
+        self.pieces.iter().filter_map(|p| p.clip(from, to)).collect()
+    }
+
+    /// Dirty bytes in the block.
+    pub fn bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len as u64).sum()
+    }
+
+    /// True when no piece is left.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+}
+
+/// True when `pieces` (sorted, non-overlapping) cover all of `[from, to)`.
+pub fn covers(pieces: &[Piece], from: u32, to: u32) -> bool {
+    let mut at = from;
+    for p in pieces {
+        if p.off > at {
+            return false;
+        }
+        at = at.max(p.end());
+        if at >= to {
+            return true;
+        }
+    }
+    at >= to
+}
+
+/// Block number and block-relative span of every block that the byte range
+/// `[off, off+len)` touches.
+pub fn spans(off: u64, len: u64, bs: u32) -> impl Iterator<Item = (u64, u32, u32)> {
+    let bs = bs as u64;
+    let end = off.saturating_add(len);
+    let first = off / bs;
+    let last = if len == 0 { first } else { (end - 1) / bs };
+    (first..=last).filter_map(move |blk| {
+        let s = off.max(blk * bs);
+        let e = end.min((blk + 1) * bs);
+        (s < e).then(|| (blk, (s - blk * bs) as u32, (e - s) as u32))
+    })
+}
+
+/// Marks `[off, off+len)` of an inode as zeros in its dirty blocks (hole
+/// punch, truncation tail). Blocks that are holes already are skipped, and
+/// so are blocks whose flushed content already includes record `lsn`.
+pub fn zero_range(cd: &mut CellData, ino: Ino, bs: u32, off: u64, len: u64, lsn: u64, meta: &dyn MetaRead) -> Result<(), MetaError> {
+    let all: Vec<(u64, u32, u32)> = spans(off, len, bs).collect();
+    let (Some(first), Some(last)) = (all.first(), all.last()) else {
+        return Ok(());
+    };
+    let bases: HashMap<u64, BlockRef> = meta.blocks(ino, first.0..last.0 + 1)?.into_iter().collect();
+    for (blk, boff, blen) in all {
+        let base = bases.get(&blk);
+        if base.is_some_and(|b| b.flushed_lsn >= lsn) || (base.is_none() && !cd.blocks.contains_key(&blk)) {
+            continue;
+        }
+        cd.blocks.entry(blk).or_default().insert(Piece {
+            off: boff,
+            len: blen,
+            src: Src::Zero,
+            lsn,
+        });
+    }
+    Ok(())
+}
+
+/// Drops dirty data at or past byte `size` and zeros the rest of the block
+/// holding `size`, so bytes past the end of a file always read as zeros.
+pub fn truncate_dirty(cd: &mut CellData, ino: Ino, bs: u32, size: u64, lsn: u64, meta: &dyn MetaRead) -> Result<(), MetaError> {
+    let bs64 = bs as u64;
+    cd.generation += 1;
+    let keep = size.div_ceil(bs64);
+    let dropped: Vec<u64> = cd.blocks.range(keep..).map(|(b, _)| *b).collect();
+    for b in dropped {
+        cd.blocks.remove(&b);
+    }
+    if size % bs64 != 0 {
+        if let Some(db) = cd.blocks.get_mut(&(size / bs64)) {
+            db.truncate((size % bs64) as u32);
+        }
+        zero_range(cd, ino, bs, size, bs64 - size % bs64, lsn, meta)?;
+    }
+    Ok(())
+}
+
+/// Drops every dirty block of a deleted inode.
+pub fn drop_dirty(cd: &mut CellData) {
+    cd.generation += 1;
+    cd.blocks.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zero(off: u32, len: u32, lsn: u64) -> Piece {
+        Piece {
+            off,
+            len,
+            src: Src::Zero,
+            lsn,
+        }
+    }
+
+    fn piece_spans(b: &DirtyBlock) -> Vec<(u32, u32, u64)> {
+        b.pieces.iter().map(|p| (p.off, p.len, p.lsn)).collect()
+    }
+
+    #[test]
+    fn overlapping_inserts_split_older_pieces() {
+        let mut b = DirtyBlock::default();
+        assert_eq!(b.insert(zero(0, 100, 1)), 100);
+        assert_eq!(b.insert(zero(40, 20, 2)), 0);
+        assert_eq!(piece_spans(&b), vec![(0, 40, 1), (40, 20, 2), (60, 40, 1)]);
+        assert_eq!(b.insert(zero(90, 20, 3)), 10);
+        assert_eq!(piece_spans(&b), vec![(0, 40, 1), (40, 20, 2), (60, 30, 1), (90, 20, 3)]);
+        assert_eq!(b.insert(zero(0, 200, 4)), 90);
+        assert_eq!(piece_spans(&b), vec![(0, 200, 4)]);
+        b.insert(zero(300, 10, 5));
+        b.insert(zero(250, 10, 6));
+        assert_eq!(piece_spans(&b), vec![(0, 200, 4), (250, 10, 6), (300, 10, 5)]);
+    }
+
+    #[test]
+    fn truncate_and_remove_upto() {
+        let mut b = DirtyBlock::default();
+        b.insert(zero(0, 100, 1));
+        b.insert(zero(200, 100, 2));
+        assert_eq!(b.truncate(250), 50);
+        assert_eq!(piece_spans(&b), vec![(0, 100, 1), (200, 50, 2)]);
+        assert_eq!(b.remove_upto(1), 100);
+        assert_eq!(piece_spans(&b), vec![(200, 50, 2)]);
+        assert_eq!(b.pieces_upto(1).len(), 0);
+        assert_eq!(b.pieces_in(210, 220).len(), 1);
+    }
+
+    #[test]
+    fn coverage() {
+        let p = vec![zero(0, 10, 1), zero(10, 10, 1), zero(25, 5, 1)];
+        assert!(covers(&p, 0, 20));
+        assert!(covers(&p, 5, 15));
+        assert!(!covers(&p, 0, 30));
+        assert!(covers(&p, 26, 30));
+        assert!(!covers(&[], 0, 1));
+    }
+}

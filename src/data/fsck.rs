@@ -1,0 +1,230 @@
+//! fsck: checks that the namespace, the block maps, the chunk index, the
+//! pack table and the pack objects agree with each other, and that every
+//! referenced chunk is present in its pack and hashes to its id.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::{Result, Store};
+use crate::chunk::ChunkId;
+use crate::chunk::pack::{pack_key, parse_pack_key};
+use crate::meta::{ChunkEntry, FileKind, Ino, MetaRead, counter};
+
+/// Findings of one fsck run. Errors are inconsistencies; notes are expected
+/// leftovers (orphan packs after a crash) that GC removes.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FsckReport {
+    /// Inconsistencies found.
+    pub errors: Vec<String>,
+    /// Harmless findings.
+    pub notes: Vec<String>,
+    /// Inodes checked.
+    pub inodes: u64,
+    /// Directory entries checked.
+    pub dirents: u64,
+    /// Block-map entries checked.
+    pub blocks: u64,
+    /// Chunks checked.
+    pub chunks: u64,
+    /// Packs checked.
+    pub packs: u64,
+    /// Chunk bytes read back and verified.
+    pub bytes_verified: u64,
+}
+
+impl FsckReport {
+    /// True when no inconsistency was found.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn error(&mut self, msg: String) {
+        // A damaged store can produce millions of findings; keep the report readable.
+        if self.errors.len() < 1000 {
+            self.errors.push(msg);
+        }
+    }
+}
+
+impl Store {
+    /// Checks everything; with `verify_data`, reads back every chunk.
+    pub fn fsck(&self, verify_data: bool) -> Result<FsckReport> {
+        let _m = self.maintenance.lock();
+        let mut r = FsckReport::default();
+        let rtx = self.meta.read()?;
+
+        // Namespace.
+        let mut kinds: HashMap<Ino, (FileKind, u32)> = HashMap::new();
+        rtx.for_each_inode(&mut |ino, inode| {
+            kinds.insert(ino, (inode.kind, inode.nlink));
+            Ok(())
+        })?;
+        r.inodes = kinds.len() as u64;
+        let mut links: HashMap<Ino, u32> = HashMap::new();
+        let mut subdirs: HashMap<Ino, u32> = HashMap::new();
+        let mut dirent_errors = Vec::new();
+        rtx.for_each_dirent(&mut |parent, name, ent| {
+            let name = String::from_utf8_lossy(name);
+            match kinds.get(&parent) {
+                Some((FileKind::Dir, _)) => {}
+                _ => dirent_errors.push(format!("entry {name:?} lives in {parent}, which is not a directory")),
+            }
+            match kinds.get(&ent.ino) {
+                None => dirent_errors.push(format!("entry {name:?} in {parent} names missing inode {}", ent.ino)),
+                Some((k, _)) if *k != ent.kind => {
+                    dirent_errors.push(format!("entry {name:?} in {parent} has kind {:?}, inode has {k:?}", ent.kind))
+                }
+                _ => {}
+            }
+            *links.entry(ent.ino).or_default() += 1;
+            if ent.kind == FileKind::Dir {
+                *subdirs.entry(parent).or_default() += 1;
+            }
+            Ok(())
+        })?;
+        r.dirents = links.values().map(|v| *v as u64).sum();
+        for e in dirent_errors {
+            r.error(e);
+        }
+        let roots: HashSet<Ino> = rtx.filesystems()?.into_iter().map(|(_, f)| f.root).collect();
+        let orphans: HashSet<Ino> = rtx.orphans()?.into_iter().collect();
+        for root in &roots {
+            if !matches!(kinds.get(root), Some((FileKind::Dir, _))) {
+                r.error(format!("file system root {root} is missing or not a directory"));
+            }
+        }
+        let mut inos: Vec<_> = kinds.iter().collect();
+        inos.sort_by_key(|(i, _)| **i);
+        for (ino, (kind, nlink)) in inos {
+            let named = links.get(ino).copied().unwrap_or(0);
+            let want = if *kind == FileKind::Dir {
+                if roots.contains(ino) || named > 0 {
+                    2 + subdirs.get(ino).copied().unwrap_or(0)
+                } else {
+                    0
+                }
+            } else {
+                named
+            };
+            if *nlink != want {
+                r.error(format!("inode {ino} ({kind:?}) has nlink {nlink}, expected {want}"));
+            }
+            if named == 0 && !roots.contains(ino) && !orphans.contains(ino) {
+                r.error(format!("inode {ino} is not named by any directory and not on the orphan list"));
+            }
+        }
+
+        // Block maps against the chunk index.
+        let mut refs: HashMap<ChunkId, u64> = HashMap::new();
+        let mut logical = 0u64;
+        let mut block_errors = Vec::new();
+        rtx.for_each_block(&mut |ino, blk, b| {
+            if !kinds.contains_key(&ino) {
+                block_errors.push(format!("block {blk} of missing inode {ino}"));
+            }
+            *refs.entry(b.chunk).or_default() += 1;
+            logical += b.len as u64;
+            Ok(())
+        })?;
+        r.blocks = refs.values().sum();
+        for e in block_errors {
+            r.error(e);
+        }
+        let mut chunks: Vec<(ChunkId, ChunkEntry)> = Vec::new();
+        rtx.for_each_chunk(&mut |id, c| {
+            chunks.push((id, c));
+            Ok(())
+        })?;
+        r.chunks = chunks.len() as u64;
+        let packs: HashMap<u64, crate::meta::PackEntry> = rtx.packs()?.into_iter().collect();
+        r.packs = packs.len() as u64;
+        let mut live: HashMap<u64, (u64, u32)> = HashMap::new();
+        let mut stored = 0u64;
+        let indexed: HashSet<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+        for (id, c) in &chunks {
+            let want = refs.get(id).copied().unwrap_or(0);
+            if c.refs != want {
+                r.error(format!("chunk {id} has refcount {}, block maps hold {want}", c.refs));
+            }
+            if !packs.contains_key(&c.pack) {
+                r.error(format!("chunk {id} lives in pack {:016x}, which has no record", c.pack));
+            }
+            let l = live.entry(c.pack).or_default();
+            l.0 += c.stored_len as u64;
+            l.1 += 1;
+            stored += c.stored_len as u64;
+        }
+        for id in refs.keys() {
+            if !indexed.contains(id) {
+                r.error(format!("block maps refer to chunk {id}, which is not in the chunk index"));
+            }
+        }
+        for (id, p) in &packs {
+            let (bytes, count) = live.get(id).copied().unwrap_or((0, 0));
+            if p.live_bytes != bytes || p.live_chunks != count {
+                r.error(format!(
+                    "pack {id:016x} records {} live bytes in {} chunks, the index holds {bytes} in {count}",
+                    p.live_bytes, p.live_chunks
+                ));
+            }
+        }
+        let c_logical = rtx.counter(counter::LOGICAL_BYTES)?;
+        if c_logical != logical {
+            r.error(format!("logical byte counter is {c_logical}, block maps hold {logical}"));
+        }
+        let c_stored = rtx.counter(counter::STORED_BYTES)?;
+        if c_stored != stored {
+            r.error(format!("stored byte counter is {c_stored}, chunk index holds {stored}"));
+        }
+
+        // Pack objects.
+        let listed = self.chunks.backend().list("packs/")?;
+        let present: HashMap<u64, u64> = listed.iter().filter_map(|o| parse_pack_key(&o.key).map(|id| (id, o.size))).collect();
+        let inflight = self.inflight.lock().clone();
+        for (id, p) in &packs {
+            match present.get(id) {
+                None => r.error(format!("pack {id:016x} has a record but no object")),
+                Some(size) if *size != p.size => {
+                    r.error(format!("pack {id:016x} object is {size} bytes, its record says {}", p.size))
+                }
+                _ => {}
+            }
+        }
+        let orphan_count = present.keys().filter(|id| !packs.contains_key(id) && !inflight.contains(id)).count();
+        if orphan_count > 0 {
+            r.notes.push(format!("{orphan_count} orphan pack objects (not referenced; GC deletes them)"));
+        }
+        if verify_data {
+            let mut by_pack: HashMap<u64, Vec<(ChunkId, ChunkEntry)>> = HashMap::new();
+            for (id, c) in chunks {
+                by_pack.entry(c.pack).or_default().push((id, c));
+            }
+            let mut ids: Vec<u64> = by_pack.keys().copied().collect();
+            ids.sort_unstable();
+            for pack in ids {
+                if !present.contains_key(&pack) {
+                    continue;
+                }
+                let bytes = match self.chunks.backend().get(&pack_key(pack)) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        r.error(format!("pack {pack:016x} could not be read: {e}"));
+                        continue;
+                    }
+                };
+                for (id, c) in &by_pack[&pack] {
+                    let range = c.offset as usize..c.offset as usize + c.stored_len as usize;
+                    match bytes.get(range) {
+                        Some(data) if data.len() == c.raw_len as usize && ChunkId::of(data) == *id => {
+                            r.bytes_verified += data.len() as u64;
+                        }
+                        Some(_) => r.error(format!("chunk {id} in pack {pack:016x} fails its hash")),
+                        None => r.error(format!("chunk {id} lies outside pack {pack:016x}")),
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+}

@@ -1,0 +1,427 @@
+//! File data: block maps, the write-back cache (WAL + dirty blocks), the
+//! read cache and the flusher.
+//!
+//! [`Store`] holds the state every file operation shares: the metadata
+//! store, the WAL, the per-inode cells with their dirty blocks, attributes
+//! pending a checkpoint, and the chunk reader. POSIX semantics live above
+//! it, in `vfs`.
+
+pub mod cache;
+pub mod cells;
+pub mod dirty;
+pub mod flusher;
+pub mod fsck;
+pub mod gc;
+pub mod record;
+pub mod wal;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::chunk::ChunkId;
+use crate::meta::{BlockRef, ChunkEntry, Ino, Inode, MetaError, MetaRead, MetaStore, WriteTx};
+
+pub use dirty::{drop_dirty, spans, truncate_dirty, zero_range};
+use cache::{ChunkError, ChunkReader};
+use cells::{CellData, Cells, DirtyClock, Pending};
+use dirty::{Piece, Src, covers};
+use record::Record;
+use wal::{Wal, WalError};
+
+/// Tunables of the data path.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    /// Writers wait while the WAL holds this many bytes.
+    pub max_dirty: u64,
+    /// Dirty data older than this is flushed.
+    pub flush_interval: Duration,
+    /// Metadata is checkpointed at least this often when it changed.
+    pub checkpoint_interval: Duration,
+    /// Target pack size.
+    pub pack_target: usize,
+    /// WAL segment size.
+    pub segment_size: u64,
+    /// How long a writer waits for dirty space; `None`: forever.
+    pub dirty_wait_timeout: Option<Duration>,
+    /// Packs whose live bytes fall under this fraction are repacked by GC.
+    pub repack_threshold: f64,
+    /// Whether the background flusher runs (tests drive it by hand when off).
+    pub background_flush: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            max_dirty: 4 << 30,
+            flush_interval: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_secs(5),
+            pack_target: 32 << 20,
+            segment_size: 64 << 20,
+            dirty_wait_timeout: None,
+            repack_threshold: 0.5,
+            background_flush: true,
+        }
+    }
+}
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// Metadata store failure.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// WAL failure.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Chunk read failure.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// Backend failure outside chunk reads.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    /// Local I/O failure.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Metadata references something that does not exist.
+    #[error("metadata inconsistent: {0}")]
+    Corrupt(String),
+    /// Writers waited longer than the configured dirty-wait timeout.
+    #[error("dirty cache full for longer than {0:?} (backend not keeping up)")]
+    DirtyTimeout(Duration),
+    /// An earlier metadata commit failed; the store refuses changes.
+    #[error("storage stopped after an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+impl DataError {
+    /// True when the failure was a full local disk.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            DataError::Meta(e) => e.is_no_space(),
+            DataError::Wal(e) => e.is_no_space(),
+            DataError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
+/// Result of data-layer calls.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// Counters reported by `storfs status`.
+#[derive(Debug, Default)]
+pub struct DataStats {
+    /// Packs uploaded.
+    pub packs_written: AtomicU64,
+    /// Bytes uploaded in packs.
+    pub bytes_uploaded: AtomicU64,
+    /// Chunks newly stored.
+    pub chunks_written: AtomicU64,
+    /// Blocks whose content was already stored (dedup hits).
+    pub dedup_hits: AtomicU64,
+    /// Blocks that became holes.
+    pub holes: AtomicU64,
+    /// Flush cycles run.
+    pub flush_cycles: AtomicU64,
+    /// Checkpoints made.
+    pub checkpoints: AtomicU64,
+    /// Backend put failures retried by the flusher.
+    pub upload_retries: AtomicU64,
+    /// Writers that had to wait for dirty space.
+    pub write_waits: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FlushCtl {
+    /// Bumped by callers wanting a flush; the flusher answers with `done`.
+    requested: u64,
+    done: u64,
+    shutdown: bool,
+    last_error: Option<String>,
+}
+
+/// Shared state of the data path.
+pub struct Store {
+    /// Metadata store.
+    pub meta: MetaStore,
+    /// Write-ahead log.
+    pub wal: Wal,
+    /// Per-inode cells.
+    pub cells: Cells,
+    /// Attributes changed by writes, not yet checkpointed.
+    pub pending: Pending,
+    /// Chunk reads through the caches.
+    pub chunks: ChunkReader,
+    /// Tunables.
+    pub opts: DataOptions,
+    /// Age of the oldest dirty write.
+    pub clock: DirtyClock,
+    /// Counters.
+    pub stats: DataStats,
+    /// Packs being uploaded and not committed yet (GC must not take them for orphans).
+    pub inflight: Mutex<HashSet<u64>>,
+    /// Serializes GC, repack and fsck.
+    pub maintenance: Mutex<()>,
+    flush: Mutex<FlushCtl>,
+    flush_cv: Condvar,
+    space: Mutex<()>,
+    space_cv: Condvar,
+    poisoned: Mutex<Option<String>>,
+    last_checkpoint: Mutex<(Instant, u64)>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("wal", &self.wal).finish()
+    }
+}
+
+/// What a read needs for one block, gathered under the cell lock.
+struct BlockPlan {
+    blk: u64,
+    base: Option<(BlockRef, ChunkEntry)>,
+    pieces: Vec<Piece>,
+}
+
+impl Store {
+    /// Assembles a store from parts opened (and replayed) by the caller.
+    pub fn new(
+        meta: MetaStore,
+        wal: Wal,
+        cells: Cells,
+        pending: Pending,
+        chunks: ChunkReader,
+        opts: DataOptions,
+    ) -> Store {
+        Store {
+            meta,
+            wal,
+            cells,
+            pending,
+            chunks,
+            opts,
+            clock: DirtyClock::default(),
+            stats: DataStats::default(),
+            inflight: Mutex::new(HashSet::new()),
+            maintenance: Mutex::new(()),
+            flush: Mutex::new(FlushCtl::default()),
+            flush_cv: Condvar::new(),
+            space: Mutex::new(()),
+            space_cv: Condvar::new(),
+            poisoned: Mutex::new(None),
+            last_checkpoint: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Fails if an earlier failure stopped the store.
+    pub fn check_poisoned(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            Some(why) => Err(DataError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops all further changes (a commit failed after its WAL record was
+    /// written, so memory and log disagree until a restart replays the log).
+    pub fn poison(&self, why: String) {
+        tracing::error!(%why, "storage stopped; restart the daemon to recover from the WAL");
+        *self.poisoned.lock() = Some(why);
+    }
+
+    /// Current attributes: pending write changes, else the store.
+    pub fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
+        if let Some(i) = self.pending.get(ino) {
+            return Ok(Some(i));
+        }
+        Ok(self.meta.read()?.inode(ino)?)
+    }
+
+    /// Current attributes as seen inside a write transaction.
+    pub fn inode_in(&self, tx: &WriteTx, ino: Ino) -> Result<Option<Inode>> {
+        if let Some(i) = self.pending.get(ino) {
+            return Ok(Some(i));
+        }
+        Ok(tx.inode(ino)?)
+    }
+
+    /// Reads `len` bytes at `off` of a file whose current size is `size`.
+    pub fn read(&self, ino: Ino, size: u64, block_size: u32, off: u64, len: usize) -> Result<Vec<u8>> {
+        let end = size.min(off.saturating_add(len as u64));
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let bs = block_size as u64;
+        let (first, last) = (off / bs, (end - 1) / bs);
+        let mut attempt = 0;
+        loop {
+            let plan = self.read_plan(ino, first, last, off, end, bs)?;
+            let mut buf = vec![0u8; (end - off) as usize];
+            match self.assemble(&plan, &mut buf, off, bs) {
+                Ok(()) => return Ok(buf),
+                // GC may have moved or dropped a chunk between plan and read.
+                Err(DataError::Chunk(ChunkError::Backend(crate::backend::BackendError::NotFound { .. })))
+                    if attempt < 3 =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_plan(&self, ino: Ino, first: u64, last: u64, off: u64, end: u64, bs: u64) -> Result<Vec<BlockPlan>> {
+        let cell = self.cells.peek(ino);
+        let guard = cell.as_ref().map(|c| c.lock());
+        // The snapshot is taken under the cell lock, and flushes commit under
+        // it too: base and pieces always belong together.
+        let rtx = self.meta.read()?;
+        let bases = rtx.blocks(ino, first..last + 1)?;
+        let mut bases = bases.into_iter().peekable();
+        let mut plan = Vec::with_capacity((last - first + 1) as usize);
+        for blk in first..=last {
+            let blk_start = blk * bs;
+            let from = (off.max(blk_start) - blk_start) as u32;
+            let to = (end.min(blk_start + bs) - blk_start) as u32;
+            let pieces = guard
+                .as_ref()
+                .and_then(|g| g.blocks.get(&blk))
+                .map(|b| b.pieces_in(from, to))
+                .unwrap_or_default();
+            while bases.peek().is_some_and(|(b, _)| *b < blk) {
+                bases.next();
+            }
+            let base = match bases.peek() {
+                Some((b, r)) if *b == blk && !covers(&pieces, from, to) => {
+                    let r = *r;
+                    let entry = rtx.chunk(&r.chunk)?.ok_or_else(|| {
+                        DataError::Corrupt(format!("inode {ino} block {blk} refers to missing chunk {}", r.chunk))
+                    })?;
+                    Some((r, entry))
+                }
+                _ => None,
+            };
+            plan.push(BlockPlan { blk, base, pieces });
+        }
+        Ok(plan)
+    }
+
+    fn assemble(&self, plan: &[BlockPlan], buf: &mut [u8], off: u64, bs: u64) -> Result<()> {
+        for p in plan {
+            let blk_start = p.blk * bs;
+            // Block-relative range this block contributes to the buffer.
+            let from = off.max(blk_start) - blk_start;
+            let to = (off + buf.len() as u64).min(blk_start + bs) - blk_start;
+            let dst_off = (blk_start + from - off) as usize;
+            let dst = &mut buf[dst_off..dst_off + (to - from) as usize];
+            if let Some((r, entry)) = &p.base {
+                let data = self.chunks.get(&r.chunk, entry)?;
+                let have = (data.len() as u64).min(r.len as u64);
+                if from < have {
+                    let n = (have.min(to) - from) as usize;
+                    dst[..n].copy_from_slice(&data[from as usize..from as usize + n]);
+                }
+            }
+            for piece in &p.pieces {
+                piece.copy_into(dst, from as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs a write and adds its pieces to the inode's dirty blocks. The
+    /// caller holds the cell lock and computed the attributes after the
+    /// write. Returns the record's lsn.
+    pub fn log_write(&self, cd: &mut CellData, ino: Ino, after: Inode, rec: &Record, off: u64, data: &[u8]) -> Result<u64> {
+        self.check_poisoned()?;
+        let bs = after.block_size;
+        let a = self.wal.append(rec, data, |a| self.pending.set(ino, after, a.lsn))?;
+        for (blk, boff, blen) in dirty::spans(off, data.len() as u64, bs) {
+            let src_pos = a.data_pos + (blk * bs as u64 + boff as u64 - off);
+            let piece = Piece {
+                off: boff,
+                len: blen,
+                src: Src::Wal {
+                    seg: a.seg.clone(),
+                    pos: src_pos,
+                },
+                lsn: a.lsn,
+            };
+            cd.blocks.entry(blk).or_default().insert(piece);
+        }
+        self.clock.touch();
+        Ok(a.lsn)
+    }
+
+    /// Blocks the caller while the WAL is over the dirty limit.
+    pub fn wait_for_space(&self) -> Result<()> {
+        if self.wal.stats().bytes < self.opts.max_dirty {
+            return Ok(());
+        }
+        self.stats.write_waits.fetch_add(1, Ordering::Relaxed);
+        self.request_flush();
+        let start = Instant::now();
+        let mut g = self.space.lock();
+        while self.wal.stats().bytes >= self.opts.max_dirty {
+            self.check_poisoned()?;
+            if let Some(limit) = self.opts.dirty_wait_timeout
+                && start.elapsed() >= limit
+            {
+                tracing::error!(timeout = ?limit, wal_bytes = self.wal.stats().bytes,
+                    "write failed with EIO: the dirty cache stayed full (is the backend reachable?)");
+                return Err(DataError::DirtyTimeout(limit));
+            }
+            self.space_cv.wait_for(&mut g, Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn notify_space(&self) {
+        let _g = self.space.lock();
+        self.space_cv.notify_all();
+    }
+
+    /// Asks the flusher for a cycle without waiting for it.
+    pub fn request_flush(&self) {
+        let mut f = self.flush.lock();
+        f.requested += 1;
+        self.flush_cv.notify_all();
+    }
+
+    /// Runs a flush cycle and checkpoint and waits until they are done.
+    /// With the background flusher off, runs them on the caller's thread.
+    pub fn flush_and_wait(&self) -> Result<()> {
+        if !self.opts.background_flush {
+            self.flush_cycle()?;
+            return self.checkpoint();
+        }
+        let mut f = self.flush.lock();
+        f.requested += 1;
+        let want = f.requested;
+        self.flush_cv.notify_all();
+        while f.done < want {
+            if f.shutdown {
+                return Err(DataError::Poisoned("flusher stopped".into()));
+            }
+            self.flush_cv.wait(&mut f);
+        }
+        match &f.last_error {
+            Some(e) => Err(DataError::Corrupt(format!("flush failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far durable in the WAL.
+    pub fn sync(&self) -> Result<()> {
+        self.check_poisoned()?;
+        self.wal.sync_all()?;
+        Ok(())
+    }
+
+    /// Chunk id and entry lookups for fsck and GC.
+    pub fn chunk_entry(&self, id: &ChunkId) -> Result<Option<ChunkEntry>> {
+        Ok(self.meta.read()?.chunk(id)?)
+    }
+}

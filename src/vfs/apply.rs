@@ -1,0 +1,441 @@
+//! Applying WAL records. A live operation validates, builds a record,
+//! applies it here, logs it and commits; replay applies the same records
+//! in the same order, so both paths share this code and end in the same
+//! state.
+
+use super::types::{Result, VfsError};
+use crate::chunk::unref_block;
+use crate::data::cells::{Cells, Pending};
+use crate::data::dirty::{Piece, Src};
+use crate::data::record::Record;
+use crate::data::wal::ReplayItem;
+use crate::data::{drop_dirty, spans, truncate_dirty, zero_range};
+use crate::meta::{DirEnt, FileKind, FsRecord, Ino, Inode, MetaRead, WriteTx, counter};
+
+/// What applying a record changed besides the store.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Inodes whose attributes were written (their pending entries are stale).
+    pub touched: Vec<Ino>,
+    /// Inodes deleted.
+    pub purged: Vec<Ino>,
+}
+
+/// Attributes as they stand inside the transaction (pending first).
+pub fn inode_in(pending: &Pending, tx: &WriteTx, ino: Ino) -> Result<Inode> {
+    if let Some(i) = pending.get(ino) {
+        return Ok(i);
+    }
+    tx.inode(ino)?.ok_or(VfsError::NotFound)
+}
+
+fn bump_to(tx: &WriteTx, name: &str, at_least: u64) -> Result<()> {
+    if tx.counter(name)? < at_least {
+        tx.set_counter(name, at_least)?;
+    }
+    Ok(())
+}
+
+/// Deletes an inode with its blocks, xattrs and symlink target.
+pub fn purge_inode(tx: &WriteTx, ino: Ino) -> Result<()> {
+    for (blk, b) in tx.blocks(ino, 0..u64::MAX)? {
+        tx.del_block(ino, blk)?;
+        unref_block(tx, &b)?;
+    }
+    tx.del_all_xattrs(ino)?;
+    tx.del_symlink(ino)?;
+    tx.del_orphan(ino)?;
+    tx.del_inode(ino)?;
+    Ok(())
+}
+
+/// Drops one link of `ino`; deletes it (or lists it as an orphan if still
+/// open) when none is left.
+fn drop_link(pending: &Pending, tx: &WriteTx, ino: Ino, time: crate::meta::Timestamp, purge: bool, out: &mut Outcome) -> Result<()> {
+    let mut inode = inode_in(pending, tx, ino)?;
+    inode.nlink = if inode.kind == FileKind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
+    inode.ctime = time;
+    if inode.nlink == 0 && purge {
+        purge_inode(tx, ino)?;
+        out.purged.push(ino);
+    } else {
+        if inode.nlink == 0 {
+            tx.add_orphan(ino)?;
+        }
+        tx.put_inode(ino, &inode)?;
+        out.touched.push(ino);
+    }
+    Ok(())
+}
+
+fn new_dirent(tx: &WriteTx, parent: Ino, name: &[u8], ino: Ino, kind: FileKind) -> Result<()> {
+    let cookie = tx.next(counter::NEXT_COOKIE)?;
+    tx.put_dirent(parent, name, DirEnt { ino, kind, cookie })?;
+    Ok(())
+}
+
+fn touch_dir(tx: &WriteTx, dir: Ino, time: crate::meta::Timestamp, nlink_delta: i32) -> Result<()> {
+    let mut d = tx.inode(dir)?.ok_or(VfsError::NotFound)?;
+    d.mtime = time;
+    d.ctime = time;
+    d.nlink = d.nlink.saturating_add_signed(nlink_delta);
+    tx.put_inode(dir, &d)?;
+    Ok(())
+}
+
+/// Applies a namespace record to the store.
+pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    match rec {
+        Record::FsCreate {
+            name,
+            fs_id,
+            root,
+            generation,
+            time,
+            block_size,
+        } => {
+            let name = std::str::from_utf8(name).map_err(|_| VfsError::Invalid("file system name"))?;
+            tx.put_filesystem(
+                name,
+                &FsRecord {
+                    id: *fs_id,
+                    root: *root,
+                    created: *time,
+                    block_size: *block_size,
+                    flags: 0,
+                },
+            )?;
+            tx.put_inode(
+                *root,
+                &Inode {
+                    kind: FileKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    nlink: 2,
+                    size: 0,
+                    atime: *time,
+                    mtime: *time,
+                    ctime: *time,
+                    crtime: *time,
+                    rdev: 0,
+                    generation: *generation,
+                    block_size: *block_size,
+                    fs_id: *fs_id,
+                    parent: *root,
+                },
+            )?;
+            bump_to(tx, counter::NEXT_INO, root + 1)?;
+            bump_to(tx, counter::NEXT_GENERATION, generation + 1)?;
+            bump_to(tx, counter::NEXT_FS_ID, *fs_id as u64 + 1)?;
+        }
+        Record::FsDelete { name } => {
+            let name = std::str::from_utf8(name).map_err(|_| VfsError::Invalid("file system name"))?;
+            let fs = tx.filesystem(name)?.ok_or(VfsError::NotFound)?;
+            // Depth-first: every entry is unlinked, every inode whose last
+            // link goes is purged, then the directory itself.
+            let mut stack = vec![fs.root];
+            while let Some(dir) = stack.pop() {
+                loop {
+                    let page = tx.list_dir(dir, 0, 1024)?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    for (n, ent) in page {
+                        tx.del_dirent(dir, &n)?;
+                        if ent.kind == FileKind::Dir {
+                            stack.push(ent.ino);
+                            continue;
+                        }
+                        let mut i = inode_in(pending, tx, ent.ino)?;
+                        i.nlink = i.nlink.saturating_sub(1);
+                        if i.nlink == 0 {
+                            purge_inode(tx, ent.ino)?;
+                            out.purged.push(ent.ino);
+                        } else {
+                            tx.put_inode(ent.ino, &i)?;
+                            out.touched.push(ent.ino);
+                        }
+                    }
+                }
+                purge_inode(tx, dir)?;
+                out.purged.push(dir);
+            }
+            tx.del_filesystem(name)?;
+        }
+        Record::Create {
+            parent,
+            name,
+            ino,
+            generation,
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+            time,
+            target,
+        } => {
+            let p = tx.inode(*parent)?.ok_or(VfsError::NotFound)?;
+            let inode = Inode {
+                kind: *kind,
+                mode: *mode & 0o7777,
+                uid: *uid,
+                gid: *gid,
+                nlink: if *kind == FileKind::Dir { 2 } else { 1 },
+                size: if *kind == FileKind::Symlink { target.len() as u64 } else { 0 },
+                atime: *time,
+                mtime: *time,
+                ctime: *time,
+                crtime: *time,
+                rdev: *rdev,
+                generation: *generation,
+                block_size: p.block_size,
+                fs_id: p.fs_id,
+                parent: if *kind == FileKind::Dir { *parent } else { 0 },
+            };
+            tx.put_inode(*ino, &inode)?;
+            if *kind == FileKind::Symlink {
+                tx.put_symlink(*ino, target)?;
+            }
+            new_dirent(tx, *parent, name, *ino, *kind)?;
+            touch_dir(tx, *parent, *time, if *kind == FileKind::Dir { 1 } else { 0 })?;
+            bump_to(tx, counter::NEXT_INO, ino + 1)?;
+            bump_to(tx, counter::NEXT_GENERATION, generation + 1)?;
+        }
+        Record::Link { ino, parent, name, time } => {
+            let mut inode = inode_in(pending, tx, *ino)?;
+            inode.nlink += 1;
+            inode.ctime = *time;
+            tx.put_inode(*ino, &inode)?;
+            tx.del_orphan(*ino)?;
+            new_dirent(tx, *parent, name, *ino, inode.kind)?;
+            touch_dir(tx, *parent, *time, 0)?;
+            out.touched.push(*ino);
+        }
+        Record::Unlink {
+            parent,
+            name,
+            ino,
+            time,
+            purge,
+        } => {
+            let ent = tx.del_dirent(*parent, name)?.ok_or(VfsError::NotFound)?;
+            if ent.ino != *ino {
+                return Err(VfsError::Raced);
+            }
+            touch_dir(tx, *parent, *time, if ent.kind == FileKind::Dir { -1 } else { 0 })?;
+            drop_link(pending, tx, *ino, *time, *purge, &mut out)?;
+        }
+        Record::Rename {
+            src_parent,
+            src_name,
+            dst_parent,
+            dst_name,
+            time,
+            exchange,
+            replaced,
+        } => {
+            let src = tx.del_dirent(*src_parent, src_name)?.ok_or(VfsError::NotFound)?;
+            let (sp, dp) = (*src_parent, *dst_parent);
+            let dir_delta = |e: &DirEnt| if e.kind == FileKind::Dir && sp != dp { 1 } else { 0 };
+            let mut sp_delta = -dir_delta(&src);
+            let mut dp_delta = dir_delta(&src);
+            if *exchange {
+                let dst = tx.del_dirent(dp, dst_name)?.ok_or(VfsError::NotFound)?;
+                new_dirent(tx, sp, src_name, dst.ino, dst.kind)?;
+                sp_delta += dir_delta(&dst);
+                dp_delta -= dir_delta(&dst);
+                reparent(pending, tx, dst.ino, sp, *time, &mut out)?;
+            } else if let Some((old, purge)) = replaced {
+                let dst = tx.del_dirent(dp, dst_name)?.ok_or(VfsError::NotFound)?;
+                if dst.ino != *old {
+                    return Err(VfsError::Raced);
+                }
+                if dst.kind == FileKind::Dir {
+                    dp_delta -= 1;
+                }
+                drop_link(pending, tx, *old, *time, *purge, &mut out)?;
+            }
+            new_dirent(tx, dp, dst_name, src.ino, src.kind)?;
+            reparent(pending, tx, src.ino, dp, *time, &mut out)?;
+            touch_dir(tx, sp, *time, sp_delta)?;
+            if dp != sp {
+                touch_dir(tx, dp, *time, dp_delta)?;
+            }
+        }
+        Record::SetAttr {
+            ino,
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            ctime,
+        } => {
+            let mut inode = inode_in(pending, tx, *ino)?;
+            if let Some(m) = mode {
+                inode.mode = m & 0o7777;
+            }
+            if let Some(u) = uid {
+                inode.uid = *u;
+            }
+            if let Some(g) = gid {
+                inode.gid = *g;
+            }
+            if let Some(a) = atime {
+                inode.atime = *a;
+            }
+            if let Some(m) = mtime {
+                inode.mtime = *m;
+            }
+            inode.ctime = *ctime;
+            if let Some(s) = size {
+                if *s < inode.size {
+                    let keep = s.div_ceil(inode.block_size as u64);
+                    for (blk, b) in tx.blocks(*ino, keep..u64::MAX)? {
+                        tx.del_block(*ino, blk)?;
+                        unref_block(tx, &b)?;
+                    }
+                }
+                inode.size = *s;
+            }
+            tx.put_inode(*ino, &inode)?;
+            out.touched.push(*ino);
+        }
+        Record::SetXattr { ino, name, value, time } => {
+            let mut inode = inode_in(pending, tx, *ino)?;
+            tx.put_xattr(*ino, name, value)?;
+            inode.ctime = *time;
+            tx.put_inode(*ino, &inode)?;
+            out.touched.push(*ino);
+        }
+        Record::RemoveXattr { ino, name, time } => {
+            let mut inode = inode_in(pending, tx, *ino)?;
+            tx.del_xattr(*ino, name)?;
+            inode.ctime = *time;
+            tx.put_inode(*ino, &inode)?;
+            out.touched.push(*ino);
+        }
+        Record::Purge { ino } => {
+            if tx.inode(*ino)?.is_some() {
+                purge_inode(tx, *ino)?;
+            }
+            tx.del_orphan(*ino)?;
+            out.purged.push(*ino);
+        }
+        Record::Write { .. } | Record::Zero { .. } => {
+            return Err(VfsError::Invalid("data records are not namespace changes"));
+        }
+    }
+    Ok(out)
+}
+
+/// A moved inode gets a new ctime; a moved directory a new parent.
+fn reparent(pending: &Pending, tx: &WriteTx, ino: Ino, parent: Ino, time: crate::meta::Timestamp, out: &mut Outcome) -> Result<()> {
+    let mut inode = inode_in(pending, tx, ino)?;
+    inode.ctime = time;
+    if inode.kind == FileKind::Dir {
+        inode.parent = parent;
+    }
+    tx.put_inode(ino, &inode)?;
+    out.touched.push(ino);
+    Ok(())
+}
+
+/// Replays one WAL record onto a store whose last checkpoint covered
+/// `applied` (records at or below it are in the store already; only their
+/// effects on dirty blocks are rebuilt).
+pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item: &ReplayItem<'_>) -> Result<()> {
+    let lsn = item.lsn;
+    match &item.record {
+        Record::Write {
+            ino,
+            offset,
+            len,
+            time,
+            mode,
+        } => {
+            // A write to an inode deleted later in the log: nothing to rebuild.
+            let Ok(mut inode) = inode_in(pending, tx, *ino) else {
+                return Ok(());
+            };
+            if lsn > applied {
+                inode.size = inode.size.max(offset + *len as u64);
+                inode.mtime = *time;
+                inode.ctime = *time;
+                if let Some(m) = mode {
+                    inode.mode = *m;
+                }
+                pending.set(*ino, inode.clone(), lsn);
+            }
+            let cell = cells.get(*ino);
+            let mut cd = cell.lock();
+            for (blk, boff, blen) in spans(*offset, *len as u64, inode.block_size) {
+                let flushed = tx.block(*ino, blk)?.map_or(0, |b| b.flushed_lsn);
+                if lsn <= flushed {
+                    continue;
+                }
+                let pos = item.data_pos + (blk * inode.block_size as u64 + boff as u64 - offset);
+                cd.blocks.entry(blk).or_default().insert(Piece {
+                    off: boff,
+                    len: blen,
+                    src: Src::Wal {
+                        seg: item.seg.clone(),
+                        pos,
+                    },
+                    lsn,
+                });
+            }
+        }
+        Record::Zero { ino, offset, len, time } => {
+            let Ok(mut inode) = inode_in(pending, tx, *ino) else {
+                return Ok(());
+            };
+            if lsn > applied {
+                inode.mtime = *time;
+                inode.ctime = *time;
+                pending.set(*ino, inode.clone(), lsn);
+            }
+            let cell = cells.get(*ino);
+            zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, tx)?;
+        }
+        rec => {
+            if lsn > applied {
+                let out = apply_meta(pending, tx, rec)?;
+                for ino in out.touched.iter().chain(&out.purged) {
+                    pending.remove(*ino);
+                }
+            }
+            rebuild_cells(pending, cells, tx, rec, lsn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Effects of a namespace record on dirty blocks.
+fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, lsn: u64) -> Result<()> {
+    let purge = |ino: Ino| {
+        pending.remove(ino);
+        if let Some(cell) = cells.peek(ino) {
+            drop_dirty(&mut cell.lock());
+        }
+    };
+    match rec {
+        Record::Unlink { ino, purge: true, .. } | Record::Purge { ino } => purge(*ino),
+        Record::Rename {
+            replaced: Some((ino, true)),
+            ..
+        } => purge(*ino),
+        Record::SetAttr { ino, size: Some(size), .. } => {
+            if let Some(inode) = tx.inode(*ino)? {
+                let cell = cells.get(*ino);
+                truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, tx)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

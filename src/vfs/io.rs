@@ -1,0 +1,141 @@
+//! File data: open/release, read, write, zeroing, fsync.
+
+use super::perm::{self, R, W};
+use super::types::MAX_FILE_SIZE;
+use super::{Attr, Creds, OpenMode, Result, Vfs, VfsError};
+use crate::data::record::{Record, WRITE_MAX};
+use crate::data::zero_range;
+use crate::meta::{FileKind, Ino, Timestamp};
+
+impl Vfs {
+    /// Checks access for an open and counts the handle; an unlinked inode
+    /// lives until its last handle is released.
+    pub fn open_file(&self, creds: &Creds, ino: Ino, mode: OpenMode) -> Result<Attr> {
+        let a = self.getattr(ino)?;
+        if a.inode.kind == FileKind::Dir && mode.write {
+            return Err(VfsError::IsDir);
+        }
+        let mut want = 0;
+        if mode.read {
+            want |= R;
+        }
+        if mode.write {
+            want |= W;
+        }
+        perm::check(creds, &a.inode, want)?;
+        self.store.cells.get(ino).lock().open += 1;
+        Ok(a)
+    }
+
+    /// Releases a handle from [`Vfs::open_file`].
+    pub fn release(&self, ino: Ino) -> Result<()> {
+        let last = {
+            let cell = self.store.cells.get(ino);
+            let mut cd = cell.lock();
+            cd.open = cd.open.saturating_sub(1);
+            cd.open == 0
+        };
+        if last && self.store.inode(ino)?.is_some_and(|i| i.nlink == 0) {
+            self.purge_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `off`; short at end of file.
+    pub fn read(&self, ino: Ino, off: u64, len: usize) -> Result<Vec<u8>> {
+        let a = self.getattr(ino)?;
+        match a.inode.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid("read of a special file")),
+        }
+        Ok(self.store.read(ino, a.inode.size, a.inode.block_size, off, len)?)
+    }
+
+    /// Writes `data` at `off`; returns the bytes written (all of them).
+    pub fn write(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8]) -> Result<u32> {
+        let end = off.checked_add(data.len() as u64).ok_or(VfsError::TooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(VfsError::TooBig);
+        }
+        for (i, part) in data.chunks(WRITE_MAX).enumerate() {
+            self.write_part(creds, ino, off + (i * WRITE_MAX) as u64, part)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn write_part(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.store.wait_for_space()?;
+        let cell = self.store.cells.get(ino);
+        let mut cd = cell.lock();
+        let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
+        match inode.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid("write to a special file")),
+        }
+        // A write by anyone but root drops set-uid, and set-gid when the
+        // group may execute (as Linux's file_remove_privs).
+        let mut kill = 0;
+        if !creds.is_root() {
+            kill = inode.mode & libc::S_ISUID;
+            if inode.mode & 0o010 != 0 {
+                kill |= inode.mode & libc::S_ISGID;
+            }
+        }
+        let now = Timestamp::now();
+        let mut after = inode;
+        after.size = after.size.max(off + data.len() as u64);
+        after.mtime = now;
+        after.ctime = now;
+        let mode = (kill != 0).then(|| after.mode & !kill);
+        if let Some(m) = mode {
+            after.mode = m;
+        }
+        let rec = Record::Write {
+            ino,
+            offset: off,
+            len: data.len() as u32,
+            time: now,
+            mode,
+        };
+        self.store.log_write(&mut cd, ino, after, &rec, off, data)?;
+        Ok(())
+    }
+
+    /// Makes `[off, off+len)` read as zeros without changing the size
+    /// (hole punch; the freed blocks become holes at the next flush).
+    pub fn zero(&self, ino: Ino, off: u64, len: u64) -> Result<()> {
+        self.store.check_poisoned()?;
+        let cell = self.store.cells.get(ino);
+        let mut cd = cell.lock();
+        let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
+        match inode.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid("zeroing a special file")),
+        }
+        // Past the end of the file is zeros already.
+        let len = len.min(inode.size.saturating_sub(off));
+        if len == 0 {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let mut after = inode.clone();
+        after.mtime = now;
+        after.ctime = now;
+        let rec = Record::Zero {
+            ino,
+            offset: off,
+            len,
+            time: now,
+        };
+        let a = self.store.wal.append(&rec, &[], |a| self.store.pending.set(ino, after, a.lsn))?;
+        zero_range(&mut cd, ino, inode.block_size, off, len, a.lsn, &self.store.meta.read()?)?;
+        self.store.clock.touch();
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! The POSIX core every frontend calls: file systems, inodes, names,
+//! permissions, data. No protocol type appears here; FUSE, NFS and NBD
+//! adapters translate their requests into these calls and map
+//! [`VfsError`] to their own error codes.
+//!
+//! Every change follows one path ([`Vfs::change`] for the namespace,
+//! `Store::log_write` for data): lock the inode cells involved, open the
+//! metadata write transaction, validate, build a [`Record`] with every
+//! decision made, apply it, append it to the WAL, commit. Replay after a
+//! crash runs the same `apply` on the same records.
+
+pub mod apply;
+mod attr;
+mod fs;
+mod io;
+mod namespace;
+pub mod perm;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::backend::ObjectBackend;
+use crate::data::cache::ChunkReader;
+use crate::data::cells::{CellData, Cells, Pending};
+use crate::data::record::Record;
+use crate::data::wal::{Wal, WalError};
+use crate::data::{DataOptions, Store, drop_dirty, truncate_dirty};
+use crate::meta::{Ino, MetaRead, MetaStore, NAME_MAX, WriteTx, counter};
+pub use fs::FsInfo;
+pub use types::*;
+
+/// How to open a [`Vfs`].
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// State directory: metadata store, WAL, disk cache.
+    pub state_dir: PathBuf,
+    /// Where packs live.
+    pub backend: Arc<dyn ObjectBackend>,
+    /// Memory cache size in bytes.
+    pub mem_cache: u64,
+    /// Disk cache size in bytes (0: none).
+    pub disk_cache: u64,
+    /// Data path tunables.
+    pub data: DataOptions,
+    /// Block size of new file systems.
+    pub block_size: u32,
+    /// Directory whose file system statfs reports free space of (the local
+    /// backend's disk); `None` reports a practically unlimited store.
+    pub space_probe: Option<PathBuf>,
+}
+
+/// The file system core.
+pub struct Vfs {
+    store: Arc<Store>,
+    block_size: u32,
+    space_probe: Option<PathBuf>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs").field("store", &self.store).finish()
+    }
+}
+
+/// The inode cells a change holds locked, by inode.
+pub(crate) struct Locked<'a> {
+    guards: Vec<(Ino, MutexGuard<'a, CellData>)>,
+}
+
+impl Locked<'_> {
+    /// Open handles of a locked inode (0 if not locked).
+    pub(crate) fn open_count(&self, ino: Ino) -> u32 {
+        self.guards.iter().find(|(i, _)| *i == ino).map_or(0, |(_, g)| g.open)
+    }
+
+    fn get_mut(&mut self, ino: Ino) -> Option<&mut CellData> {
+        self.guards.iter_mut().find(|(i, _)| *i == ino).map(|(_, g)| &mut **g)
+    }
+}
+
+/// Checks a single path component.
+pub(crate) fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(VfsError::Invalid("bad file name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(VfsError::NameTooLong);
+    }
+    Ok(())
+}
+
+impl Vfs {
+    /// Opens the state directory, replays the WAL, and starts the flusher.
+    pub fn open(opts: VfsOptions) -> Result<Arc<Vfs>> {
+        std::fs::create_dir_all(&opts.state_dir).map_err(|e| VfsError::Io(e.into()))?;
+        let meta = MetaStore::open(&opts.state_dir.join("meta.redb"))?;
+        let cells = Cells::default();
+        let pending = Pending::default();
+        let applied = meta.read()?.counter(counter::APPLIED_LSN)?;
+        let mut replay_tx: Option<WriteTx> = None;
+        let mut replayed = 0u64;
+        let wal = Wal::open(&opts.state_dir.join("wal"), opts.data.segment_size, applied + 1, |item| {
+            let fail = |reason: String| WalError::Replay { lsn: item.lsn, reason };
+            if replay_tx.is_none() {
+                replay_tx = Some(meta.write().map_err(|e| fail(e.to_string()))?);
+            }
+            if let Some(tx) = &replay_tx {
+                apply::replay(&pending, &cells, tx, applied, &item).map_err(|e| fail(e.to_string()))?;
+            }
+            replayed += 1;
+            if replayed % 10_000 == 0
+                && let Some(tx) = replay_tx.take()
+            {
+                tx.commit().map_err(|e| fail(e.to_string()))?;
+            }
+            Ok(())
+        })?;
+        if let Some(tx) = replay_tx {
+            tx.commit()?;
+        }
+        let disk = (opts.disk_cache > 0).then(|| (opts.state_dir.join("cache"), opts.disk_cache));
+        let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk).map_err(|e| VfsError::Io(e.into()))?;
+        let background = opts.data.background_flush;
+        let store = Arc::new(Store::new(meta, wal, cells, pending, chunks, opts.data));
+        let vfs = Arc::new(Vfs {
+            store,
+            block_size: opts.block_size,
+            space_probe: opts.space_probe,
+            flusher: Mutex::new(None),
+        });
+        if replayed > 0 {
+            tracing::info!(records = replayed, from_lsn = applied + 1, "replayed write-ahead log");
+        }
+        // Nothing is open after a restart: unlinked-but-open files go now.
+        for ino in vfs.store.meta.read()?.orphans()? {
+            vfs.purge_if_unused(ino)?;
+        }
+        vfs.store.checkpoint()?;
+        if background {
+            let h = crate::data::flusher::spawn(vfs.store.clone()).map_err(|e| VfsError::Io(e.into()))?;
+            *vfs.flusher.lock() = Some(h);
+        }
+        Ok(vfs)
+    }
+
+    /// The data store below (status, GC, fsck).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Flushes everything and stops the flusher. Data not flushed because
+    /// the backend is unreachable stays in the WAL for the next start.
+    pub fn shutdown(&self) {
+        let handle = self.flusher.lock().take();
+        match handle {
+            Some(h) => {
+                self.store.stop_flusher();
+                let _ = h.join();
+            }
+            None => {
+                if let Err(e) = self.store.flush_cycle().and_then(|()| self.store.checkpoint()) {
+                    tracing::warn!(error = %e, "final flush failed; data stays in the WAL");
+                }
+            }
+        }
+    }
+
+    /// Makes every change so far durable (fsync, syncfs).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.store.sync()?)
+    }
+
+    /// Flushes dirty data into packs and checkpoints the metadata.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.store.flush_and_wait()?)
+    }
+
+    /// Runs a namespace change. `prepare` validates against the open
+    /// transaction (with the cells of `lock` held) and returns the record to
+    /// apply, or `None` for a no-op.
+    pub(crate) fn change(
+        &self,
+        lock: &[Ino],
+        prepare: impl FnOnce(&WriteTx, &Locked<'_>) -> Result<Option<Record>>,
+    ) -> Result<Option<apply::Outcome>> {
+        self.store.check_poisoned()?;
+        let cells = self.store.cells.get_sorted(lock);
+        let mut locked = Locked {
+            guards: cells.iter().map(|c| (c.ino, c.lock())).collect(),
+        };
+        let tx = self.store.meta.write()?;
+        let Some(rec) = prepare(&tx, &locked)? else {
+            return Ok(None);
+        };
+        let out = apply::apply_meta(&self.store.pending, &tx, &rec)?;
+        let appended = self.store.wal.append(&rec, &[], |_| {})?;
+        if let Err(e) = tx.commit() {
+            self.store.poison(format!("metadata commit of WAL record {} failed: {e}", appended.lsn));
+            return Err(e.into());
+        }
+        for ino in out.touched.iter().chain(&out.purged) {
+            self.store.pending.remove(*ino);
+        }
+        for ino in &out.purged {
+            if let Some(cd) = locked.get_mut(*ino) {
+                drop_dirty(cd);
+            } else if let Some(cell) = self.store.cells.peek(*ino) {
+                // Inodes of a deleted file system tree: nobody holds them.
+                drop_dirty(&mut cell.lock());
+            }
+        }
+        if let Record::SetAttr {
+            ino, size: Some(size), ..
+        } = &rec
+            && let Some(cd) = locked.get_mut(*ino)
+            && let Some(inode) = self.store.meta.read()?.inode(*ino)?
+        {
+            truncate_dirty(cd, *ino, inode.block_size, *size, appended.lsn, &self.store.meta.read()?)?;
+            self.store.clock.touch();
+        }
+        Ok(Some(out))
+    }
+
+    /// Deletes an inode that has no links left and no open handles.
+    pub(crate) fn purge_if_unused(&self, ino: Ino) -> Result<()> {
+        self.change(&[ino], |tx, locked| {
+            if locked.open_count(ino) > 0 {
+                return Ok(None);
+            }
+            match tx.inode(ino)? {
+                Some(i) if i.nlink == 0 => Ok(Some(Record::Purge { ino })),
+                None if tx.orphans()?.contains(&ino) => Ok(Some(Record::Purge { ino })),
+                _ => Ok(None),
+            }
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
