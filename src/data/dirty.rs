@@ -19,8 +19,12 @@ pub enum Src {
         /// Position of the piece's first byte.
         pos: u64,
     },
-    /// Zeros (truncation tail, hole punch).
-    Zero,
+    /// Zeros (truncation tail, hole punch). Holds the segment of the record
+    /// that zeroed the range, so the log keeps it until the zeros are flushed.
+    Zero {
+        /// Segment holding the zeroing record.
+        seg: Arc<Segment>,
+    },
 }
 
 /// A run of bytes inside one block.
@@ -53,7 +57,7 @@ impl Piece {
                 seg: seg.clone(),
                 pos: pos + (a - self.off) as u64,
             },
-            Src::Zero => Src::Zero,
+            Src::Zero { seg } => Src::Zero { seg: seg.clone() },
         };
         Some(Piece {
             off: a,
@@ -70,7 +74,7 @@ impl Piece {
         let dst = &mut buf[start..start + self.len as usize];
         match &self.src {
             Src::Wal { seg, pos } => seg.read_at(dst, *pos),
-            Src::Zero => {
+            Src::Zero { .. } => {
                 dst.fill(0);
                 Ok(())
             }
@@ -193,7 +197,17 @@ pub fn spans(off: u64, len: u64, bs: u32) -> impl Iterator<Item = (u64, u32, u32
 /// Marks `[off, off+len)` of an inode as zeros in its dirty blocks (hole
 /// punch, truncation tail). Blocks that are holes already are skipped, and
 /// so are blocks whose flushed content already includes record `lsn`.
-pub fn zero_range(cd: &mut CellData, ino: Ino, bs: u32, off: u64, len: u64, lsn: u64, meta: &dyn MetaRead) -> Result<(), MetaError> {
+#[allow(clippy::too_many_arguments)]
+pub fn zero_range(
+    cd: &mut CellData,
+    ino: Ino,
+    bs: u32,
+    off: u64,
+    len: u64,
+    lsn: u64,
+    seg: &Arc<Segment>,
+    meta: &dyn MetaRead,
+) -> Result<(), MetaError> {
     let all: Vec<(u64, u32, u32)> = spans(off, len, bs).collect();
     let (Some(first), Some(last)) = (all.first(), all.last()) else {
         return Ok(());
@@ -207,7 +221,7 @@ pub fn zero_range(cd: &mut CellData, ino: Ino, bs: u32, off: u64, len: u64, lsn:
         cd.blocks.entry(blk).or_default().insert(Piece {
             off: boff,
             len: blen,
-            src: Src::Zero,
+            src: Src::Zero { seg: seg.clone() },
             lsn,
         });
     }
@@ -216,7 +230,16 @@ pub fn zero_range(cd: &mut CellData, ino: Ino, bs: u32, off: u64, len: u64, lsn:
 
 /// Drops dirty data at or past byte `size` and zeros the rest of the block
 /// holding `size`, so bytes past the end of a file always read as zeros.
-pub fn truncate_dirty(cd: &mut CellData, ino: Ino, bs: u32, size: u64, lsn: u64, meta: &dyn MetaRead) -> Result<(), MetaError> {
+#[allow(clippy::too_many_arguments)]
+pub fn truncate_dirty(
+    cd: &mut CellData,
+    ino: Ino,
+    bs: u32,
+    size: u64,
+    lsn: u64,
+    seg: &Arc<Segment>,
+    meta: &dyn MetaRead,
+) -> Result<(), MetaError> {
     let bs64 = bs as u64;
     cd.generation += 1;
     let keep = size.div_ceil(bs64);
@@ -228,7 +251,7 @@ pub fn truncate_dirty(cd: &mut CellData, ino: Ino, bs: u32, size: u64, lsn: u64,
         if let Some(db) = cd.blocks.get_mut(&(size / bs64)) {
             db.truncate((size % bs64) as u32);
         }
-        zero_range(cd, ino, bs, size, bs64 - size % bs64, lsn, meta)?;
+        zero_range(cd, ino, bs, size, bs64 - size % bs64, lsn, seg, meta)?;
     }
     Ok(())
 }
@@ -247,7 +270,9 @@ mod tests {
         Piece {
             off,
             len,
-            src: Src::Zero,
+            src: Src::Zero {
+                seg: Segment::for_tests(),
+            },
             lsn,
         }
     }

@@ -84,6 +84,20 @@ impl Segment {
         self.synced_len.load(Ordering::Acquire)
     }
 
+    /// A segment over /dev/null, for tests of structures that hold segments.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Segment> {
+        Arc::new(Segment {
+            seq: 0,
+            path: PathBuf::from("/dev/null"),
+            file: File::open("/dev/null").expect("/dev/null"),
+            first_lsn: 1,
+            last_lsn: AtomicU64::new(0),
+            len: AtomicU64::new(0),
+            synced_len: AtomicU64::new(0),
+        })
+    }
+
     fn has_records(&self) -> bool {
         self.last_lsn.load(Ordering::Acquire) >= self.first_lsn
     }

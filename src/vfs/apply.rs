@@ -8,7 +8,8 @@ use crate::chunk::unref_block;
 use crate::data::cells::{Cells, Pending};
 use crate::data::dirty::{Piece, Src};
 use crate::data::record::Record;
-use crate::data::wal::ReplayItem;
+use crate::data::wal::{ReplayItem, Segment};
+use std::sync::Arc;
 use crate::data::{drop_dirty, spans, truncate_dirty, zero_range};
 use crate::meta::{DirEnt, FileKind, FsRecord, Ino, Inode, MetaRead, WriteTx, counter};
 
@@ -260,8 +261,10 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             }
             new_dirent(tx, dp, dst_name, src.ino, src.kind)?;
             reparent(pending, tx, src.ino, dp, *time, &mut out)?;
-            touch_dir(tx, sp, *time, sp_delta)?;
-            if dp != sp {
+            if dp == sp {
+                touch_dir(tx, sp, *time, sp_delta + dp_delta)?;
+            } else {
+                touch_dir(tx, sp, *time, sp_delta)?;
                 touch_dir(tx, dp, *time, dp_delta)?;
             }
         }
@@ -400,7 +403,7 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                 pending.set(*ino, inode.clone(), lsn);
             }
             let cell = cells.get(*ino);
-            zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, tx)?;
+            zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, item.seg, tx)?;
         }
         rec => {
             if lsn > applied {
@@ -409,14 +412,14 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                     pending.remove(*ino);
                 }
             }
-            rebuild_cells(pending, cells, tx, rec, lsn)?;
+            rebuild_cells(pending, cells, tx, rec, lsn, item.seg)?;
         }
     }
     Ok(())
 }
 
 /// Effects of a namespace record on dirty blocks.
-fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, lsn: u64) -> Result<()> {
+fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, lsn: u64, seg: &Arc<Segment>) -> Result<()> {
     let purge = |ino: Ino| {
         pending.remove(ino);
         if let Some(cell) = cells.peek(ino) {
@@ -432,7 +435,7 @@ fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, l
         Record::SetAttr { ino, size: Some(size), .. } => {
             if let Some(inode) = tx.inode(*ino)? {
                 let cell = cells.get(*ino);
-                truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, tx)?;
+                truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, seg, tx)?;
             }
         }
         _ => {}

@@ -134,7 +134,7 @@ impl Vfs {
             time: now,
         };
         let a = self.store.wal.append(&rec, &[], |a| self.store.pending.set(ino, after, a.lsn))?;
-        zero_range(&mut cd, ino, inode.block_size, off, len, a.lsn, &self.store.meta.read()?)?;
+        zero_range(&mut cd, ino, inode.block_size, off, len, a.lsn, &a.seg, &self.store.meta.read()?)?;
         self.store.clock.touch();
         Ok(())
     }

@@ -220,10 +220,28 @@ impl Vfs {
             && let Some(cd) = locked.get_mut(*ino)
             && let Some(inode) = self.store.meta.read()?.inode(*ino)?
         {
-            truncate_dirty(cd, *ino, inode.block_size, *size, appended.lsn, &self.store.meta.read()?)?;
+            truncate_dirty(cd, *ino, inode.block_size, *size, appended.lsn, &appended.seg, &self.store.meta.read()?)?;
             self.store.clock.touch();
         }
         Ok(Some(out))
+    }
+
+    /// Copies the state directory to `dest` as a power cut at this moment
+    /// would leave it: WAL segments cut to their synced length, the metadata
+    /// store as of its last durable commit, no cache. For crash tests; call
+    /// it while no operation is running.
+    pub fn crash_image(&self, state_dir: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dest.join("wal"))?;
+        // redb writes pages only at durable commits, so the file on disk is
+        // exactly the last checkpoint.
+        std::fs::copy(state_dir.join("meta.redb"), dest.join("meta.redb"))?;
+        for (path, len) in self.store.wal.synced_lengths() {
+            let Some(name) = path.file_name() else { continue };
+            let mut data = std::fs::read(&path)?;
+            data.truncate(len as usize);
+            std::fs::write(dest.join("wal").join(name), data)?;
+        }
+        Ok(())
     }
 
     /// Deletes an inode that has no links left and no open handles.

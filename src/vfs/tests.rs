@@ -1,1 +1,426 @@
+//! Vfs semantics, in process, with the flusher driven by hand.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::backend::memory::MemoryBackend;
+use crate::backend::ObjectBackend;
+use crate::meta::FileKind;
+
+const BS: u32 = 4096;
+
+struct Env {
+    dir: tempfile::TempDir,
+    backend: Arc<dyn ObjectBackend>,
+    vfs: Arc<Vfs>,
+}
+
+fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
+    VfsOptions {
+        state_dir: state.to_path_buf(),
+        backend,
+        mem_cache: 1 << 20,
+        disk_cache: 0,
+        data: crate::data::DataOptions {
+            background_flush: false,
+            pack_target: 64 << 10,
+            segment_size: 256 << 10,
+            ..Default::default()
+        },
+        block_size: BS,
+        space_probe: None,
+    }
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend: Arc<dyn ObjectBackend> = Arc::new(MemoryBackend::new());
+        let vfs = Vfs::open(options(&dir.path().join("s"), backend.clone())).expect("open");
+        vfs.create_filesystem("default").expect("mkfs");
+        Env { dir, backend, vfs }
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("s")
+    }
+
+    fn root(&self) -> Ino {
+        self.vfs.filesystem("default").expect("fs").root
+    }
+
+    /// Clean restart.
+    fn reopen(&mut self) {
+        self.vfs.shutdown();
+        // The old instance must be gone (it holds the database lock) before
+        // the new one opens; a scratch instance stands in meanwhile.
+        let scratch = Vfs::open(options(&self.dir.path().join("scratch"), self.backend.clone())).expect("scratch");
+        drop(std::mem::replace(&mut self.vfs, scratch));
+        self.vfs = Vfs::open(options(&self.state(), self.backend.clone())).expect("reopen");
+    }
+
+    /// Power cut: only synced WAL bytes and durable metadata survive.
+    fn crash(&mut self) {
+        let img = self.dir.path().join(format!("crash{}", rand::random::<u32>()));
+        self.vfs.crash_image(&self.state(), &img).expect("image");
+        std::fs::remove_dir_all(self.state()).expect("rm");
+        std::fs::rename(&img, self.state()).expect("mv");
+        self.vfs = Vfs::open(options(&self.state(), self.backend.clone())).expect("reopen after crash");
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> Ino {
+        let a = self
+            .vfs
+            .create(&Creds::root(), self.root(), name.as_bytes(), NewNode::File, 0o644)
+            .expect("create");
+        self.vfs.write(&Creds::root(), a.ino, 0, data).expect("write");
+        a.ino
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let size = self.vfs.getattr(ino).expect("getattr").inode.size;
+        self.vfs.read(ino, 0, size as usize).expect("read")
+    }
+
+    fn fsck_clean(&self) {
+        let r = self.vfs.store().fsck(true).expect("fsck");
+        assert!(r.is_clean(), "fsck: {:?}", r.errors);
+    }
+}
+
+/// Bytes that never repeat within a block and never are zero.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8).wrapping_add(seed.wrapping_mul(41)) | 1)
+        .collect()
+}
+
+#[test]
+fn data_survives_flush_and_restart() {
+    let mut env = Env::new();
+    let data = pattern(3 * BS as usize + 123, 1);
+    let ino = env.file("a", &data);
+    assert_eq!(env.read_all(ino), data, "read from dirty blocks");
+    env.vfs.flush().expect("flush");
+    assert_eq!(env.read_all(ino), data, "read from packs");
+    env.vfs.store().chunks.clear_memory();
+    assert_eq!(env.read_all(ino), data, "read from the backend");
+    env.reopen();
+    assert_eq!(env.read_all(ino), data, "after restart");
+    env.fsck_clean();
+}
+
+#[test]
+fn unflushed_data_is_replayed_from_the_wal() {
+    let mut env = Env::new();
+    let data = pattern(10_000, 2);
+    let ino = env.file("a", &data);
+    env.vfs.flush().expect("flush");
+    env.vfs.write(&Creds::root(), ino, 5000, b"overwrite").expect("write");
+    env.vfs.sync().expect("sync");
+    env.crash();
+    let mut want = data.clone();
+    want[5000..5009].copy_from_slice(b"overwrite");
+    assert_eq!(env.read_all(ino), want);
+    env.vfs.flush().expect("flush");
+    env.fsck_clean();
+}
+
+#[test]
+fn unsynced_changes_may_vanish_synced_ones_never() {
+    let mut env = Env::new();
+    let a = env.file("a", b"synced");
+    env.vfs.sync().expect("sync");
+    env.file("b", b"not synced");
+    env.crash();
+    let root = env.root();
+    assert_eq!(env.read_all(a), b"synced");
+    assert!(matches!(env.vfs.lookup(&Creds::root(), root, b"b"), Err(VfsError::NotFound)));
+    env.fsck_clean();
+}
+
+#[test]
+fn truncate_and_extend_read_zeros() {
+    let env = Env::new();
+    let data = pattern(3 * BS as usize, 3);
+    let ino = env.file("t", &data);
+    env.vfs.flush().expect("flush");
+    let set = |size| SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    env.vfs.setattr(&Creds::root(), ino, &set(100)).expect("shrink");
+    env.vfs.setattr(&Creds::root(), ino, &set(2 * BS as u64)).expect("extend");
+    let got = env.read_all(ino);
+    assert_eq!(&got[..100], &data[..100]);
+    assert!(got[100..].iter().all(|b| *b == 0), "bytes past the old end read as zeros");
+    env.vfs.flush().expect("flush");
+    assert_eq!(env.read_all(ino), got);
+    env.fsck_clean();
+}
+
+#[test]
+fn holes_and_zero_blocks_store_nothing() {
+    let env = Env::new();
+    let root = env.root();
+    let a = env.vfs.create(&Creds::root(), root, b"sparse", NewNode::File, 0o644).expect("create");
+    env.vfs.write(&Creds::root(), a.ino, 10 * BS as u64, b"end").expect("write");
+    env.vfs.write(&Creds::root(), a.ino, 0, &vec![0u8; BS as usize]).expect("zeros");
+    env.vfs.flush().expect("flush");
+    let blocks = env.vfs.store().meta.read().expect("r").blocks(a.ino, 0..u64::MAX).expect("blocks");
+    assert_eq!(blocks.len(), 1, "only the block with data is stored");
+    let got = env.read_all(a.ino);
+    assert_eq!(got.len(), 10 * BS as usize + 3);
+    assert!(got[..10 * BS as usize].iter().all(|b| *b == 0));
+    env.vfs.zero(a.ino, 10 * BS as u64, 3).expect("punch");
+    env.vfs.flush().expect("flush");
+    assert!(env.read_all(a.ino).iter().all(|b| *b == 0));
+    env.fsck_clean();
+}
+
+#[test]
+fn identical_blocks_are_stored_once() {
+    let env = Env::new();
+    let data = pattern(4 * BS as usize, 9);
+    env.file("x", &data);
+    env.file("y", &data);
+    env.vfs.flush().expect("flush");
+    let r = env.vfs.store().meta.read().expect("r");
+    assert_eq!(r.counter(crate::meta::counter::LOGICAL_BYTES).expect("c"), 8 * BS as u64);
+    assert_eq!(r.counter(crate::meta::counter::STORED_BYTES).expect("c"), 4 * BS as u64);
+    env.fsck_clean();
+}
+
+#[test]
+fn gc_deletes_dead_and_orphan_packs() {
+    let env = Env::new();
+    let ino = env.file("a", &pattern(8 * BS as usize, 4));
+    env.vfs.flush().expect("flush");
+    env.vfs.write(&Creds::root(), ino, 0, &pattern(8 * BS as usize, 5)).expect("overwrite");
+    env.vfs.flush().expect("flush");
+    env.backend
+        .put(&crate::chunk::pack::pack_key(0xdead), bytes::Bytes::from_static(b"junk"), Default::default())
+        .expect("orphan");
+    let before = env.backend.list("packs/").expect("list").len();
+    let report = env.vfs.store().gc().expect("gc");
+    assert_eq!(report.orphan_packs, 1);
+    assert!(report.dead_packs >= 1, "{report:?}");
+    assert!(env.backend.list("packs/").expect("list").len() < before);
+    assert_eq!(env.read_all(ino), pattern(8 * BS as usize, 5));
+    env.fsck_clean();
+}
+
+#[test]
+fn repack_moves_live_chunks_out_of_mostly_dead_packs() {
+    let env = Env::new();
+    let keep = env.file("keep", &pattern(BS as usize, 1));
+    let big = env.file("big", &pattern(12 * BS as usize, 2));
+    env.vfs.flush().expect("flush");
+    let root = env.root();
+    env.vfs.unlink(&Creds::root(), root, b"big").expect("unlink");
+    assert!(env.vfs.getattr(big).is_err());
+    let report = env.vfs.store().gc().expect("gc");
+    assert!(report.repacked_packs >= 1, "{report:?}");
+    env.vfs.store().chunks.clear_memory();
+    assert_eq!(env.read_all(keep), pattern(BS as usize, 1));
+    env.fsck_clean();
+}
+
+#[test]
+fn fsck_reports_a_missing_pack() {
+    let env = Env::new();
+    env.file("a", &pattern(BS as usize, 1));
+    env.vfs.flush().expect("flush");
+    for o in env.backend.list("packs/").expect("list") {
+        env.backend.delete(&o.key).expect("delete");
+    }
+    let r = env.vfs.store().fsck(true).expect("fsck");
+    assert!(!r.is_clean());
+    assert!(r.errors.iter().any(|e| e.contains("no object")), "{:?}", r.errors);
+}
+
+#[test]
+fn namespace_operations() {
+    let env = Env::new();
+    let root = env.root();
+    let c = Creds::root();
+    let d = env.vfs.create(&c, root, b"d", NewNode::Dir, 0o755).expect("mkdir");
+    assert_eq!(env.vfs.getattr(root).expect("root").inode.nlink, 3);
+    let f = env.vfs.create(&c, d.ino, b"f", NewNode::File, 0o600).expect("create");
+    assert!(matches!(env.vfs.create(&c, d.ino, b"f", NewNode::File, 0o600), Err(VfsError::Exists)));
+    let l = env.vfs.create(&c, root, b"l", NewNode::Symlink(b"d/f".to_vec()), 0).expect("symlink");
+    assert_eq!(env.vfs.readlink(l.ino).expect("readlink"), b"d/f");
+    assert_eq!(l.inode.size, 3);
+    env.vfs.link(&c, f.ino, root, b"hard").expect("link");
+    assert_eq!(env.vfs.getattr(f.ino).expect("attr").inode.nlink, 2);
+    assert!(matches!(env.vfs.rmdir(&c, root, b"d"), Err(VfsError::NotEmpty)));
+    assert!(matches!(env.vfs.unlink(&c, root, b"d"), Err(VfsError::IsDir)));
+    assert!(matches!(env.vfs.rmdir(&c, root, b"hard"), Err(VfsError::NotDir)));
+    env.vfs.unlink(&c, d.ino, b"f").expect("unlink");
+    assert_eq!(env.vfs.getattr(f.ino).expect("attr").inode.nlink, 1);
+    env.vfs.rmdir(&c, root, b"d").expect("rmdir");
+    assert_eq!(env.vfs.getattr(root).expect("root").inode.nlink, 2);
+    let names: Vec<Vec<u8>> = env.vfs.readdir(&c, root, 0, 100).expect("ls").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec![b"l".to_vec(), b"hard".to_vec()]);
+    assert!(matches!(env.vfs.lookup(&c, root, &[b'x'; 256]), Err(VfsError::NameTooLong)));
+    env.fsck_clean();
+}
+
+#[test]
+fn rename_semantics() {
+    let env = Env::new();
+    let root = env.root();
+    let c = Creds::root();
+    let a = env.file("a", b"A");
+    let b = env.file("b", b"B");
+    env.vfs.rename(&c, root, b"a", root, b"b", RenameFlags::default()).expect("replace");
+    assert!(env.vfs.getattr(b).is_err(), "replaced file is deleted");
+    assert_eq!(env.vfs.lookup(&c, root, b"b").expect("b").ino, a);
+    let d1 = env.vfs.create(&c, root, b"d1", NewNode::Dir, 0o755).expect("mkdir");
+    let d2 = env.vfs.create(&c, root, b"d2", NewNode::Dir, 0o755).expect("mkdir");
+    env.vfs.create(&c, d2.ino, b"x", NewNode::File, 0o644).expect("create");
+    assert!(matches!(
+        env.vfs.rename(&c, root, b"d1", root, b"d2", RenameFlags::default()),
+        Err(VfsError::NotEmpty)
+    ));
+    assert!(matches!(
+        env.vfs.rename(&c, root, b"d2", d2.ino, b"inside", RenameFlags::default()),
+        Err(VfsError::Invalid(_))
+    ));
+    assert!(matches!(
+        env.vfs.rename(&c, root, b"b", root, b"d1", RenameFlags::default()),
+        Err(VfsError::IsDir)
+    ));
+    env.vfs.rename(&c, root, b"d1", d2.ino, b"moved", RenameFlags::default()).expect("move dir");
+    assert_eq!(env.vfs.getattr(d1.ino).expect("d1").inode.parent, d2.ino);
+    assert_eq!(env.vfs.getattr(d2.ino).expect("d2").inode.nlink, 3);
+    assert_eq!(env.vfs.lookup(&c, d1.ino, b"..").expect("..").ino, d2.ino);
+    let ex = RenameFlags {
+        exchange: true,
+        ..Default::default()
+    };
+    env.vfs.rename(&c, root, b"b", d2.ino, b"x", ex).expect("exchange");
+    assert_eq!(env.vfs.lookup(&c, d2.ino, b"x").expect("x").ino, a);
+    let nr = RenameFlags {
+        noreplace: true,
+        ..Default::default()
+    };
+    assert!(matches!(env.vfs.rename(&c, root, b"b", d2.ino, b"x", nr), Err(VfsError::Exists)));
+    env.fsck_clean();
+}
+
+#[test]
+fn unlinked_open_files_live_until_release_or_restart() {
+    let mut env = Env::new();
+    let root = env.root();
+    let c = Creds::root();
+    let ino = env.file("f", b"still here");
+    env.vfs
+        .open_file(&c, ino, OpenMode {
+            read: true,
+            write: true,
+        })
+        .expect("open");
+    env.vfs.unlink(&c, root, b"f").expect("unlink");
+    assert_eq!(env.read_all(ino), b"still here");
+    env.vfs.write(&c, ino, 0, b"STILL").expect("write to unlinked");
+    env.fsck_clean();
+    env.vfs.release(ino).expect("release");
+    assert!(env.vfs.getattr(ino).is_err(), "purged at last close");
+
+    let ino = env.file("g", b"x");
+    env.vfs.open_file(&c, ino, OpenMode::default()).expect("open");
+    env.vfs.unlink(&c, root, b"g").expect("unlink");
+    env.vfs.sync().expect("sync");
+    env.crash();
+    assert!(env.vfs.getattr(ino).is_err(), "orphans are purged at startup");
+    env.vfs.flush().expect("flush");
+    env.fsck_clean();
+}
+
+#[test]
+fn permissions_for_ordinary_users() {
+    let env = Env::new();
+    let root = env.root();
+    let alice = Creds::user(1000, 1000, vec![]);
+    let bob = Creds::user(1001, 1001, vec![1000]);
+    assert!(matches!(
+        env.vfs.create(&alice, root, b"x", NewNode::File, 0o644),
+        Err(VfsError::Access)
+    ));
+    env.vfs
+        .setattr(&Creds::root(), root, &SetAttr {
+            mode: Some(0o1777),
+            ..Default::default()
+        })
+        .expect("chmod");
+    let f = env.vfs.create(&alice, root, b"x", NewNode::File, 0o640).expect("create");
+    assert_eq!((f.inode.uid, f.inode.gid), (1000, 1000));
+    assert!(env.vfs.read(f.ino, 0, 1).is_ok());
+    env.vfs.access(&bob, f.ino, 4).expect("group may read");
+    assert!(matches!(env.vfs.access(&bob, f.ino, 2), Err(VfsError::Access)));
+    assert!(matches!(env.vfs.unlink(&bob, root, b"x"), Err(VfsError::Perm)), "sticky dir");
+    assert!(matches!(
+        env.vfs.setattr(&bob, f.ino, &SetAttr {
+            mode: Some(0o777),
+            ..Default::default()
+        }),
+        Err(VfsError::Perm)
+    ));
+    let chown_other = SetAttr {
+        uid: Some(1001),
+        ..Default::default()
+    };
+    assert!(matches!(env.vfs.setattr(&alice, f.ino, &chown_other), Err(VfsError::Perm)));
+    env.vfs
+        .setattr(&Creds::root(), f.ino, &SetAttr {
+            mode: Some(0o4755),
+            ..Default::default()
+        })
+        .expect("suid");
+    env.vfs.write(&alice, f.ino, 0, b"w").expect("write");
+    assert_eq!(env.vfs.getattr(f.ino).expect("a").inode.mode & 0o4000, 0, "write drops set-uid");
+    env.vfs.unlink(&alice, root, b"x").expect("owner may delete");
+}
+
+#[test]
+fn xattrs() {
+    let env = Env::new();
+    let c = Creds::root();
+    let ino = env.file("x", b"");
+    env.vfs.set_xattr(&c, ino, b"user.a", b"1", XattrMode::Create).expect("set");
+    assert!(matches!(env.vfs.set_xattr(&c, ino, b"user.a", b"2", XattrMode::Create), Err(VfsError::Exists)));
+    assert!(matches!(env.vfs.set_xattr(&c, ino, b"user.b", b"2", XattrMode::Replace), Err(VfsError::NoAttr)));
+    assert_eq!(env.vfs.get_xattr(&c, ino, b"user.a").expect("get"), b"1");
+    assert!(matches!(env.vfs.get_xattr(&c, ino, b"system.posix_acl_access"), Err(VfsError::NotSupported)));
+    assert_eq!(env.vfs.list_xattr(ino).expect("list"), vec![b"user.a".to_vec()]);
+    env.vfs.remove_xattr(&c, ino, b"user.a").expect("remove");
+    assert!(matches!(env.vfs.get_xattr(&c, ino, b"user.a"), Err(VfsError::NoAttr)));
+}
+
+#[test]
+fn filesystems_are_separate_and_deletable() {
+    let env = Env::new();
+    let other = env.vfs.create_filesystem("other").expect("create");
+    assert!(matches!(env.vfs.create_filesystem("other"), Err(VfsError::Exists)));
+    assert!(env.vfs.create_filesystem("bad/name").is_err());
+    let c = Creds::root();
+    let f = env.vfs.create(&c, other.root, b"f", NewNode::File, 0o644).expect("create");
+    env.vfs.write(&c, f.ino, 0, &pattern(3 * BS as usize, 1)).expect("write");
+    let d = env.vfs.create(&c, other.root, b"d", NewNode::Dir, 0o755).expect("mkdir");
+    env.vfs.create(&c, d.ino, b"g", NewNode::File, 0o644).expect("create");
+    env.vfs.flush().expect("flush");
+    assert!(matches!(
+        env.vfs.rename(&c, other.root, b"f", env.root(), b"f", RenameFlags::default()),
+        Err(VfsError::CrossDevice)
+    ));
+    env.vfs.delete_filesystem("other").expect("delete");
+    assert_eq!(env.vfs.filesystems().expect("list").len(), 1);
+    assert!(env.vfs.getattr(f.ino).is_err());
+    env.vfs.flush().expect("flush");
+    env.vfs.store().gc().expect("gc");
+    env.fsck_clean();
+    assert_eq!(env.vfs.getattr(env.root()).expect("root").inode.kind, FileKind::Dir);
+}
 
