@@ -9,5 +9,6 @@
 pub mod backend;
 pub mod chunk;
 pub mod data;
+pub mod fuse;
 pub mod meta;
 pub mod vfs;

@@ -212,6 +212,28 @@ mod tests {
     }
 
     #[test]
+    fn overhead_matches_the_pack_entry_formula() {
+        let mut b = PackBuilder::new();
+        let mut data = 0;
+        for i in 0..5u8 {
+            let chunk = vec![i; 100 + i as usize];
+            data += chunk.len() as u64;
+            b.add(ChunkId::of(&chunk), &chunk);
+        }
+        let size = b.finish().len() as u64;
+        let entry = crate::meta::PackEntry {
+            size,
+            live_bytes: 0,
+            chunks: 5,
+            live_chunks: 0,
+            class: 0,
+            created: 0,
+            last_read: 0,
+        };
+        assert_eq!(entry.data_bytes(), data);
+    }
+
+    #[test]
     fn keys_roundtrip() {
         for id in [0u64, 1, u64::MAX, 0xab00_0000_0000_0001] {
             let k = pack_key(id);

@@ -92,7 +92,7 @@ impl Store {
         let small = (self.opts.pack_target / 4) as u64;
         let mut out: Vec<(u64, PackEntry)> = packs
             .iter()
-            .filter(|(_, p)| p.live_chunks > 0 && (p.live_bytes as f64) < threshold * p.size as f64)
+            .filter(|(_, p)| p.live_chunks > 0 && (p.live_bytes as f64) < threshold * p.data_bytes() as f64)
             .copied()
             .collect();
         let smalls: Vec<(u64, PackEntry)> = packs

@@ -385,6 +385,12 @@ pub struct PackEntry {
 }
 
 impl PackEntry {
+    /// Bytes of chunk data in the pack: its size without the per-chunk
+    /// headers, the index and the framing (see `chunk::pack`).
+    pub fn data_bytes(&self) -> u64 {
+        self.size.saturating_sub(28 + self.chunks as u64 * 90)
+    }
+
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(41);

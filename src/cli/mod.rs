@@ -1,0 +1,275 @@
+//! Command line: `storfs serve` runs the daemon; every other subcommand is a
+//! client of its control socket.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, default_socket};
+use crate::daemon::control::{self, Request};
+
+/// storfs: EFS-like file systems and EBS-like volumes on local disks or S3.
+#[derive(Debug, Parser)]
+#[command(name = "storfs", version, about)]
+pub struct Cli {
+    /// Control socket of the daemon (default: control.socket of --config, else the built-in default).
+    #[arg(long, global = true, env = "STORFS_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file (TOML). Without it, built-in defaults apply.
+    #[arg(long, global = true, env = "STORFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve,
+    /// Print the default configuration.
+    Init,
+    /// Manage file systems.
+    Fs {
+        /// What to do with file systems.
+        #[command(subcommand)]
+        cmd: FsCommand,
+    },
+    /// Mount a file system locally (served by the daemon through FUSE).
+    Mount {
+        /// Directory to mount on.
+        mountpoint: PathBuf,
+        /// File system to mount.
+        #[arg(long, default_value = crate::daemon::DEFAULT_FS)]
+        fs: String,
+    },
+    /// Unmount a file system mounted with `storfs mount`.
+    Umount {
+        /// Mountpoint.
+        mountpoint: PathBuf,
+        /// Detach now even if files are open.
+        #[arg(long)]
+        lazy: bool,
+    },
+    /// Show dirty data, packs, stored and logical bytes, counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flush dirty data into packs now.
+    Flush,
+    /// Run garbage collection now.
+    Gc,
+    /// Check metadata and data consistency; exits 1 on any problem.
+    Fsck {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// File system subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Create a file system.
+    Create {
+        /// Name.
+        name: String,
+    },
+    /// List file systems.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a file system and everything in it.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// Formats a byte count with binary units.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+impl Cli {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.config {
+            Some(path) => Ok(Config::load(Some(path))?.control.socket),
+            None => Ok(default_socket()),
+        }
+    }
+
+    fn call(&self, req: &Request) -> anyhow::Result<Value> {
+        control::call(&self.socket()?, req).map_err(|e| anyhow!(e))
+    }
+
+    /// Runs the command; returns the process exit code.
+    pub fn run(self) -> anyhow::Result<i32> {
+        match &self.cmd {
+            Command::Serve => {
+                let config = Config::load(self.config.as_deref())?;
+                crate::daemon::serve(config)?;
+            }
+            Command::Init => print!("{}", Config::template()),
+            Command::Fs { cmd } => match cmd {
+                FsCommand::Create { name } => {
+                    self.call(&Request::FsCreate { name: name.clone() })?;
+                    println!("created file system {name}");
+                }
+                FsCommand::List { json } => {
+                    let v = self.call(&Request::FsList)?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        for f in v.as_array().into_iter().flatten() {
+                            let at: Vec<&str> = f["mounted_at"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                            let at = if at.is_empty() { String::new() } else { format!("  mounted at {}", at.join(", ")) };
+                            println!("{}{at}", f["name"].as_str().unwrap_or("?"));
+                        }
+                    }
+                }
+                FsCommand::Delete { name } => {
+                    self.call(&Request::FsDelete { name: name.clone() })?;
+                    println!("deleted file system {name}");
+                }
+            },
+            Command::Mount { mountpoint, fs } => {
+                let abs = absolute(mountpoint)?;
+                self.call(&Request::Mount {
+                    mountpoint: abs.clone(),
+                    fs: fs.clone(),
+                })?;
+                println!("mounted {fs} at {}", abs.display());
+            }
+            Command::Umount { mountpoint, lazy } => {
+                let abs = absolute(mountpoint)?;
+                self.call(&Request::Umount {
+                    mountpoint: abs.clone(),
+                    lazy: *lazy,
+                })?;
+                println!("unmounted {}", abs.display());
+            }
+            Command::Status { json } => {
+                let v = self.call(&Request::Status)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_status(&v);
+                }
+            }
+            Command::Flush => {
+                self.call(&Request::Flush)?;
+            }
+            Command::Gc => {
+                let v = self.call(&Request::Gc)?;
+                println!(
+                    "gc: {} dead packs, {} orphan packs deleted, {} packs repacked into {}, {} freed",
+                    v["dead_packs"],
+                    v["orphan_packs"],
+                    v["repacked_packs"],
+                    v["new_packs"],
+                    human(v["bytes_freed"].as_u64().unwrap_or(0))
+                );
+            }
+            Command::Fsck { json } => {
+                let v = self.call(&Request::Fsck)?;
+                let errors: Vec<&str> = v["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!(
+                        "fsck: {} inodes, {} entries, {} blocks, {} chunks, {} packs; {} verified",
+                        v["inodes"],
+                        v["dirents"],
+                        v["blocks"],
+                        v["chunks"],
+                        v["packs"],
+                        human(v["bytes_verified"].as_u64().unwrap_or(0))
+                    );
+                    for n in v["notes"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                        println!("note: {n}");
+                    }
+                    for e in &errors {
+                        println!("error: {e}");
+                    }
+                    println!("{}", if errors.is_empty() { "clean".to_string() } else { format!("{} problems", errors.len()) });
+                }
+                if !errors.is_empty() {
+                    return Ok(1);
+                }
+            }
+        }
+        Ok(0)
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir().context("cannot read the current directory")?.join(p))
+}
+
+fn print_status(v: &Value) {
+    let b = |x: &Value| human(x.as_u64().unwrap_or(0));
+    let d = &v["dirty"];
+    let s = &v["storage"];
+    let a = &v["activity"];
+    println!("storfs {}, up {}s, data_dir {}", v["version"].as_str().unwrap_or("?"), v["uptime_s"], v["data_dir"].as_str().unwrap_or("?"));
+    println!("backend   {}", v["backend"].as_str().unwrap_or("?"));
+    println!(
+        "dirty     {} unflushed, oldest {:.1}s; WAL {} in {} segments (limit {})",
+        b(&d["dirty_bytes"]),
+        d["oldest_dirty_age_s"].as_f64().unwrap_or(0.0),
+        b(&d["wal_bytes"]),
+        d["wal_segments"],
+        b(&d["max_dirty"])
+    );
+    println!(
+        "stored    {} in {} packs ({}); logical {}; dedup ratio {:.2}; {} inodes",
+        b(&s["stored_bytes"]),
+        s["packs"],
+        b(&s["pack_bytes"]),
+        b(&s["logical_bytes"]),
+        s["dedup_ratio"].as_f64().unwrap_or(1.0),
+        s["inodes"]
+    );
+    println!(
+        "activity  {} packs / {} uploaded ({} retries), {} chunks, {} dedup hits, {} flushes, {} checkpoints, {} writer waits",
+        a["packs_written"],
+        b(&a["bytes_uploaded"]),
+        a["upload_retries"],
+        a["chunks_written"],
+        a["dedup_hits"],
+        a["flush_cycles"],
+        a["checkpoints"],
+        a["write_waits"]
+    );
+    println!(
+        "reads     {} from memory, {} from disk cache, {} from backend ({})",
+        a["cache_mem_hits"],
+        a["cache_disk_hits"],
+        a["backend_reads"],
+        b(&a["backend_read_bytes"])
+    );
+    for m in v["mounts"].as_array().into_iter().flatten() {
+        println!("mount     {} ({})", m[0].as_str().unwrap_or("?"), m[1].as_str().unwrap_or("?"));
+    }
+}

@@ -1,0 +1,596 @@
+//! The daemon's TOML configuration: one struct, unknown keys refused, human
+//! units ("4GiB", "5s"), and validation messages that name the bad key.
+//! `storfs init` prints [`Config::template`]; `systemd/storfs.toml` is the
+//! same template for root, parsed by a test.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A byte count written with units ("4GiB", "512MiB", "65536").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Size, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|_| format!("invalid size {s:?} (write e.g. \"4GiB\", \"512MiB\" or a byte count)"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (name, unit) in UNITS {
+            if self.0 >= unit && self.0 % unit == 0 {
+                return write!(f, "{}{name}", self.0 / unit);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A duration written with units ("5s", "100ms", "1h"); "0" means none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Dur, String> {
+        if s.trim() == "0" {
+            return Ok(Dur(Duration::ZERO));
+        }
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|_| format!("invalid duration {s:?} (write e.g. \"5s\", \"250ms\", \"1h\")"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// Which object store holds the packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Pack files in local directories.
+    Local,
+    /// An S3 bucket.
+    S3,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// Local backend: directory of Standard packs (default `<data_dir>/objects/standard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Local backend: directory of Infrequent-Access packs (default `<data_dir>/objects/infrequent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ia_path: Option<PathBuf>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            kind: BackendKind::Local,
+            path: None,
+            ia_path: None,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Writers wait while the write-ahead log holds this much unflushed data.
+    pub max_dirty: Size,
+    /// Memory cache for chunks read back.
+    pub memory: Size,
+    /// Disk cache for chunks read from a remote backend (unused for local).
+    pub disk: Size,
+    /// Dirty data older than this is flushed to packs.
+    pub flush_interval: Dur,
+    /// How long a writer waits for dirty space before failing with EIO ("0": forever).
+    pub dirty_wait_timeout: Dur,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_dirty: Size(4 << 30),
+            memory: Size(512 << 20),
+            disk: Size(10 << 30),
+            flush_interval: Dur(Duration::from_secs(5)),
+            dirty_wait_timeout: Dur(Duration::ZERO),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Block size of new file systems (the unit of dedup and of the block map).
+    pub block_size: Size,
+    /// Target size of pack objects.
+    pub pack_size: Size,
+    /// Size of write-ahead log segment files.
+    pub wal_segment_size: Size,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            block_size: Size(1 << 20),
+            pack_size: Size(32 << 20),
+            wal_segment_size: Size(64 << 20),
+        }
+    }
+}
+
+/// `[gc]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// How often GC runs ("0": only on `storfs gc`).
+    pub interval: Dur,
+    /// Packs with less than this fraction of live bytes are repacked.
+    pub repack_threshold: f64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Dur(Duration::from_secs(3600)),
+            repack_threshold: 0.5,
+        }
+    }
+}
+
+/// `[control]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix socket the CLI talks to.
+    pub socket: PathBuf,
+}
+
+/// `[nfs]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsConfig {
+    /// Address of the NFSv3 server.
+    pub listen: SocketAddr,
+}
+
+impl Default for NfsConfig {
+    fn default() -> Self {
+        NfsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2049)),
+        }
+    }
+}
+
+/// `[nbd]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdConfig {
+    /// Address of the NBD server.
+    pub listen: SocketAddr,
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        NbdConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10809)),
+        }
+    }
+}
+
+/// `[fuse]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FuseConfig {
+    /// Threads serving each FUSE mount.
+    pub threads: usize,
+    /// How long the kernel may cache attributes and names. Other clients'
+    /// changes (NFS) can take this long to show in a FUSE mount.
+    pub attr_timeout: Dur,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            threads: 8,
+            attr_timeout: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// State directory: metadata, write-ahead log, caches, local packs.
+    pub data_dir: PathBuf,
+    /// Object store.
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// Write-back and read caches.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Blocks, packs, log segments.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: GcConfig,
+    /// Control socket.
+    pub control: ControlConfig,
+    /// FUSE mounts.
+    #[serde(default)]
+    pub fuse: FuseConfig,
+    /// NFS server.
+    #[serde(default)]
+    pub nfs: NfsConfig,
+    /// NBD server.
+    #[serde(default)]
+    pub nbd: NbdConfig,
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a value has the wrong type.
+    #[error("config {path}: {msg}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What and where.
+        msg: String,
+    },
+    /// A value is out of range.
+    #[error("config {path}: {key}: {msg}")]
+    Invalid {
+        /// File (or "built-in defaults").
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Default state directory: `/var/lib/storfs` for root, else
+/// `$XDG_DATA_HOME/storfs` (or `~/.local/share/storfs`).
+pub fn default_data_dir() -> PathBuf {
+    if running_as_root() {
+        return PathBuf::from("/var/lib/storfs");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("storfs");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/storfs")
+}
+
+/// Default control socket: `/run/storfs/storfs.sock` for root, else
+/// `$XDG_RUNTIME_DIR/storfs/storfs.sock` (or inside the data directory).
+pub fn default_socket() -> PathBuf {
+    if running_as_root() {
+        return PathBuf::from("/run/storfs/storfs.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x).join("storfs/storfs.sock"),
+        None => default_data_dir().join("storfs.sock"),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            backend: BackendConfig::default(),
+            cache: CacheConfig::default(),
+            storage: StorageConfig::default(),
+            gc: GcConfig::default(),
+            control: ControlConfig {
+                socket: default_socket(),
+            },
+            fuse: FuseConfig::default(),
+            nfs: NfsConfig::default(),
+            nbd: NbdConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates `path`, or the built-in defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            let c = Config::default();
+            c.validate(Path::new("(built-in defaults)"))?;
+            return Ok(c);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let c = Config::parse(&text, path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Parses TOML text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|r| format!(" (line {})", text[..r.start.min(text.len())].matches('\n').count() + 1))
+                .unwrap_or_default()
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: format!("{}{}", e.message().trim(), line_of(e.span())),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = format!("{}{}", inner.message().trim(), line_of(inner.span()));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                msg: if key == "." { msg } else { format!("{key}: {msg}") },
+            }
+        })
+    }
+
+    /// Checks ranges and combinations.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, msg: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                msg,
+            })
+        };
+        if !self.data_dir.is_absolute() {
+            return bad("data_dir", format!("must be an absolute path, got {}", self.data_dir.display()));
+        }
+        if !self.control.socket.is_absolute() {
+            return bad("control.socket", "must be an absolute path".into());
+        }
+        if self.backend.kind == BackendKind::S3 {
+            return bad("backend.kind", "\"s3\" is not available in this version yet; use \"local\"".into());
+        }
+        for (key, p) in [("backend.path", &self.backend.path), ("backend.ia_path", &self.backend.ia_path)] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return bad(key, format!("must be an absolute path, got {}", p.display()));
+            }
+        }
+        if self.backend_paths().0 == self.backend_paths().1 {
+            return bad("backend.ia_path", "must differ from backend.path".into());
+        }
+        let bs = self.storage.block_size.0;
+        if !bs.is_power_of_two() || !(4 << 10..=16 << 20).contains(&bs) {
+            return bad("storage.block_size", format!("must be a power of two from 4KiB to 16MiB, got {}", self.storage.block_size));
+        }
+        if self.storage.pack_size.0 < bs || self.storage.pack_size.0 > 1 << 30 {
+            return bad("storage.pack_size", format!("must be between the block size and 1GiB, got {}", self.storage.pack_size));
+        }
+        if self.storage.wal_segment_size.0 < 1 << 20 || self.storage.wal_segment_size.0 > 1 << 32 {
+            return bad("storage.wal_segment_size", format!("must be between 1MiB and 4GiB, got {}", self.storage.wal_segment_size));
+        }
+        if self.cache.max_dirty.0 < 64 << 20 {
+            return bad("cache.max_dirty", format!("must be at least 64MiB, got {}", self.cache.max_dirty));
+        }
+        if self.cache.memory.0 < 16 << 20 {
+            return bad("cache.memory", format!("must be at least 16MiB, got {}", self.cache.memory));
+        }
+        if self.cache.flush_interval.0 < Duration::from_millis(10) || self.cache.flush_interval.0 > Duration::from_secs(3600) {
+            return bad("cache.flush_interval", "must be between 10ms and 1h".into());
+        }
+        if !(0.0..1.0).contains(&self.gc.repack_threshold) {
+            return bad("gc.repack_threshold", format!("must be in [0, 1), got {}", self.gc.repack_threshold));
+        }
+        if !(1..=256).contains(&self.fuse.threads) {
+            return bad("fuse.threads", format!("must be between 1 and 256, got {}", self.fuse.threads));
+        }
+        Ok(())
+    }
+
+    /// Directories of the local backend (Standard, Infrequent Access).
+    pub fn backend_paths(&self) -> (PathBuf, PathBuf) {
+        let objects = self.data_dir.join("objects");
+        (
+            self.backend.path.clone().unwrap_or_else(|| objects.join("standard")),
+            self.backend.ia_path.clone().unwrap_or_else(|| objects.join("infrequent")),
+        )
+    }
+
+    /// The default configuration as commented TOML (what `storfs init` prints).
+    pub fn template() -> String {
+        let d = Config::default();
+        format!(
+            r#"# storfs configuration. Every key is optional except data_dir and
+# [control] socket; the values below are the built-in defaults.
+
+# State: metadata store, write-ahead log, caches, and local packs.
+data_dir = "{data_dir}"
+
+[backend]
+kind = "local"            # "s3" comes later
+# path = "{data_dir}/objects/standard"       # Standard packs
+# ia_path = "{data_dir}/objects/infrequent"  # Infrequent-Access packs
+
+[cache]
+max_dirty = "{max_dirty}"          # writers wait while this much is unflushed
+memory = "{memory}"          # chunks kept in memory for reads
+disk = "{disk}"             # disk cache for a remote backend
+flush_interval = "{flush}"      # dirty data older than this is flushed
+dirty_wait_timeout = "0"   # "0": writers wait for space forever
+
+[storage]
+block_size = "{block}"        # new file systems' block (dedup unit)
+pack_size = "{pack}"        # pack objects' target size
+wal_segment_size = "{seg}"
+
+[gc]
+interval = "{gc}"
+repack_threshold = {repack}
+
+[control]
+socket = "{socket}"
+
+[fuse]
+threads = {threads}
+attr_timeout = "{attr}"
+
+[nfs]
+listen = "{nfs}"
+
+[nbd]
+listen = "{nbd}"
+"#,
+            data_dir = d.data_dir.display(),
+            max_dirty = d.cache.max_dirty,
+            memory = d.cache.memory,
+            disk = d.cache.disk,
+            flush = humantime::format_duration(d.cache.flush_interval.0),
+            block = d.storage.block_size,
+            pack = d.storage.pack_size,
+            seg = d.storage.wal_segment_size,
+            gc = humantime::format_duration(d.gc.interval.0),
+            repack = d.gc.repack_threshold,
+            socket = d.control.socket.display(),
+            threads = d.fuse.threads,
+            attr = humantime::format_duration(d.fuse.attr_timeout.0),
+            nfs = d.nfs.listen,
+            nbd = d.nbd.listen,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(text, Path::new("test.toml"))?;
+        c.validate(Path::new("test.toml"))?;
+        Ok(c)
+    }
+
+    const MINIMAL: &str = "data_dir = \"/srv/storfs\"\n[control]\nsocket = \"/run/s.sock\"\n";
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let c = parse(&Config::template()).expect("template");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../systemd/storfs.toml");
+        let c = parse(text).expect("systemd/storfs.toml");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/storfs"));
+        assert_eq!(c.control.socket, PathBuf::from("/run/storfs/storfs.sock"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!("4GiB".parse::<Size>(), Ok(Size(4 << 30)));
+        assert_eq!("512 MiB".parse::<Size>(), Ok(Size(512 << 20)));
+        assert_eq!("65536".parse::<Size>(), Ok(Size(65536)));
+        assert!("4XB".parse::<Size>().is_err());
+        assert_eq!(Size(4 << 30).to_string(), "4GiB");
+        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
+        assert_eq!("0".parse::<Dur>(), Ok(Dur(Duration::ZERO)));
+        assert!("soon".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&format!("{MINIMAL}[cache]\nmax_dirty = \"4XB\"\n")).expect_err("bad size").to_string();
+        assert!(e.contains("cache.max_dirty") && e.contains("4XB"), "{e}");
+        let e = parse(&format!("{MINIMAL}[cache]\nmax_dirt = \"4GiB\"\n")).expect_err("typo").to_string();
+        assert!(e.contains("max_dirt"), "{e}");
+        let e = parse(&format!("{MINIMAL}[nfs]\nlisten = \"nowhere\"\n")).expect_err("addr").to_string();
+        assert!(e.contains("nfs.listen"), "{e}");
+        let e = parse(&format!("{MINIMAL}[storage]\nblock_size = \"3000\"\n")).expect_err("bs").to_string();
+        assert!(e.contains("storage.block_size"), "{e}");
+        let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\n")).expect_err("s3").to_string();
+        assert!(e.contains("backend.kind"), "{e}");
+        let e = parse("data_dir = \"relative\"\n[control]\nsocket = \"/s\"\n").expect_err("rel").to_string();
+        assert!(e.contains("data_dir"), "{e}");
+        let e = parse("data_dir = [1]\n").expect_err("type").to_string();
+        assert!(e.contains("data_dir"), "{e}");
+        let e = parse("this is not toml").expect_err("syntax").to_string();
+        assert!(e.contains("test.toml"), "{e}");
+        let e = parse(&format!("{MINIMAL}[gc]\nrepack_threshold = 1.5\n")).expect_err("range").to_string();
+        assert!(e.contains("gc.repack_threshold"), "{e}");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).expect("minimal");
+        assert_eq!(c.cache, CacheConfig::default());
+        assert_eq!(c.backend_paths().0, PathBuf::from("/srv/storfs/objects/standard"));
+    }
+}

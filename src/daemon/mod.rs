@@ -1,0 +1,256 @@
+//! `storfs serve`: opens the store, serves the control socket and FUSE
+//! mounts, runs GC on a timer, and shuts down cleanly on SIGTERM/SIGINT
+//! (unmount, final flush, checkpoint).
+
+pub mod control;
+mod mounts;
+mod status;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::config::Config;
+use control::Request;
+use storfs::backend::ObjectBackend;
+use storfs::backend::local::LocalBackend;
+use storfs::backend::retry::RetryBackend;
+use storfs::data::DataOptions;
+use storfs::vfs::{Vfs, VfsError, VfsOptions};
+
+/// Name of the file system created on first start.
+pub const DEFAULT_FS: &str = "default";
+
+/// Everything the running daemon holds.
+pub struct Daemon {
+    config: Config,
+    vfs: Arc<Vfs>,
+    mounts: mounts::Mounts,
+    started: Instant,
+    stopping: AtomicBool,
+}
+
+/// Holds an exclusive lock on the data directory for the daemon's lifetime.
+struct DirLock {
+    _file: File,
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another storfs daemon is using {} (pid {})",
+            dir.display(),
+            holder.trim().split_whitespace().next().unwrap_or("unknown")
+        );
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(DirLock { _file: file })
+}
+
+/// Creates the data directory and proves it is writable.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("data_dir {} cannot be created", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("data_dir {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("data_dir {} is not writable", dir.display()))?;
+    Ok(())
+}
+
+fn open_backend(config: &Config) -> anyhow::Result<(Arc<dyn ObjectBackend>, std::path::PathBuf)> {
+    let (standard, infrequent) = config.backend_paths();
+    let local = LocalBackend::open(&standard, &infrequent)
+        .with_context(|| format!("backend.path {} cannot be opened", standard.display()))?;
+    let backend: Arc<dyn ObjectBackend> = Arc::new(RetryBackend::new(Arc::new(local), 5, Duration::from_millis(50)));
+    Ok((backend, standard))
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    // Signals are taken by one thread with sigwait; every thread started
+    // from here on inherits the blocked mask.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("cannot block signals")?;
+
+    prepare_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let (backend, space_probe) = open_backend(&config)?;
+    let data = DataOptions {
+        max_dirty: config.cache.max_dirty.0,
+        flush_interval: config.cache.flush_interval.0,
+        checkpoint_interval: Duration::from_secs(5),
+        pack_target: config.storage.pack_size.0 as usize,
+        segment_size: config.storage.wal_segment_size.0,
+        dirty_wait_timeout: (!config.cache.dirty_wait_timeout.0.is_zero()).then_some(config.cache.dirty_wait_timeout.0),
+        repack_threshold: config.gc.repack_threshold,
+        background_flush: true,
+    };
+    let vfs = Vfs::open(VfsOptions {
+        state_dir: config.data_dir.join("state"),
+        backend,
+        mem_cache: config.cache.memory.0,
+        // The local backend is a local disk already; a cache would copy it.
+        disk_cache: 0,
+        data,
+        block_size: config.storage.block_size.0 as u32,
+        space_probe: Some(space_probe),
+    })
+    .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+    if vfs.filesystem(DEFAULT_FS).is_err() {
+        vfs.create_filesystem(DEFAULT_FS)
+            .map_err(|e| anyhow!("cannot create the default file system: {e}"))?;
+        tracing::info!("created file system {DEFAULT_FS:?}");
+    }
+
+    let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        vfs: vfs.clone(),
+        mounts: mounts::Mounts::default(),
+        started: Instant::now(),
+        stopping: AtomicBool::new(false),
+    });
+    let d = daemon.clone();
+    let handler: control::Handler = Arc::new(move |req| d.handle(req));
+    std::thread::Builder::new()
+        .name("storfs-control".into())
+        .spawn(move || control::serve(listener, handler))?;
+    spawn_gc_timer(&daemon)?;
+
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        socket = %config.control.socket.display(),
+        "storfs daemon ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let sig = signals.wait().context("waiting for signals")?;
+    tracing::info!(signal = ?sig, "stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.stopping.store(true, Ordering::SeqCst);
+    let _ = std::fs::remove_file(&config.control.socket);
+    daemon.mounts.umount_all();
+    vfs.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_gc_timer(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    let interval = daemon.config.gc.interval.0;
+    if interval.is_zero() {
+        return Ok(());
+    }
+    let d = daemon.clone();
+    std::thread::Builder::new().name("storfs-gc".into()).spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            if d.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match d.vfs.store().gc() {
+                Ok(r) => tracing::info!(?r, "gc"),
+                Err(e) => tracing::warn!(error = %e, "gc failed"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn vfs_err(what: &str, e: VfsError) -> String {
+    match e {
+        VfsError::NotFound => format!("{what}: not found"),
+        VfsError::Exists => format!("{what}: already exists"),
+        other => format!("{what}: {other}"),
+    }
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+impl Daemon {
+    fn handle(&self, req: Request) -> Result<serde_json::Value, String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("the daemon is stopping".into());
+        }
+        match req {
+            Request::Status => json(status::collect(self)?),
+            Request::FsCreate { name } => {
+                let info = self
+                    .vfs
+                    .create_filesystem(&name)
+                    .map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
+                json(info)
+            }
+            Request::FsList => {
+                let mounts = self.mounts.list();
+                let list: Vec<serde_json::Value> = self
+                    .vfs
+                    .filesystems()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|f| {
+                        let at: Vec<String> = mounts
+                            .iter()
+                            .filter(|(_, n)| *n == f.name)
+                            .map(|(p, _)| p.display().to_string())
+                            .collect();
+                        serde_json::json!({"name": f.name, "id": f.id, "block_size": f.block_size,
+                            "created": f.created, "mounted_at": at})
+                    })
+                    .collect();
+                Ok(serde_json::Value::Array(list))
+            }
+            Request::FsDelete { name } => {
+                if let Some((p, _)) = self.mounts.list().into_iter().find(|(_, n)| *n == name) {
+                    return Err(format!("file system {name:?} is mounted at {}; unmount it first", p.display()));
+                }
+                self.vfs
+                    .delete_filesystem(&name)
+                    .map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Mount { mountpoint, fs } => {
+                let at = self.mounts.mount(&self.vfs, &fs, &mountpoint, &self.config.fuse)?;
+                Ok(serde_json::json!({"fs": fs, "mountpoint": at}))
+            }
+            Request::Umount { mountpoint, lazy } => {
+                self.mounts.umount(&mountpoint, lazy)?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Flush => {
+                self.vfs.flush().map_err(|e| format!("flush failed: {e}"))?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::Gc => {
+                self.vfs.flush().map_err(|e| format!("flush before gc failed: {e}"))?;
+                json(self.vfs.store().gc().map_err(|e| format!("gc failed: {e}"))?)
+            }
+            Request::Fsck => {
+                self.vfs.flush().map_err(|e| format!("flush before fsck failed: {e}"))?;
+                json(self.vfs.store().fsck(true).map_err(|e| format!("fsck failed: {e}"))?)
+            }
+        }
+    }
+}

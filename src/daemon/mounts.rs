@@ -1,0 +1,168 @@
+//! FUSE mounts the daemon serves: `storfs mount` adds one, `storfs umount`
+//! or daemon stop removes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config as FuseSessionConfig, MountOption, SessionACL};
+use parking_lot::Mutex;
+
+use crate::config::FuseConfig;
+use storfs::fuse::FuseFs;
+use storfs::vfs::Vfs;
+
+struct Mounted {
+    fs: String,
+    session: fuser::BackgroundSession,
+}
+
+/// The mount table.
+#[derive(Default)]
+pub struct Mounts {
+    inner: Mutex<BTreeMap<PathBuf, Mounted>>,
+}
+
+/// True when something is mounted exactly at `path` (per /proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(&unescape(mp)) == path))
+}
+
+/// Undoes the octal escapes (`\040` for space) of mountinfo fields.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Mounts {
+    /// Mounts file system `fs` at `path`.
+    pub fn mount(&self, vfs: &Arc<Vfs>, fs: &str, path: &Path, cfg: &FuseConfig) -> Result<PathBuf, String> {
+        let info = vfs
+            .filesystem(fs)
+            .map_err(|_| format!("no file system named {fs:?} (see `storfs fs list`)"))?;
+        let path = path
+            .canonicalize()
+            .map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
+        if !path.is_dir() {
+            return Err(format!("mountpoint {} is not a directory", path.display()));
+        }
+        let mut inner = self.inner.lock();
+        inner.retain(|_, m| !m.session.guard.is_finished());
+        if inner.contains_key(&path) || is_mountpoint(&path) {
+            return Err(format!("mountpoint {} is busy (something is already mounted there)", path.display()));
+        }
+        let mut config = FuseSessionConfig::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("storfs:{fs}")),
+            MountOption::Subtype("storfs".into()),
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = SessionACL::All;
+        config.n_threads = Some(cfg.threads);
+        config.clone_fd = true;
+        let fuse = FuseFs::new(vfs.clone(), info.root, cfg.attr_timeout.0);
+        let session = fuser::Session::new(fuse, &path, &config)
+            .and_then(|s| s.spawn())
+            .map_err(|e| format!("cannot mount {}: {e}", path.display()))?;
+        tracing::info!(fs, mountpoint = %path.display(), "mounted");
+        inner.insert(
+            path.clone(),
+            Mounted {
+                fs: fs.to_string(),
+                session,
+            },
+        );
+        Ok(path)
+    }
+
+    /// Unmounts `path`; with `lazy`, detaches even while files are open.
+    pub fn umount(&self, path: &Path, lazy: bool) -> Result<(), String> {
+        // A dead mount cannot be canonicalized; the path is used as given then.
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let mut inner = self.inner.lock();
+        if !inner.contains_key(&path) {
+            return Err(format!("nothing is mounted by storfs at {}", path.display()));
+        }
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        match nix::mount::umount2(&path, flags) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(nix::errno::Errno::EBUSY) => {
+                return Err(format!(
+                    "mountpoint {} is busy (files are open); close them or use `storfs umount --lazy`",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot unmount {}: {e}", path.display())),
+        }
+        if let Some(m) = inner.remove(&path) {
+            finish(m, &path);
+        }
+        tracing::info!(mountpoint = %path.display(), "unmounted");
+        Ok(())
+    }
+
+    /// Detaches every mount (daemon stop).
+    pub fn umount_all(&self) {
+        let all: Vec<(PathBuf, Mounted)> = std::mem::take(&mut *self.inner.lock()).into_iter().collect();
+        for (path, m) in all {
+            if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mountpoint = %path.display(), error = %e, "unmount failed");
+            }
+            finish(m, &path);
+        }
+    }
+
+    /// Mountpoints and their file systems.
+    pub fn list(&self) -> Vec<(PathBuf, String)> {
+        let mut inner = self.inner.lock();
+        inner.retain(|_, m| !m.session.guard.is_finished());
+        inner.iter().map(|(p, m)| (p.clone(), m.fs.clone())).collect()
+    }
+}
+
+/// Lets the session thread end once the kernel drops the connection; a
+/// lazily detached mount with open files ends later, on its own.
+fn finish(m: Mounted, path: &Path) {
+    let path = path.to_path_buf();
+    let joined = std::thread::Builder::new().name("storfs-umount".into()).spawn(move || {
+        if let Err(e) = m.session.join() {
+            tracing::debug!(mountpoint = %path.display(), error = %e, "FUSE session ended with an error");
+        }
+    });
+    if let Err(e) = joined {
+        tracing::warn!(error = %e, "cannot start a thread to finish a FUSE session");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert!(is_mountpoint(Path::new("/")), "/ is a mountpoint");
+    }
+}

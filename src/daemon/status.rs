@@ -1,0 +1,144 @@
+//! What `storfs status` reports.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::Daemon;
+use storfs::meta::{MetaRead, counter};
+
+/// Unflushed data.
+#[derive(Debug, Serialize)]
+pub struct Dirty {
+    /// Bytes written and not yet in packs.
+    pub dirty_bytes: u64,
+    /// Age of the oldest unflushed write, seconds.
+    pub oldest_dirty_age_s: f64,
+    /// Bytes in the write-ahead log.
+    pub wal_bytes: u64,
+    /// Segment files of the write-ahead log.
+    pub wal_segments: usize,
+    /// Writers limit (`cache.max_dirty`).
+    pub max_dirty: u64,
+}
+
+/// Stored data.
+#[derive(Debug, Serialize)]
+pub struct Storage {
+    /// Pack objects.
+    pub packs: u64,
+    /// Bytes in pack objects.
+    pub pack_bytes: u64,
+    /// Bytes of referenced chunks (after dedup).
+    pub stored_bytes: u64,
+    /// Bytes of file data as files see it.
+    pub logical_bytes: u64,
+    /// logical / stored.
+    pub dedup_ratio: f64,
+    /// Inodes.
+    pub inodes: u64,
+}
+
+/// Data path counters since start.
+#[derive(Debug, Serialize)]
+pub struct Activity {
+    /// Packs uploaded.
+    pub packs_written: u64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Chunks newly stored.
+    pub chunks_written: u64,
+    /// Blocks found already stored.
+    pub dedup_hits: u64,
+    /// Flush cycles.
+    pub flush_cycles: u64,
+    /// Metadata checkpoints.
+    pub checkpoints: u64,
+    /// Pack uploads retried.
+    pub upload_retries: u64,
+    /// Writers that waited for dirty space.
+    pub write_waits: u64,
+    /// Chunk reads served from memory.
+    pub cache_mem_hits: u64,
+    /// Chunk reads served from the disk cache.
+    pub cache_disk_hits: u64,
+    /// Chunk reads from the backend.
+    pub backend_reads: u64,
+    /// Bytes read from the backend.
+    pub backend_read_bytes: u64,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Daemon version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// State directory.
+    pub data_dir: String,
+    /// Backend kind.
+    pub backend: String,
+    /// Unflushed data.
+    pub dirty: Dirty,
+    /// Stored data.
+    pub storage: Storage,
+    /// Counters.
+    pub activity: Activity,
+    /// FUSE mounts: (mountpoint, file system).
+    pub mounts: Vec<(String, String)>,
+}
+
+pub fn collect(d: &Daemon) -> Result<Status, String> {
+    let store = d.vfs.store();
+    let err = |e: storfs::meta::MetaError| e.to_string();
+    let rtx = store.meta.read().map_err(err)?;
+    let packs = rtx.packs().map_err(err)?;
+    let stored = rtx.counter(counter::STORED_BYTES).map_err(err)?;
+    let logical = rtx.counter(counter::LOGICAL_BYTES).map_err(err)?;
+    let wal = store.wal.stats();
+    let s = &store.stats;
+    let c = &store.chunks.stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: d.started.elapsed().as_secs(),
+        data_dir: d.config.data_dir.display().to_string(),
+        backend: format!("local ({})", d.config.backend_paths().0.display()),
+        dirty: Dirty {
+            dirty_bytes: store.cells.dirty_bytes(),
+            oldest_dirty_age_s: store.clock.age().map_or(0.0, |a| a.as_secs_f64()),
+            wal_bytes: wal.bytes,
+            wal_segments: wal.segments,
+            max_dirty: store.opts.max_dirty,
+        },
+        storage: Storage {
+            packs: packs.len() as u64,
+            pack_bytes: packs.iter().map(|(_, p)| p.size).sum(),
+            stored_bytes: stored,
+            logical_bytes: logical,
+            dedup_ratio: if stored == 0 { 1.0 } else { logical as f64 / stored as f64 },
+            inodes: rtx.counter(counter::INODES).map_err(err)?,
+        },
+        activity: Activity {
+            packs_written: get(&s.packs_written),
+            bytes_uploaded: get(&s.bytes_uploaded),
+            chunks_written: get(&s.chunks_written),
+            dedup_hits: get(&s.dedup_hits),
+            flush_cycles: get(&s.flush_cycles),
+            checkpoints: get(&s.checkpoints),
+            upload_retries: get(&s.upload_retries),
+            write_waits: get(&s.write_waits),
+            cache_mem_hits: get(&c.mem_hits),
+            cache_disk_hits: get(&c.disk_hits),
+            backend_reads: get(&c.backend_reads),
+            backend_read_bytes: get(&c.backend_bytes),
+        },
+        mounts: d
+            .mounts
+            .list()
+            .into_iter()
+            .map(|(p, f)| (p.display().to_string(), f))
+            .collect(),
+    })
+}

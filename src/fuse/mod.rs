@@ -1,0 +1,552 @@
+//! The FUSE frontend: a thin adapter from fuser's callbacks to [`Vfs`]
+//! calls. Each callback decodes, makes one Vfs call, and replies; errors
+//! map to errno in [`errno`], exhaustively.
+//!
+//! The kernel checks permissions (`default_permissions`): it knows the
+//! caller's supplementary groups, which the FUSE protocol does not carry.
+//! FUSE inode 1 is the mounted file system's root; every other inode number
+//! is the storfs inode number unchanged.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::meta::{FileKind, Ino};
+use crate::vfs::{Attr, Creds, NewNode, OpenMode, RenameFlags, SetAttr, TimeSet, Vfs, VfsError, XattrMode};
+
+/// Largest read or write the kernel sends.
+const MAX_IO: u32 = 1 << 20;
+
+/// Maps a Vfs error to the errno FUSE returns.
+pub fn errno(e: &VfsError) -> Errno {
+    let code = match e {
+        VfsError::NotFound => libc::ENOENT,
+        VfsError::Exists => libc::EEXIST,
+        VfsError::NotDir => libc::ENOTDIR,
+        VfsError::IsDir => libc::EISDIR,
+        VfsError::NotEmpty => libc::ENOTEMPTY,
+        VfsError::Access => libc::EACCES,
+        VfsError::Perm => libc::EPERM,
+        VfsError::Invalid(_) => libc::EINVAL,
+        VfsError::NameTooLong => libc::ENAMETOOLONG,
+        VfsError::NoSpace => libc::ENOSPC,
+        VfsError::TooBig => libc::EFBIG,
+        VfsError::TooManyLinks => libc::EMLINK,
+        VfsError::ArgTooBig => libc::E2BIG,
+        VfsError::NoAttr => libc::ENODATA,
+        VfsError::NotSupported => libc::EOPNOTSUPP,
+        VfsError::CrossDevice => libc::EXDEV,
+        VfsError::ReadOnly => libc::EROFS,
+        VfsError::Busy(_) => libc::EBUSY,
+        VfsError::Stale => libc::ESTALE,
+        VfsError::Raced => libc::EAGAIN,
+        VfsError::Io(_) => libc::EIO,
+    };
+    Errno::from_i32(code)
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t.into()),
+    }
+}
+
+/// One mounted file system.
+pub struct FuseFs {
+    vfs: Arc<Vfs>,
+    root: Ino,
+    ttl: Duration,
+}
+
+impl FuseFs {
+    /// Serves the file system whose root directory is `root`.
+    pub fn new(vfs: Arc<Vfs>, root: Ino, ttl: Duration) -> FuseFs {
+        FuseFs { vfs, root, ttl }
+    }
+
+    fn ino(&self, i: INodeNo) -> Ino {
+        if i == INodeNo::ROOT { self.root } else { i.0 }
+    }
+
+    fn fuse_ino(&self, ino: Ino) -> INodeNo {
+        if ino == self.root { INodeNo::ROOT } else { INodeNo(ino) }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let i = &a.inode;
+        FileAttr {
+            ino: self.fuse_ino(a.ino),
+            size: i.size,
+            blocks: a.blocks(),
+            atime: i.atime.into(),
+            mtime: i.mtime.into(),
+            ctime: i.ctime.into(),
+            crtime: i.crtime.into(),
+            kind: file_type(i.kind),
+            perm: (i.mode & 0o7777) as u16,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev as u32,
+            blksize: i.block_size.max(4096),
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, r: Result<Attr, VfsError>, reply: ReplyEntry, op: &'static str) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(a.inode.generation)),
+            Err(e) => reply.error(fail(op, &e)),
+        }
+    }
+
+    fn empty(r: Result<(), VfsError>, reply: ReplyEmpty, op: &'static str) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail(op, &e)),
+        }
+    }
+}
+
+fn creds(req: &Request) -> Creds {
+    Creds::kernel(req.uid(), req.gid())
+}
+
+/// Logs unexpected failures; returns the errno to reply with.
+fn fail(op: &'static str, e: &VfsError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(op, error = %e, "fuse request failed");
+    } else {
+        tracing::warn!(op, error = %e, "fuse request failed");
+    }
+    errno(e)
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.vfs.sync() {
+            tracing::warn!(error = %e, "sync at unmount failed");
+        }
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.vfs.lookup(&creds(req), self.ino(parent), name.as_bytes());
+        self.entry(r, reply, "lookup");
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(self.ino(ino)) {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(fail("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        match self.vfs.setattr(&creds(req), self.ino(ino), &set) {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(fail("setattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(self.ino(ino)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(fail("readlink", &e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let node = match FileKind::from_mode(mode) {
+            Some(FileKind::File) | None => NewNode::File,
+            Some(FileKind::Fifo) => NewNode::Fifo,
+            Some(FileKind::Socket) => NewNode::Socket,
+            Some(FileKind::CharDev) => NewNode::CharDev(rdev as u64),
+            Some(FileKind::BlockDev) => NewNode::BlockDev(rdev as u64),
+            Some(FileKind::Dir | FileKind::Symlink) => {
+                reply.error(Errno::from_i32(libc::EINVAL));
+                return;
+            }
+        };
+        let r = self.vfs.create(&creds(req), self.ino(parent), name.as_bytes(), node, mode);
+        self.entry(r, reply, "mknod");
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = self.vfs.create(&creds(req), self.ino(parent), name.as_bytes(), NewNode::Dir, mode);
+        self.entry(r, reply, "mkdir");
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.vfs.unlink(&creds(req), self.ino(parent), name.as_bytes()), reply, "unlink");
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.vfs.rmdir(&creds(req), self.ino(parent), name.as_bytes()), reply, "rmdir");
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let node = NewNode::Symlink(target.as_os_str().as_bytes().to_vec());
+        let r = self.vfs.create(&creds(req), self.ino(parent), link_name.as_bytes(), node, 0o777);
+        self.entry(r, reply, "symlink");
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FuseRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        }
+        let flags = RenameFlags {
+            noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+        };
+        let r = self.vfs.rename(
+            &creds(req),
+            self.ino(parent),
+            name.as_bytes(),
+            self.ino(newparent),
+            newname.as_bytes(),
+            flags,
+        );
+        Self::empty(r, reply, "rename");
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.vfs.link(&creds(req), self.ino(ino), self.ino(newparent), newname.as_bytes());
+        self.entry(r, reply, "link");
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mode = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => OpenMode { read: true, write: false },
+            OpenAccMode::O_WRONLY => OpenMode { read: false, write: true },
+            OpenAccMode::O_RDWR => OpenMode { read: true, write: true },
+        };
+        match self.vfs.open_file(&creds(req), self.ino(ino), mode) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(fail("open", &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vfs.read(self.ino(ino), offset, size.min(MAX_IO) as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(fail("read", &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(&creds(req), self.ino(ino), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("write", &e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(self.vfs.release(self.ino(ino)), reply, "release");
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(self.vfs.sync(), reply, "fsync");
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.getattr(self.ino(ino)) {
+            Ok(a) if a.inode.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => reply.error(fail("opendir", &e)),
+        }
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = self.ino(ino);
+        let parent = match self.vfs.getattr(dir) {
+            Ok(a) => a.inode.parent,
+            Err(e) => return reply.error(fail("readdir", &e)),
+        };
+        // Offsets 1 and 2 are "." and ".."; real entries use their cookies (>= 16).
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 && reply.add(self.fuse_ino(parent), 2, FileType::Directory, "..") {
+            return reply.ok();
+        }
+        let mut after = if offset <= 2 { 0 } else { offset };
+        loop {
+            let page = match self.vfs.readdir(&creds(req), dir, after, 256) {
+                Ok(p) => p,
+                Err(e) => return reply.error(fail("readdir", &e)),
+            };
+            if page.is_empty() {
+                return reply.ok();
+            }
+            for e in page {
+                if reply.add(self.fuse_ino(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                    return reply.ok();
+                }
+                after = e.cookie;
+            }
+        }
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dir = self.ino(ino);
+        let (me, parent) = match self.vfs.getattr(dir) {
+            Ok(a) => {
+                let p = self.vfs.getattr(a.inode.parent);
+                (a.clone(), p.unwrap_or(a))
+            }
+            Err(e) => return reply.error(fail("readdirplus", &e)),
+        };
+        let gen_of = |a: &Attr| Generation(a.inode.generation);
+        if offset < 1 && reply.add(ino, 1, ".", &self.ttl, &self.attr(&me), gen_of(&me)) {
+            return reply.ok();
+        }
+        if offset < 2 && reply.add(self.fuse_ino(parent.ino), 2, "..", &self.ttl, &self.attr(&parent), gen_of(&parent)) {
+            return reply.ok();
+        }
+        let mut after = if offset <= 2 { 0 } else { offset };
+        loop {
+            let page = match self.vfs.readdir(&creds(req), dir, after, 128) {
+                Ok(p) => p,
+                Err(e) => return reply.error(fail("readdirplus", &e)),
+            };
+            if page.is_empty() {
+                return reply.ok();
+            }
+            for e in page {
+                after = e.cookie;
+                // An entry removed since the listing is skipped.
+                let Ok(a) = self.vfs.getattr(e.ino) else { continue };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(self.fuse_ino(e.ino), e.cookie, name, &self.ttl, &self.attr(&a), gen_of(&a)) {
+                    return reply.ok();
+                }
+            }
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(self.vfs.sync(), reply, "fsyncdir");
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs() {
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize),
+            Err(e) => reply.error(fail("statfs", &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let r = self.vfs.set_xattr(&creds(req), self.ino(ino), name.as_bytes(), value, mode);
+        Self::empty(r, reply, "setxattr");
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.vfs.get_xattr(&creds(req), self.ino(ino), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(fail("getxattr", &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vfs.list_xattr(self.ino(ino)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32);
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::from_i32(libc::ERANGE));
+                } else {
+                    reply.data(&buf);
+                }
+            }
+            Err(e) => reply.error(fail("listxattr", &e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.vfs.remove_xattr(&creds(req), self.ino(ino), name.as_bytes());
+        Self::empty(r, reply, "removexattr");
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        Self::empty(self.vfs.access(&creds(req), self.ino(ino), mask.bits() as u32), reply, "access");
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let c = creds(req);
+        let created = self.vfs.create(&c, self.ino(parent), name.as_bytes(), NewNode::File, mode);
+        let a = match created {
+            Ok(a) => a,
+            Err(e) => return reply.error(fail("create", &e)),
+        };
+        let mode = OpenMode {
+            read: flags & libc::O_ACCMODE != libc::O_WRONLY,
+            write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+        };
+        match self.vfs.open_file(&c, a.ino, mode) {
+            Ok(a) => reply.created(
+                &self.ttl,
+                &self.attr(&a),
+                Generation(a.inode.generation),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(fail("create", &e)),
+        }
+    }
+
+    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let ino = self.ino(ino);
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let end = offset.saturating_add(length);
+        let r = (|| -> Result<(), VfsError> {
+            let size = self.vfs.getattr(ino)?.inode.size;
+            match mode & !libc::FALLOC_FL_KEEP_SIZE {
+                // Thin provisioning: allocating only moves the end of file.
+                0 => {}
+                libc::FALLOC_FL_PUNCH_HOLE if keep_size => self.vfs.zero(ino, offset, length)?,
+                libc::FALLOC_FL_ZERO_RANGE => self.vfs.zero(ino, offset, length)?,
+                _ => return Err(VfsError::NotSupported),
+            }
+            if !keep_size && end > size {
+                let set = SetAttr {
+                    size: Some(end),
+                    ..Default::default()
+                };
+                self.vfs.setattr(&creds(req), ino, &set)?;
+            }
+            Ok(())
+        })();
+        Self::empty(r, reply, "fallocate");
+    }
+}
