@@ -7,6 +7,16 @@ mod daemon;
 use clap::Parser;
 
 fn main() {
+    // mount(8) → mount.fuse runs `storfs SOURCE MOUNTPOINT -o OPTIONS` for
+    // file systems of type fuse.storfs (remounts, fstab entries).
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 5 && args[1].starts_with("storfs:") && args[3] == "-o" {
+        if let Err(e) = cli::mount_helper(&args[1], std::path::Path::new(&args[2]), &args[4]) {
+            eprintln!("storfs: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = cli::Cli::parse();
     if matches!(cli.cmd, cli::Command::Serve) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("STORFS_LOG")

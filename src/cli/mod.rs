@@ -220,6 +220,40 @@ impl Cli {
     }
 }
 
+/// The mount(8) helper: `storfs storfs:FS MOUNTPOINT -o OPTIONS`. A remount
+/// (e.g. `mount -o remount,ro /mnt/efs`) changes the mount flags directly; a
+/// new mount (an fstab entry of type fuse.storfs) asks the daemon to mount.
+pub fn mount_helper(source: &str, mountpoint: &Path, options: &str) -> anyhow::Result<()> {
+    use nix::mount::MsFlags;
+    let opts: Vec<&str> = options.split(',').collect();
+    if opts.contains(&"remount") {
+        let mut flags = MsFlags::MS_REMOUNT;
+        for (name, flag) in [
+            ("ro", MsFlags::MS_RDONLY),
+            ("nosuid", MsFlags::MS_NOSUID),
+            ("nodev", MsFlags::MS_NODEV),
+            ("noexec", MsFlags::MS_NOEXEC),
+            ("noatime", MsFlags::MS_NOATIME),
+            ("nodiratime", MsFlags::MS_NODIRATIME),
+        ] {
+            if opts.contains(&name) {
+                flags |= flag;
+            }
+        }
+        nix::mount::mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>)
+            .with_context(|| format!("cannot remount {}", mountpoint.display()))?;
+        return Ok(());
+    }
+    let fs = source.trim_start_matches("storfs:");
+    let socket = std::env::var_os("STORFS_SOCKET").map_or_else(default_socket, PathBuf::from);
+    let req = Request::Mount {
+        mountpoint: absolute(mountpoint)?,
+        fs: fs.to_string(),
+    };
+    control::call(&socket, &req).map_err(|e| anyhow!(e))?;
+    Ok(())
+}
+
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());

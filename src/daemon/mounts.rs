@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config as FuseSessionConfig, MountOption, SessionACL};
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use fuser::{Config as FuseSessionConfig, SessionACL};
 use parking_lot::Mutex;
 
 use crate::config::FuseConfig;
@@ -21,6 +25,29 @@ struct Mounted {
 #[derive(Default)]
 pub struct Mounts {
     inner: Mutex<BTreeMap<PathBuf, Mounted>>,
+}
+
+/// Mounts a FUSE file system of type `fuse.storfs` at `path` and returns
+/// the /dev/fuse descriptor that serves it. Done here rather than by fuser,
+/// whose plain `fuse` type makes `mount -o remount,ro` run the mount.fuse
+/// helper, which then tries to execute the source name.
+fn kernel_mount(path: &Path, fs: &str) -> Result<OwnedFd, String> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
+    let opts = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions,allow_other",
+        dev.as_raw_fd(),
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
+    );
+    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+    nix::mount::mount(Some(format!("storfs:{fs}").as_str()), path, Some("fuse.storfs"), flags, Some(opts.as_str()))
+        .map_err(|e| format!("cannot mount {}: {e}", path.display()))?;
+    Ok(dev.into())
 }
 
 /// True when something is mounted exactly at `path` (per /proc/self/mountinfo).
@@ -68,19 +95,18 @@ impl Mounts {
         if inner.contains_key(&path) || is_mountpoint(&path) {
             return Err(format!("mountpoint {} is busy (something is already mounted there)", path.display()));
         }
+        let dev = kernel_mount(&path, fs)?;
         let mut config = FuseSessionConfig::default();
-        config.mount_options = vec![
-            MountOption::FSName(format!("storfs:{fs}")),
-            MountOption::Subtype("storfs".into()),
-            MountOption::DefaultPermissions,
-        ];
         config.acl = SessionACL::All;
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
         let fuse = FuseFs::new(vfs.clone(), info.root, cfg.attr_timeout.0);
-        let session = fuser::Session::new(fuse, &path, &config)
+        let session = fuser::Session::from_fd(fuse, dev, SessionACL::All, config)
             .and_then(|s| s.spawn())
-            .map_err(|e| format!("cannot mount {}: {e}", path.display()))?;
+            .map_err(|e| {
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+                format!("cannot serve the mount at {}: {e}", path.display())
+            })?;
         tracing::info!(fs, mountpoint = %path.display(), "mounted");
         inner.insert(
             path.clone(),

@@ -1,0 +1,267 @@
+//! Test harness for end-to-end tests: a real `storfs serve` process in a
+//! scratch directory, driven through its CLI, with real FUSE mounts.
+//!
+//! Every requirement (root, /dev/fuse, external tools) fails the test loudly
+//! when missing: nothing here skips.
+
+#![allow(dead_code)]
+
+pub mod pjdfstest;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The storfs binary under test.
+pub fn storfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_storfs"))
+}
+
+/// Panics unless running as root with /dev/fuse available.
+pub fn require_root_and_fuse() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests mount file systems and must run as root (scripts/test.sh does)"
+    );
+    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: load the fuse module");
+}
+
+/// Path of an external tool, or a panic saying how to get it.
+pub fn require_tool(name: &str) -> PathBuf {
+    let candidates = [
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name)),
+        Some(PathBuf::from("/usr/bin").join(name)),
+        Some(PathBuf::from("/usr/local/bin").join(name)),
+        Some(PathBuf::from("/usr/sbin").join(name)),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if c.exists() {
+            return c;
+        }
+    }
+    panic!("{name} is required by this test and not installed (scripts/test.sh installs it)");
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A scratch directory under /var/tmp (a real disk, not tmpfs), removed on drop.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let base = std::env::var_os("STORFS_TEST_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        // Short: pjdfstest binds Unix sockets below it (108-byte path limit).
+        let path = base.join(format!("sfs-{tag}-{:x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&path).expect("scratch dir");
+        Scratch { path }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Anything still mounted below goes first.
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if Path::new(mp).starts_with(&self.path) {
+                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running daemon with its own data directory, socket and log.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Writes a config (defaults plus `extra` TOML appended to its tables)
+    /// and starts the daemon.
+    pub fn start(dir: &Path, extra: &str) -> Daemon {
+        let socket = dir.join("storfs.sock");
+        let config = dir.join("storfs.toml");
+        let text = format!(
+            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n",
+            dir.join("data").display(),
+            socket.display()
+        );
+        std::fs::write(&config, text).expect("config");
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            config,
+            socket,
+            log: dir.join("daemon.log"),
+            child: None,
+            mounts: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(storfs_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("STORFS_LOG", std::env::var("STORFS_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn storfs serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("storfs serve exited during startup ({st}); log:\n{}", self.log_text());
+            }
+            if self.cli_raw(&["status", "--json"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready after 120 s; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Runs a CLI command against this daemon.
+    pub fn cli_raw(&self, args: &[&str]) -> Output {
+        Command::new(storfs_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run storfs")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_raw(args);
+        assert!(
+            out.status.success(),
+            "storfs {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `storfs status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["status", "--json"])).expect("status json")
+    }
+
+    /// Mounts the default file system at `mp` (created if needed).
+    pub fn mount(&mut self, mp: &Path) {
+        std::fs::create_dir_all(mp).expect("mountpoint");
+        self.cli(&["mount", mp.to_str().expect("utf8")]);
+        if !self.mounts.contains(&mp.to_path_buf()) {
+            self.mounts.push(mp.to_path_buf());
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (clean unmount and flush) and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                if let Ok(Some(st)) = c.try_wait() {
+                    assert!(st.success(), "daemon exited with {st}; log:\n{}", self.log_text());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "daemon did not stop within 300 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.detach_mounts();
+    }
+
+    /// kill -9, then clear the dead FUSE mounts it leaves behind.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.detach_mounts();
+    }
+
+    fn detach_mounts(&self) {
+        for mp in &self.mounts {
+            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// Remounts every mountpoint mounted before (after a restart).
+    pub fn remount_all(&mut self) {
+        for mp in self.mounts.clone() {
+            self.mount(&mp);
+        }
+    }
+
+    /// Runs fsck and asserts it is clean.
+    pub fn assert_fsck_clean(&self) {
+        let out = self.cli_raw(&["fsck"]);
+        assert!(
+            out.status.success(),
+            "fsck found problems:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.detach_mounts();
+    }
+}

@@ -1,0 +1,43 @@
+//! fio write-then-verify (crc32c) of 1 GiB, sequential and random, on a
+//! real FUSE mount; verified again after a daemon restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn fio(dir: &Path, verify_only: bool) -> String {
+    let fio = require_tool("fio");
+    let mut cmd = Command::new(fio);
+    cmd.arg(format!("--directory={}", dir.display()))
+        .args(["--ioengine=psync", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--group_reporting"])
+        .args(["--name=sequential", "--rw=write", "--bs=1M", "--size=512M"])
+        .args(["--name=random", "--rw=randwrite", "--bsrange=4k-128k", "--size=512M", "--end_fsync=1"]);
+    if verify_only {
+        cmd.arg("--verify_only");
+    }
+    let out = run(&mut cmd);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{report}");
+    report
+}
+
+#[test]
+fn fio_verify_one_gib_survives_restart() {
+    require_root_and_fuse();
+    let scratch = Scratch::new("fio");
+    let mut daemon = Daemon::start(&scratch.path, "");
+    let mp = scratch.path.join("mnt");
+    daemon.mount(&mp);
+    let report = fio(&mp, false);
+    assert!(report.contains("sequential") && report.contains("random"), "{report}");
+    assert!(!report.contains("verify failed"), "{report}");
+
+    daemon.restart();
+    daemon.remount_all();
+    let report = fio(&mp, true);
+    assert!(!report.contains("verify failed"), "{report}");
+    daemon.assert_fsck_clean();
+}
