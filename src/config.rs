@@ -30,7 +30,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (name, unit) in UNITS {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{name}", self.0 / unit);
             }
         }
@@ -114,11 +114,7 @@ pub struct BackendConfig {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig {
-            kind: BackendKind::Local,
-            path: None,
-            ia_path: None,
-        }
+        BackendConfig { kind: BackendKind::Local, path: None, ia_path: None }
     }
 }
 
@@ -164,11 +160,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            block_size: Size(1 << 20),
-            pack_size: Size(32 << 20),
-            wal_segment_size: Size(64 << 20),
-        }
+        StorageConfig { block_size: Size(1 << 20), pack_size: Size(32 << 20), wal_segment_size: Size(64 << 20) }
     }
 }
 
@@ -184,10 +176,7 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig {
-            interval: Dur(Duration::from_secs(3600)),
-            repack_threshold: 0.5,
-        }
+        GcConfig { interval: Dur(Duration::from_secs(3600)), repack_threshold: 0.5 }
     }
 }
 
@@ -209,9 +198,7 @@ pub struct NfsConfig {
 
 impl Default for NfsConfig {
     fn default() -> Self {
-        NfsConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 2049)),
-        }
+        NfsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 2049)) }
     }
 }
 
@@ -225,9 +212,7 @@ pub struct NbdConfig {
 
 impl Default for NbdConfig {
     fn default() -> Self {
-        NbdConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 10809)),
-        }
+        NbdConfig { listen: SocketAddr::from(([127, 0, 0, 1], 10809)) }
     }
 }
 
@@ -244,10 +229,7 @@ pub struct FuseConfig {
 
 impl Default for FuseConfig {
     fn default() -> Self {
-        FuseConfig {
-            threads: 8,
-            attr_timeout: Dur(Duration::from_secs(1)),
-        }
+        FuseConfig { threads: 8, attr_timeout: Dur(Duration::from_secs(1)) }
     }
 }
 
@@ -351,9 +333,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             storage: StorageConfig::default(),
             gc: GcConfig::default(),
-            control: ControlConfig {
-                socket: default_socket(),
-            },
+            control: ControlConfig { socket: default_socket() },
             fuse: FuseConfig::default(),
             nfs: NfsConfig::default(),
             nbd: NbdConfig::default(),
@@ -369,10 +349,8 @@ impl Config {
             c.validate(Path::new("(built-in defaults)"))?;
             return Ok(c);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let c = Config::parse(&text, path)?;
         c.validate(path)?;
         Ok(c)
@@ -392,22 +370,13 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let msg = format!("{}{}", inner.message().trim(), line_of(inner.span()));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                msg: if key == "." { msg } else { format!("{key}: {msg}") },
-            }
+            ConfigError::Parse { path: path.to_path_buf(), msg: if key == "." { msg } else { format!("{key}: {msg}") } }
         })
     }
 
     /// Checks ranges and combinations.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, msg: String| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                msg,
-            })
-        };
+        let bad = |key: &'static str, msg: String| Err(ConfigError::Invalid { path: path.to_path_buf(), key, msg });
         if !self.data_dir.is_absolute() {
             return bad("data_dir", format!("must be an absolute path, got {}", self.data_dir.display()));
         }
@@ -429,13 +398,22 @@ impl Config {
         }
         let bs = self.storage.block_size.0;
         if !bs.is_power_of_two() || !(4 << 10..=16 << 20).contains(&bs) {
-            return bad("storage.block_size", format!("must be a power of two from 4KiB to 16MiB, got {}", self.storage.block_size));
+            return bad(
+                "storage.block_size",
+                format!("must be a power of two from 4KiB to 16MiB, got {}", self.storage.block_size),
+            );
         }
         if self.storage.pack_size.0 < bs || self.storage.pack_size.0 > 1 << 30 {
-            return bad("storage.pack_size", format!("must be between the block size and 1GiB, got {}", self.storage.pack_size));
+            return bad(
+                "storage.pack_size",
+                format!("must be between the block size and 1GiB, got {}", self.storage.pack_size),
+            );
         }
         if self.storage.wal_segment_size.0 < 1 << 20 || self.storage.wal_segment_size.0 > 1 << 32 {
-            return bad("storage.wal_segment_size", format!("must be between 1MiB and 4GiB, got {}", self.storage.wal_segment_size));
+            return bad(
+                "storage.wal_segment_size",
+                format!("must be between 1MiB and 4GiB, got {}", self.storage.wal_segment_size),
+            );
         }
         if self.cache.max_dirty.0 < 64 << 20 {
             return bad("cache.max_dirty", format!("must be at least 64MiB, got {}", self.cache.max_dirty));
@@ -443,7 +421,9 @@ impl Config {
         if self.cache.memory.0 < 16 << 20 {
             return bad("cache.memory", format!("must be at least 16MiB, got {}", self.cache.memory));
         }
-        if self.cache.flush_interval.0 < Duration::from_millis(10) || self.cache.flush_interval.0 > Duration::from_secs(3600) {
+        if self.cache.flush_interval.0 < Duration::from_millis(10)
+            || self.cache.flush_interval.0 > Duration::from_secs(3600)
+        {
             return bad("cache.flush_interval", "must be between 10ms and 1h".into());
         }
         if !(0.0..1.0).contains(&self.gc.repack_threshold) {

@@ -123,13 +123,7 @@ impl Env {
         let root = vfs.create_filesystem("default").expect("mkfs").root;
         let sub = vfs.create(&Creds::root(), root, b"sub", NewNode::Dir, 0o755).expect("sub").ino;
         vfs.sync().expect("sync");
-        Env {
-            dir,
-            backend,
-            vfs,
-            root,
-            sub,
-        }
+        Env { dir, backend, vfs, root, sub }
     }
 
     fn state(&self) -> PathBuf {
@@ -207,10 +201,7 @@ fn step(env: &mut Env, model: &mut Model, durable: &mut Model, op: &Op) {
         Op::Truncate { slot, size } => {
             let Some(Node::File(id)) = model.slots.get(slot).cloned() else { return };
             let ino = env.lookup(*slot).expect("file exists").ino;
-            let req = SetAttr {
-                size: Some(*size as u64),
-                ..Default::default()
-            };
+            let req = SetAttr { size: Some(*size as u64), ..Default::default() };
             env.vfs.setattr(&c, ino, &req).expect("truncate");
             model.files.get_mut(&id).expect("content").resize(*size as usize, 0);
         }
@@ -321,7 +312,8 @@ fn compare(env: &Env, model: &Model) {
             (m, g) => panic!("slot {s}: model {m:?}, vfs {:?}", g.map(|a| a.inode.kind)),
         }
     }
-    let listed = env.vfs.readdir(&c, env.root, 0, 100).expect("ls").len() + env.vfs.readdir(&c, env.sub, 0, 100).expect("ls").len();
+    let listed = env.vfs.readdir(&c, env.root, 0, 100).expect("ls").len()
+        + env.vfs.readdir(&c, env.sub, 0, 100).expect("ls").len();
     assert_eq!(listed, model.slots.len() + 1, "directory listings hold every name once");
 }
 

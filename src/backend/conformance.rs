@@ -65,10 +65,7 @@ fn missing_keys(b: &dyn ObjectBackend, ns: &str) {
     let key = format!("{ns}/missing");
     assert!(matches!(b.get(&key), Err(BackendError::NotFound { .. })), "get of missing key");
     assert!(matches!(b.head(&key), Err(BackendError::NotFound { .. })), "head of missing key");
-    assert!(
-        matches!(b.get_range(&key, 0..1), Err(BackendError::NotFound { .. })),
-        "range of missing key"
-    );
+    assert!(matches!(b.get_range(&key, 0..1), Err(BackendError::NotFound { .. })), "range of missing key");
     b.delete(&key).expect("deleting a missing key succeeds");
     let key = format!("{ns}/gone");
     b.put(&key, payload(10, 5), PutOptions::default()).expect("put");
@@ -77,10 +74,8 @@ fn missing_keys(b: &dyn ObjectBackend, ns: &str) {
 }
 
 fn list_by_prefix(b: &dyn ObjectBackend, ns: &str) {
-    let keys: Vec<String> = ["packs/00/a", "packs/00/b", "packs/ff/c", "packsx/d", "meta/e"]
-        .iter()
-        .map(|k| format!("{ns}/{k}"))
-        .collect();
+    let keys: Vec<String> =
+        ["packs/00/a", "packs/00/b", "packs/ff/c", "packsx/d", "meta/e"].iter().map(|k| format!("{ns}/{k}")).collect();
     for k in &keys {
         b.put(k, payload(7, 6), PutOptions::default()).expect("put");
     }
@@ -128,9 +123,7 @@ fn empty_and_large_objects(b: &dyn ObjectBackend, ns: &str) {
 
 fn storage_class_is_recorded(b: &dyn ObjectBackend, ns: &str) {
     let key = format!("{ns}/cold");
-    let opts = PutOptions {
-        class: StorageClass::InfrequentAccess,
-    };
+    let opts = PutOptions { class: StorageClass::InfrequentAccess };
     b.put(&key, payload(300, 8), opts).expect("put ia");
     assert_eq!(b.head(&key).expect("head").class, StorageClass::InfrequentAccess);
     assert_eq!(b.get(&key).expect("get ia"), payload(300, 8));

@@ -58,11 +58,7 @@ impl FaultHandle {
         let fail = self.outage.load(Ordering::SeqCst) || hit(self.error_ppm.load(Ordering::Relaxed));
         if fail {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(BackendError::Transient {
-                op,
-                key: key.to_string(),
-                source: "injected fault".into(),
-            });
+            return Err(BackendError::Transient { op, key: key.to_string(), source: "injected fault".into() });
         }
         Ok(())
     }
@@ -87,13 +83,7 @@ impl FaultBackend {
     /// Wraps `inner`; the returned handle controls the faults.
     pub fn new(inner: Arc<dyn ObjectBackend>) -> (FaultBackend, Arc<FaultHandle>) {
         let handle = Arc::new(FaultHandle::default());
-        (
-            FaultBackend {
-                inner,
-                handle: handle.clone(),
-            },
-            handle,
-        )
+        (FaultBackend { inner, handle: handle.clone() }, handle)
     }
 
     fn maybe_truncate(&self, data: Bytes) -> Bytes {

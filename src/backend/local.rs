@@ -70,9 +70,7 @@ impl LocalBackend {
                 return Ok((path, class));
             }
         }
-        Err(BackendError::NotFound {
-            key: key.to_string(),
-        })
+        Err(BackendError::NotFound { key: key.to_string() })
     }
 
     fn put_inner(&self, key: &str, data: &[u8], class: StorageClass) -> std::io::Result<()> {
@@ -81,9 +79,7 @@ impl LocalBackend {
         let parent = target.parent().unwrap_or(root);
         ensure_dir(parent, root)?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = root
-            .join(TMP_DIR)
-            .join(format!("{}.{}.{seq}", std::process::id(), rand::random::<u32>()));
+        let tmp = root.join(TMP_DIR).join(format!("{}.{}.{seq}", std::process::id(), rand::random::<u32>()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
@@ -130,11 +126,7 @@ fn checked_key<'k>(op: &'static str, key: &'k str) -> Result<&'k str, BackendErr
         || key.ends_with('/')
         || key.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c == TMP_DIR);
     if bad {
-        return Err(BackendError::Permanent {
-            op,
-            key: key.to_string(),
-            source: "invalid object key".into(),
-        });
+        return Err(BackendError::Permanent { op, key: key.to_string(), source: "invalid object key".into() });
     }
     Ok(key)
 }
@@ -142,8 +134,7 @@ fn checked_key<'k>(op: &'static str, key: &'k str) -> Result<&'k str, BackendErr
 impl ObjectBackend for LocalBackend {
     fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
         checked_key("put", key)?;
-        self.put_inner(key, &data, opts.class)
-            .map_err(|e| BackendError::from_io("put", key, e))
+        self.put_inner(key, &data, opts.class).map_err(|e| BackendError::from_io("put", key, e))
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
@@ -194,21 +185,14 @@ impl ObjectBackend for LocalBackend {
         let mut out = Vec::new();
         for class in self.classes() {
             let root = self.root(class);
-            walk(root, root, prefix, class, &mut out)
-                .map_err(|e| BackendError::from_io("list", prefix, e))?;
+            walk(root, root, prefix, class, &mut out).map_err(|e| BackendError::from_io("list", prefix, e))?;
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    prefix: &str,
-    class: StorageClass,
-    out: &mut Vec<ObjectMeta>,
-) -> std::io::Result<()> {
+fn walk(root: &Path, dir: &Path, prefix: &str, class: StorageClass, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),

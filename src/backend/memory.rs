@@ -31,35 +31,22 @@ impl MemoryBackend {
 
 impl ObjectBackend for MemoryBackend {
     fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        let obj = Object {
-            data,
-            class: opts.class,
-            modified: SystemTime::now(),
-        };
+        let obj = Object { data, class: opts.class, modified: SystemTime::now() };
         self.objects.lock().insert(key.to_string(), obj);
         Ok(())
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         let objects = self.objects.lock();
-        let obj = objects.get(key).ok_or_else(|| BackendError::NotFound {
-            key: key.to_string(),
-        })?;
+        let obj = objects.get(key).ok_or_else(|| BackendError::NotFound { key: key.to_string() })?;
         check_range(key, &range, obj.data.len() as u64)?;
         Ok(obj.data.slice(range.start as usize..range.end as usize))
     }
 
     fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         let objects = self.objects.lock();
-        let obj = objects.get(key).ok_or_else(|| BackendError::NotFound {
-            key: key.to_string(),
-        })?;
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            size: obj.data.len() as u64,
-            class: obj.class,
-            modified: obj.modified,
-        })
+        let obj = objects.get(key).ok_or_else(|| BackendError::NotFound { key: key.to_string() })?;
+        Ok(ObjectMeta { key: key.to_string(), size: obj.data.len() as u64, class: obj.class, modified: obj.modified })
     }
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
@@ -83,12 +70,7 @@ impl ObjectBackend for MemoryBackend {
 
     fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let objects = self.objects.lock();
-        objects
-            .get(key)
-            .map(|o| o.data.clone())
-            .ok_or_else(|| BackendError::NotFound {
-                key: key.to_string(),
-            })
+        objects.get(key).map(|o| o.data.clone()).ok_or_else(|| BackendError::NotFound { key: key.to_string() })
     }
 }
 

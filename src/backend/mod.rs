@@ -82,9 +82,7 @@ pub struct PutOptions {
 
 impl Default for PutOptions {
     fn default() -> Self {
-        PutOptions {
-            class: StorageClass::Standard,
-        }
+        PutOptions { class: StorageClass::Standard }
     }
 }
 
@@ -153,17 +151,9 @@ impl BackendError {
             Some(libc::ENOSPC | libc::EDQUOT | libc::EAGAIN | libc::EINTR | libc::ETIMEDOUT)
         );
         if transient {
-            BackendError::Transient {
-                op,
-                key,
-                source: Box::new(err),
-            }
+            BackendError::Transient { op, key, source: Box::new(err) }
         } else {
-            BackendError::Permanent {
-                op,
-                key,
-                source: Box::new(err),
-            }
+            BackendError::Permanent { op, key, source: Box::new(err) }
         }
     }
 }
@@ -199,12 +189,7 @@ pub trait ObjectBackend: Send + Sync + fmt::Debug {
 /// Checks a requested range against an object size.
 pub(crate) fn check_range(key: &str, range: &Range<u64>, size: u64) -> Result<(), BackendError> {
     if range.start > range.end || range.end > size {
-        return Err(BackendError::InvalidRange {
-            key: key.to_string(),
-            start: range.start,
-            end: range.end,
-            size,
-        });
+        return Err(BackendError::InvalidRange { key: key.to_string(), start: range.start, end: range.end, size });
     }
     Ok(())
 }

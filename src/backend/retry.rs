@@ -24,11 +24,7 @@ impl RetryBackend {
     /// Wraps `inner`: up to `attempts` tries per call, the first backoff
     /// drawn from `0..base`, doubling each time up to 5 s.
     pub fn new(inner: Arc<dyn ObjectBackend>, attempts: u32, base: Duration) -> RetryBackend {
-        RetryBackend {
-            inner,
-            attempts: attempts.max(1),
-            base,
-        }
+        RetryBackend { inner, attempts: attempts.max(1), base }
     }
 
     fn run<T>(&self, mut f: impl FnMut() -> Result<T, BackendError>) -> Result<T, BackendError> {

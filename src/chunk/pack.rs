@@ -71,10 +71,7 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> PackBuilder {
-        PackBuilder {
-            buf: MAGIC.to_vec(),
-            index: Vec::new(),
-        }
+        PackBuilder { buf: MAGIC.to_vec(), index: Vec::new() }
     }
 
     /// Appends a chunk stored plain; returns its index entry.
@@ -84,13 +81,7 @@ impl PackBuilder {
         self.buf.push(0);
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(&len.to_le_bytes());
-        let entry = PackIndexEntry {
-            id,
-            offset: self.buf.len() as u64,
-            stored_len: len,
-            raw_len: len,
-            flags: 0,
-        };
+        let entry = PackIndexEntry { id, offset: self.buf.len() as u64, stored_len: len, raw_len: len, flags: 0 };
         self.buf.extend_from_slice(data);
         self.index.push(entry);
         entry

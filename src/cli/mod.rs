@@ -139,8 +139,10 @@ impl Cli {
                         println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
                         for f in v.as_array().into_iter().flatten() {
-                            let at: Vec<&str> = f["mounted_at"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                            let at = if at.is_empty() { String::new() } else { format!("  mounted at {}", at.join(", ")) };
+                            let at: Vec<&str> =
+                                f["mounted_at"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                            let at =
+                                if at.is_empty() { String::new() } else { format!("  mounted at {}", at.join(", ")) };
                             println!("{}{at}", f["name"].as_str().unwrap_or("?"));
                         }
                     }
@@ -152,18 +154,12 @@ impl Cli {
             },
             Command::Mount { mountpoint, fs } => {
                 let abs = absolute(mountpoint)?;
-                self.call(&Request::Mount {
-                    mountpoint: abs.clone(),
-                    fs: fs.clone(),
-                })?;
+                self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone() })?;
                 println!("mounted {fs} at {}", abs.display());
             }
             Command::Umount { mountpoint, lazy } => {
                 let abs = absolute(mountpoint)?;
-                self.call(&Request::Umount {
-                    mountpoint: abs.clone(),
-                    lazy: *lazy,
-                })?;
+                self.call(&Request::Umount { mountpoint: abs.clone(), lazy: *lazy })?;
                 println!("unmounted {}", abs.display());
             }
             Command::Status { json } => {
@@ -190,7 +186,8 @@ impl Cli {
             }
             Command::Fsck { json } => {
                 let v = self.call(&Request::Fsck)?;
-                let errors: Vec<&str> = v["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let errors: Vec<&str> =
+                    v["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -209,7 +206,10 @@ impl Cli {
                     for e in &errors {
                         println!("error: {e}");
                     }
-                    println!("{}", if errors.is_empty() { "clean".to_string() } else { format!("{} problems", errors.len()) });
+                    println!(
+                        "{}",
+                        if errors.is_empty() { "clean".to_string() } else { format!("{} problems", errors.len()) }
+                    );
                 }
                 if !errors.is_empty() {
                     return Ok(1);
@@ -246,10 +246,7 @@ pub fn mount_helper(source: &str, mountpoint: &Path, options: &str) -> anyhow::R
     }
     let fs = source.trim_start_matches("storfs:");
     let socket = std::env::var_os("STORFS_SOCKET").map_or_else(default_socket, PathBuf::from);
-    let req = Request::Mount {
-        mountpoint: absolute(mountpoint)?,
-        fs: fs.to_string(),
-    };
+    let req = Request::Mount { mountpoint: absolute(mountpoint)?, fs: fs.to_string() };
     control::call(&socket, &req).map_err(|e| anyhow!(e))?;
     Ok(())
 }
@@ -266,7 +263,12 @@ fn print_status(v: &Value) {
     let d = &v["dirty"];
     let s = &v["storage"];
     let a = &v["activity"];
-    println!("storfs {}, up {}s, data_dir {}", v["version"].as_str().unwrap_or("?"), v["uptime_s"], v["data_dir"].as_str().unwrap_or("?"));
+    println!(
+        "storfs {}, up {}s, data_dir {}",
+        v["version"].as_str().unwrap_or("?"),
+        v["uptime_s"],
+        v["data_dir"].as_str().unwrap_or("?")
+    );
     println!("backend   {}", v["backend"].as_str().unwrap_or("?"));
     println!(
         "dirty     {} unflushed, oldest {:.1}s; WAL {} in {} segments (limit {})",

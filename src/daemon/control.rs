@@ -96,9 +96,7 @@ pub fn serve(listener: UnixListener, handler: Handler) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let handler = handler.clone();
-        let spawned = std::thread::Builder::new()
-            .name("storfs-control".into())
-            .spawn(move || answer(conn, handler));
+        let spawned = std::thread::Builder::new().name("storfs-control".into()).spawn(move || answer(conn, handler));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a control thread");
         }
@@ -110,30 +108,18 @@ fn answer(conn: UnixStream, handler: Handler) {
     let mut line = String::new();
     let read = BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line);
     let response = match read {
-        Err(e) => Response {
-            ok: false,
-            error: Some(format!("cannot read request: {e}")),
-            result: serde_json::Value::Null,
-        },
+        Err(e) => {
+            Response { ok: false, error: Some(format!("cannot read request: {e}")), result: serde_json::Value::Null }
+        }
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response {
-                ok: false,
-                error: Some(format!("malformed request: {e}")),
-                result: serde_json::Value::Null,
-            },
+            Err(e) => {
+                Response { ok: false, error: Some(format!("malformed request: {e}")), result: serde_json::Value::Null }
+            }
             Ok(req) => {
                 tracing::debug!(?req, "control request");
                 match handler(req) {
-                    Ok(result) => Response {
-                        ok: true,
-                        error: None,
-                        result,
-                    },
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(e),
-                        result: serde_json::Value::Null,
-                    },
+                    Ok(result) => Response { ok: true, error: None, result },
+                    Err(e) => Response { ok: false, error: Some(e), result: serde_json::Value::Null },
                 }
             }
         },
@@ -162,18 +148,12 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, String> {
     line.push(b'\n');
     (&conn).write_all(&line).map_err(|e| format!("cannot send to the daemon: {e}"))?;
     let mut reply = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut reply)
-        .map_err(|e| format!("no answer from the daemon: {e}"))?;
+    BufReader::new(&conn).read_line(&mut reply).map_err(|e| format!("no answer from the daemon: {e}"))?;
     if reply.is_empty() {
         return Err("the daemon closed the connection without answering".into());
     }
     let r: Response = serde_json::from_str(&reply).map_err(|e| format!("unreadable answer from the daemon: {e}"))?;
-    if r.ok {
-        Ok(r.result)
-    } else {
-        Err(r.error.unwrap_or_else(|| "the daemon reported an unknown error".into()))
-    }
+    if r.ok { Ok(r.result) } else { Err(r.error.unwrap_or_else(|| "the daemon reported an unknown error".into())) }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
         bail!(
             "another storfs daemon is using {} (pid {})",
             dir.display(),
-            holder.trim().split_whitespace().next().unwrap_or("unknown")
+            holder.split_whitespace().next().unwrap_or("unknown")
         );
     }
     file.set_len(0)?;
@@ -118,8 +118,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     })
     .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if vfs.filesystem(DEFAULT_FS).is_err() {
-        vfs.create_filesystem(DEFAULT_FS)
-            .map_err(|e| anyhow!("cannot create the default file system: {e}"))?;
+        vfs.create_filesystem(DEFAULT_FS).map_err(|e| anyhow!("cannot create the default file system: {e}"))?;
         tracing::info!("created file system {DEFAULT_FS:?}");
     }
 
@@ -133,9 +132,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req| d.handle(req));
-    std::thread::Builder::new()
-        .name("storfs-control".into())
-        .spawn(move || control::serve(listener, handler))?;
+    std::thread::Builder::new().name("storfs-control".into()).spawn(move || control::serve(listener, handler))?;
     spawn_gc_timer(&daemon)?;
 
     tracing::info!(
@@ -197,10 +194,8 @@ impl Daemon {
         match req {
             Request::Status => json(status::collect(self)?),
             Request::FsCreate { name } => {
-                let info = self
-                    .vfs
-                    .create_filesystem(&name)
-                    .map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
+                let info =
+                    self.vfs.create_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
                 json(info)
             }
             Request::FsList => {
@@ -211,11 +206,8 @@ impl Daemon {
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .map(|f| {
-                        let at: Vec<String> = mounts
-                            .iter()
-                            .filter(|(_, n)| *n == f.name)
-                            .map(|(p, _)| p.display().to_string())
-                            .collect();
+                        let at: Vec<String> =
+                            mounts.iter().filter(|(_, n)| *n == f.name).map(|(p, _)| p.display().to_string()).collect();
                         serde_json::json!({"name": f.name, "id": f.id, "block_size": f.block_size,
                             "created": f.created, "mounted_at": at})
                     })
@@ -226,9 +218,7 @@ impl Daemon {
                 if let Some((p, _)) = self.mounts.list().into_iter().find(|(_, n)| *n == name) {
                     return Err(format!("file system {name:?} is mounted at {}; unmount it first", p.display()));
                 }
-                self.vfs
-                    .delete_filesystem(&name)
-                    .map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
+                self.vfs.delete_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
                 Ok(serde_json::Value::Null)
             }
             Request::Mount { mountpoint, fs } => {

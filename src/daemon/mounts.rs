@@ -81,12 +81,8 @@ fn unescape(s: &str) -> String {
 impl Mounts {
     /// Mounts file system `fs` at `path`.
     pub fn mount(&self, vfs: &Arc<Vfs>, fs: &str, path: &Path, cfg: &FuseConfig) -> Result<PathBuf, String> {
-        let info = vfs
-            .filesystem(fs)
-            .map_err(|_| format!("no file system named {fs:?} (see `storfs fs list`)"))?;
-        let path = path
-            .canonicalize()
-            .map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
+        let info = vfs.filesystem(fs).map_err(|_| format!("no file system named {fs:?} (see `storfs fs list`)"))?;
+        let path = path.canonicalize().map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
         if !path.is_dir() {
             return Err(format!("mountpoint {} is not a directory", path.display()));
         }
@@ -101,20 +97,13 @@ impl Mounts {
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
         let fuse = FuseFs::new(vfs.clone(), info.root, cfg.attr_timeout.0);
-        let session = fuser::Session::from_fd(fuse, dev, SessionACL::All, config)
-            .and_then(|s| s.spawn())
-            .map_err(|e| {
+        let session =
+            fuser::Session::from_fd(fuse, dev, SessionACL::All, config).and_then(|s| s.spawn()).map_err(|e| {
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
                 format!("cannot serve the mount at {}: {e}", path.display())
             })?;
         tracing::info!(fs, mountpoint = %path.display(), "mounted");
-        inner.insert(
-            path.clone(),
-            Mounted {
-                fs: fs.to_string(),
-                session,
-            },
-        );
+        inner.insert(path.clone(), Mounted { fs: fs.to_string(), session });
         Ok(path)
     }
 
@@ -126,11 +115,7 @@ impl Mounts {
         if !inner.contains_key(&path) {
             return Err(format!("nothing is mounted by storfs at {}", path.display()));
         }
-        let flags = if lazy {
-            nix::mount::MntFlags::MNT_DETACH
-        } else {
-            nix::mount::MntFlags::empty()
-        };
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
         match nix::mount::umount2(&path, flags) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
             Err(nix::errno::Errno::EBUSY) => {

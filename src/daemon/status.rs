@@ -134,11 +134,6 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             backend_reads: get(&c.backend_reads),
             backend_read_bytes: get(&c.backend_bytes),
         },
-        mounts: d
-            .mounts
-            .list()
-            .into_iter()
-            .map(|(p, f)| (p.display().to_string(), f))
-            .collect(),
+        mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
     })
 }

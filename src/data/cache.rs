@@ -87,11 +87,7 @@ impl DiskCache {
                 }
             }
         }
-        Ok(DiskCache {
-            dir,
-            limit,
-            state: Mutex::new(st),
-        })
+        Ok(DiskCache { dir, limit, state: Mutex::new(st) })
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
@@ -216,12 +212,7 @@ impl ChunkReader {
             Some((dir, limit)) if limit > 0 => Some(DiskCache::open(dir, limit)?),
             _ => None,
         };
-        Ok(ChunkReader {
-            backend,
-            mem,
-            disk,
-            stats: CacheStats::default(),
-        })
+        Ok(ChunkReader { backend, mem, disk, stats: CacheStats::default() })
     }
 
     /// The backend below the caches.
@@ -264,15 +255,9 @@ impl ChunkReader {
             if data.len() == entry.raw_len as usize && ChunkId::of(&data) == *id {
                 return Ok(data);
             }
-            last = Some(ChunkError::Corrupt {
-                id: *id,
-                pack: entry.pack,
-            });
+            last = Some(ChunkError::Corrupt { id: *id, pack: entry.pack });
         }
-        Err(last.unwrap_or(ChunkError::Corrupt {
-            id: *id,
-            pack: entry.pack,
-        }))
+        Err(last.unwrap_or(ChunkError::Corrupt { id: *id, pack: entry.pack }))
     }
 
     /// Puts freshly written chunk bytes in the memory cache.
@@ -301,7 +286,9 @@ mod tests {
     use crate::backend::memory::MemoryBackend;
     use crate::chunk::pack::PackBuilder;
 
-    fn setup(disk: Option<(PathBuf, u64)>) -> (ChunkReader, Arc<crate::backend::fault::FaultHandle>, Vec<(ChunkId, ChunkEntry)>) {
+    fn setup(
+        disk: Option<(PathBuf, u64)>,
+    ) -> (ChunkReader, Arc<crate::backend::fault::FaultHandle>, Vec<(ChunkId, ChunkEntry)>) {
         let (fault, handle) = FaultBackend::new(Arc::new(MemoryBackend::new()));
         let mut pb = PackBuilder::new();
         let mut chunks = Vec::new();

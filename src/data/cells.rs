@@ -53,9 +53,7 @@ pub struct Cells {
 
 impl Default for Cells {
     fn default() -> Self {
-        Cells {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        Cells { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 }
 
@@ -69,12 +67,7 @@ impl Cells {
         self.shard(ino)
             .lock()
             .entry(ino)
-            .or_insert_with(|| {
-                Arc::new(Cell {
-                    ino,
-                    state: Mutex::new(CellData::default()),
-                })
-            })
+            .or_insert_with(|| Arc::new(Cell { ino, state: Mutex::new(CellData::default()) }))
             .clone()
     }
 

@@ -53,18 +53,10 @@ impl Piece {
             return None;
         }
         let src = match &self.src {
-            Src::Wal { seg, pos } => Src::Wal {
-                seg: seg.clone(),
-                pos: pos + (a - self.off) as u64,
-            },
+            Src::Wal { seg, pos } => Src::Wal { seg: seg.clone(), pos: pos + (a - self.off) as u64 },
             Src::Zero { seg } => Src::Zero { seg: seg.clone() },
         };
-        Some(Piece {
-            off: a,
-            len: b - a,
-            src,
-            lsn: self.lsn,
-        })
+        Some(Piece { off: a, len: b - a, src, lsn: self.lsn })
     }
 
     /// Copies the piece's bytes into `buf`, which holds the block bytes
@@ -247,7 +239,7 @@ pub fn truncate_dirty(
     for b in dropped {
         cd.blocks.remove(&b);
     }
-    if size % bs64 != 0 {
+    if !size.is_multiple_of(bs64) {
         if let Some(db) = cd.blocks.get_mut(&(size / bs64)) {
             db.truncate((size % bs64) as u32);
         }
@@ -267,14 +259,7 @@ mod tests {
     use super::*;
 
     fn zero(off: u32, len: u32, lsn: u64) -> Piece {
-        Piece {
-            off,
-            len,
-            src: Src::Zero {
-                seg: Segment::for_tests(),
-            },
-            lsn,
-        }
+        Piece { off, len, src: Src::Zero { seg: Segment::for_tests() }, lsn }
     }
 
     fn piece_spans(b: &DirtyBlock) -> Vec<(u32, u32, u64)> {

@@ -41,13 +41,7 @@ struct Batch {
 
 impl Batch {
     fn new(cut: u64) -> Batch {
-        Batch {
-            cut,
-            pack: PackBuilder::new(),
-            new_chunks: HashMap::new(),
-            fresh: Vec::new(),
-            items: Vec::new(),
-        }
+        Batch { cut, pack: PackBuilder::new(), new_chunks: HashMap::new(), fresh: Vec::new(), items: Vec::new() }
     }
 }
 
@@ -94,7 +88,10 @@ impl Store {
                 let mut buf = vec![0u8; bs];
                 if let Some(base) = rtx.block(cell.ino, blk)? {
                     let entry = rtx.chunk(&base.chunk)?.ok_or_else(|| {
-                        DataError::Corrupt(format!("inode {} block {blk} refers to missing chunk {}", cell.ino, base.chunk))
+                        DataError::Corrupt(format!(
+                            "inode {} block {blk} refers to missing chunk {}",
+                            cell.ino, base.chunk
+                        ))
                     })?;
                     let data = self.chunks.get(&base.chunk, &entry)?;
                     let n = data.len().min(base.len as usize).min(bs);
@@ -122,14 +119,17 @@ impl Store {
         Ok(())
     }
 
-    fn add_to_batch(&self, batch: &mut Batch, rtx: &ReadTx, ino: Ino, blk: u64, generation: u64, buf: Vec<u8>) -> Result<()> {
+    fn add_to_batch(
+        &self,
+        batch: &mut Batch,
+        rtx: &ReadTx,
+        ino: Ino,
+        blk: u64,
+        generation: u64,
+        buf: Vec<u8>,
+    ) -> Result<()> {
         if buf.is_empty() {
-            batch.items.push(Item {
-                ino,
-                blk,
-                generation,
-                content: None,
-            });
+            batch.items.push(Item { ino, blk, generation, content: None });
             return Ok(());
         }
         let id = ChunkId::of(&buf);
@@ -141,12 +141,7 @@ impl Store {
             batch.new_chunks.insert(id, e);
             batch.fresh.push((id, Bytes::from(buf)));
         }
-        batch.items.push(Item {
-            ino,
-            blk,
-            generation,
-            content: Some((id, len)),
-        });
+        batch.items.push(Item { ino, blk, generation, content: Some((id, len)) });
         Ok(())
     }
 
@@ -155,9 +150,7 @@ impl Store {
         let key = pack_key(id);
         let mut delay = Duration::from_millis(50);
         loop {
-            let opts = PutOptions {
-                class: StorageClass::Standard,
-            };
+            let opts = PutOptions { class: StorageClass::Standard };
             match self.chunks.backend().put(&key, bytes.clone(), opts) {
                 Ok(()) => {
                     self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
@@ -178,13 +171,7 @@ impl Store {
     }
 
     fn commit_batch(&self, batch: Batch) -> Result<()> {
-        let Batch {
-            cut,
-            pack,
-            new_chunks,
-            fresh,
-            items,
-        } = batch;
+        let Batch { cut, pack, new_chunks, fresh, items } = batch;
         let pack_id = if pack.is_empty() {
             None
         } else {
@@ -271,15 +258,7 @@ impl Store {
                         // Deduplicated against a chunk that was dropped since.
                         continue;
                     }
-                    tx.put_block(
-                        item.ino,
-                        item.blk,
-                        &BlockRef {
-                            chunk: id,
-                            len,
-                            flushed_lsn: cut,
-                        },
-                    )?;
+                    tx.put_block(item.ino, item.blk, &BlockRef { chunk: id, len, flushed_lsn: cut })?;
                     tx.add_counter(counter::LOGICAL_BYTES, len as i64)?;
                     if let Some(o) = old {
                         unref_block(&tx, &o)?;
@@ -387,9 +366,7 @@ impl Store {
 
 /// Starts the background flusher thread.
 pub fn spawn(store: Arc<Store>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("storfs-flusher".into())
-        .spawn(move || store.flusher_loop())
+    std::thread::Builder::new().name("storfs-flusher".into()).spawn(move || store.flusher_loop())
 }
 
 #[cfg(test)]

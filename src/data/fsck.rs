@@ -99,11 +99,7 @@ impl Store {
         for (ino, (kind, nlink)) in inos {
             let named = links.get(ino).copied().unwrap_or(0);
             let want = if *kind == FileKind::Dir {
-                if roots.contains(ino) || named > 0 {
-                    2 + subdirs.get(ino).copied().unwrap_or(0)
-                } else {
-                    0
-                }
+                if roots.contains(ino) || named > 0 { 2 + subdirs.get(ino).copied().unwrap_or(0) } else { 0 }
             } else {
                 named
             };
@@ -180,7 +176,8 @@ impl Store {
 
         // Pack objects.
         let listed = self.chunks.backend().list("packs/")?;
-        let present: HashMap<u64, u64> = listed.iter().filter_map(|o| parse_pack_key(&o.key).map(|id| (id, o.size))).collect();
+        let present: HashMap<u64, u64> =
+            listed.iter().filter_map(|o| parse_pack_key(&o.key).map(|id| (id, o.size))).collect();
         let inflight = self.inflight.lock().clone();
         for (id, p) in &packs {
             match present.get(id) {

@@ -132,26 +132,19 @@ impl Store {
                 let (id, c) = moving[i];
                 i += 1;
                 let range = c.offset as usize..c.offset as usize + c.stored_len as usize;
-                let data = bytes.get(range).ok_or_else(|| DataError::Corrupt(format!("chunk {id} lies outside pack {pack:016x}")))?;
+                let data = bytes
+                    .get(range)
+                    .ok_or_else(|| DataError::Corrupt(format!("chunk {id} lies outside pack {pack:016x}")))?;
                 if ChunkId::of(data) != id {
                     return Err(DataError::Corrupt(format!("chunk {id} in pack {pack:016x} fails its hash")));
                 }
                 if built.last().is_some_and(|(_, b)| b.len() >= self.opts.pack_target) {
                     built.push((rand::random(), PackBuilder::new()));
                 }
-                let (new_id, b) = built.last_mut().ok_or_else(|| DataError::Corrupt("no pack under construction".into()))?;
+                let (new_id, b) =
+                    built.last_mut().ok_or_else(|| DataError::Corrupt("no pack under construction".into()))?;
                 let e = b.add(id, data);
-                placed.insert(
-                    id,
-                    (
-                        *new_id,
-                        ChunkEntry {
-                            pack: *new_id,
-                            offset: e.offset,
-                            ..c
-                        },
-                    ),
-                );
+                placed.insert(id, (*new_id, ChunkEntry { pack: *new_id, offset: e.offset, ..c }));
             }
         }
         let mut new_entries: HashMap<u64, PackEntry> = HashMap::new();

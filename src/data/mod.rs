@@ -24,10 +24,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::chunk::ChunkId;
 use crate::meta::{BlockRef, ChunkEntry, Ino, Inode, MetaError, MetaRead, MetaStore, WriteTx};
 
-pub use dirty::{drop_dirty, spans, truncate_dirty, zero_range};
 use cache::{ChunkError, ChunkReader};
 use cells::{CellData, Cells, DirtyClock, Pending};
 use dirty::{Piece, Src, covers};
+pub use dirty::{drop_dirty, spans, truncate_dirty, zero_range};
 use record::Record;
 use wal::{Wal, WalError};
 
@@ -91,6 +91,13 @@ pub enum DataError {
     /// Writers waited longer than the configured dirty-wait timeout.
     #[error("dirty cache full for longer than {0:?} (backend not keeping up)")]
     DirtyTimeout(Duration),
+    /// The cache disk is down to its reserve; data writes are refused so
+    /// metadata commits and checkpoints can still run and free space.
+    #[error("cache disk full (less than {reserve} bytes free)")]
+    CacheFull {
+        /// Reserve kept free.
+        reserve: u64,
+    },
     /// An earlier metadata commit failed; the store refuses changes.
     #[error("storage stopped after an earlier failure: {0}")]
     Poisoned(String),
@@ -103,6 +110,7 @@ impl DataError {
             DataError::Meta(e) => e.is_no_space(),
             DataError::Wal(e) => e.is_no_space(),
             DataError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            DataError::CacheFull { .. } => true,
             _ => false,
         }
     }
@@ -132,6 +140,47 @@ pub struct DataStats {
     pub upload_retries: AtomicU64,
     /// Writers that had to wait for dirty space.
     pub write_waits: AtomicU64,
+}
+
+/// Keeps data writes from taking the last free space of the cache disk.
+#[derive(Debug)]
+struct SpaceGuard {
+    dir: std::path::PathBuf,
+    state: Mutex<SpaceState>,
+}
+
+#[derive(Debug)]
+struct SpaceState {
+    checked: Option<Instant>,
+    free: u64,
+    reserve: u64,
+    since: u64,
+}
+
+impl SpaceGuard {
+    /// Free bytes and the reserve (min(64 MiB, 10 %) of the disk) for `dir`.
+    fn probe(dir: &std::path::Path) -> Option<(u64, u64)> {
+        let st = nix::sys::statvfs::statvfs(dir).ok()?;
+        let f = st.fragment_size() as u64;
+        let total = st.blocks() as u64 * f;
+        Some((st.blocks_available() as u64 * f, (total / 10).min(64 << 20)))
+    }
+
+    /// Fails when writing `need` more bytes would cut into the reserve.
+    fn check(&self, need: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let stale = st.checked.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
+        if (stale || st.free.saturating_sub(st.since) < st.reserve + need)
+            && let Some((free, reserve)) = Self::probe(&self.dir)
+        {
+            *st = SpaceState { checked: Some(Instant::now()), free, reserve, since: 0 };
+        }
+        if st.free.saturating_sub(st.since) < st.reserve + need {
+            return Err(DataError::CacheFull { reserve: st.reserve });
+        }
+        st.since += need;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +220,7 @@ pub struct Store {
     space_cv: Condvar,
     poisoned: Mutex<Option<String>>,
     last_checkpoint: Mutex<(Instant, u64)>,
+    space_guard: SpaceGuard,
 }
 
 impl std::fmt::Debug for Store {
@@ -196,7 +246,12 @@ impl Store {
         chunks: ChunkReader,
         opts: DataOptions,
     ) -> Store {
+        let space_guard = SpaceGuard {
+            dir: wal.dir().to_path_buf(),
+            state: Mutex::new(SpaceState { checked: None, free: 0, reserve: 0, since: 0 }),
+        };
         Store {
+            space_guard,
             meta,
             wal,
             cells,
@@ -285,11 +340,8 @@ impl Store {
             let blk_start = blk * bs;
             let from = (off.max(blk_start) - blk_start) as u32;
             let to = (end.min(blk_start + bs) - blk_start) as u32;
-            let pieces = guard
-                .as_ref()
-                .and_then(|g| g.blocks.get(&blk))
-                .map(|b| b.pieces_in(from, to))
-                .unwrap_or_default();
+            let pieces =
+                guard.as_ref().and_then(|g| g.blocks.get(&blk)).map(|b| b.pieces_in(from, to)).unwrap_or_default();
             while bases.peek().is_some_and(|(b, _)| *b < blk) {
                 bases.next();
             }
@@ -334,21 +386,26 @@ impl Store {
     /// Logs a write and adds its pieces to the inode's dirty blocks. The
     /// caller holds the cell lock and computed the attributes after the
     /// write. Returns the record's lsn.
-    pub fn log_write(&self, cd: &mut CellData, ino: Ino, after: Inode, rec: &Record, off: u64, data: &[u8]) -> Result<u64> {
+    pub fn log_write(
+        &self,
+        cd: &mut CellData,
+        ino: Ino,
+        after: Inode,
+        rec: &Record,
+        off: u64,
+        data: &[u8],
+    ) -> Result<u64> {
         self.check_poisoned()?;
+        if let Err(e) = self.space_guard.check(data.len() as u64 + 64) {
+            // Flushing and checkpointing is what gives the space back.
+            self.request_flush();
+            return Err(e);
+        }
         let bs = after.block_size;
         let a = self.wal.append(rec, data, |a| self.pending.set(ino, after, a.lsn))?;
         for (blk, boff, blen) in dirty::spans(off, data.len() as u64, bs) {
             let src_pos = a.data_pos + (blk * bs as u64 + boff as u64 - off);
-            let piece = Piece {
-                off: boff,
-                len: blen,
-                src: Src::Wal {
-                    seg: a.seg.clone(),
-                    pos: src_pos,
-                },
-                lsn: a.lsn,
-            };
+            let piece = Piece { off: boff, len: blen, src: Src::Wal { seg: a.seg.clone(), pos: src_pos }, lsn: a.lsn };
             cd.blocks.entry(blk).or_default().insert(piece);
         }
         self.clock.touch();

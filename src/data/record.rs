@@ -227,14 +227,7 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(64);
         match self {
-            Record::FsCreate {
-                name,
-                fs_id,
-                root,
-                generation,
-                time,
-                block_size,
-            } => {
+            Record::FsCreate { name, fs_id, root, generation, time, block_size } => {
                 e.u8(T_FS_CREATE).bytes(name).u32(*fs_id).u64(*root).u64(*generation);
                 ts(&mut e, time);
                 e.u32(*block_size);
@@ -242,53 +235,22 @@ impl Record {
             Record::FsDelete { name } => {
                 e.u8(T_FS_DELETE).bytes(name);
             }
-            Record::Create {
-                parent,
-                name,
-                ino,
-                generation,
-                kind,
-                mode,
-                uid,
-                gid,
-                rdev,
-                time,
-                target,
-            } => {
+            Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target } => {
                 e.u8(T_CREATE).u64(*parent).bytes(name).u64(*ino).u64(*generation);
                 e.u8(kind.code()).u32(*mode).u32(*uid).u32(*gid).u64(*rdev);
                 ts(&mut e, time);
                 e.bytes(target);
             }
-            Record::Link {
-                ino,
-                parent,
-                name,
-                time,
-            } => {
+            Record::Link { ino, parent, name, time } => {
                 e.u8(T_LINK).u64(*ino).u64(*parent).bytes(name);
                 ts(&mut e, time);
             }
-            Record::Unlink {
-                parent,
-                name,
-                ino,
-                time,
-                purge,
-            } => {
+            Record::Unlink { parent, name, ino, time, purge } => {
                 e.u8(T_UNLINK).u64(*parent).bytes(name).u64(*ino);
                 ts(&mut e, time);
                 e.u8(*purge as u8);
             }
-            Record::Rename {
-                src_parent,
-                src_name,
-                dst_parent,
-                dst_name,
-                time,
-                exchange,
-                replaced,
-            } => {
+            Record::Rename { src_parent, src_name, dst_parent, dst_name, time, exchange, replaced } => {
                 e.u8(T_RENAME).u64(*src_parent).bytes(src_name).u64(*dst_parent).bytes(dst_name);
                 ts(&mut e, time);
                 e.u8(*exchange as u8);
@@ -297,27 +259,13 @@ impl Record {
                     None => e.u8(0),
                 };
             }
-            Record::SetAttr {
-                ino,
-                mode,
-                uid,
-                gid,
-                size,
-                atime,
-                mtime,
-                ctime,
-            } => {
+            Record::SetAttr { ino, mode, uid, gid, size, atime, mtime, ctime } => {
                 e.u8(T_SETATTR).u64(*ino).opt_u32(*mode).opt_u32(*uid).opt_u32(*gid).opt_u64(*size);
                 opt_ts(&mut e, atime);
                 opt_ts(&mut e, mtime);
                 ts(&mut e, ctime);
             }
-            Record::SetXattr {
-                ino,
-                name,
-                value,
-                time,
-            } => {
+            Record::SetXattr { ino, name, value, time } => {
                 e.u8(T_SETXATTR).u64(*ino).bytes(name).bytes(value);
                 ts(&mut e, time);
             }
@@ -325,23 +273,12 @@ impl Record {
                 e.u8(T_RMXATTR).u64(*ino).bytes(name);
                 ts(&mut e, time);
             }
-            Record::Write {
-                ino,
-                offset,
-                len,
-                time,
-                mode,
-            } => {
+            Record::Write { ino, offset, len, time, mode } => {
                 e.u8(T_WRITE).u64(*ino).u64(*offset).u32(*len);
                 ts(&mut e, time);
                 e.opt_u32(*mode);
             }
-            Record::Zero {
-                ino,
-                offset,
-                len,
-                time,
-            } => {
+            Record::Zero { ino, offset, len, time } => {
                 e.u8(T_ZERO).u64(*ino).u64(*offset).u64(*len);
                 ts(&mut e, time);
             }
@@ -380,12 +317,7 @@ impl Record {
                 time: read_ts(&mut d)?,
                 target: d.bytes(PATH_MAX)?.to_vec(),
             },
-            T_LINK => Record::Link {
-                ino: d.u64()?,
-                parent: d.u64()?,
-                name: name(&mut d)?,
-                time: read_ts(&mut d)?,
-            },
+            T_LINK => Record::Link { ino: d.u64()?, parent: d.u64()?, name: name(&mut d)?, time: read_ts(&mut d)? },
             T_UNLINK => Record::Unlink {
                 parent: d.u64()?,
                 name: name(&mut d)?,
@@ -422,11 +354,7 @@ impl Record {
                 value: d.bytes(XATTR_VALUE_MAX)?.to_vec(),
                 time: read_ts(&mut d)?,
             },
-            T_RMXATTR => Record::RemoveXattr {
-                ino: d.u64()?,
-                name: name(&mut d)?,
-                time: read_ts(&mut d)?,
-            },
+            T_RMXATTR => Record::RemoveXattr { ino: d.u64()?, name: name(&mut d)?, time: read_ts(&mut d)? },
             T_WRITE => {
                 let rec = Record::Write {
                     ino: d.u64()?,
@@ -438,12 +366,7 @@ impl Record {
                 let consumed = buf.len() - d.remaining();
                 return Ok((rec, consumed));
             }
-            T_ZERO => Record::Zero {
-                ino: d.u64()?,
-                offset: d.u64()?,
-                len: d.u64()?,
-                time: read_ts(&mut d)?,
-            },
+            T_ZERO => Record::Zero { ino: d.u64()?, offset: d.u64()?, len: d.u64()?, time: read_ts(&mut d)? },
             T_PURGE => Record::Purge { ino: d.u64()? },
             t => return Err(DecodeError(format!("unknown wal record type {t}"))),
         };
@@ -481,19 +404,8 @@ mod tests {
                 time: t,
                 target: b"/etc".to_vec(),
             },
-            Record::Link {
-                ino: 3,
-                parent: 2,
-                name: b"b".to_vec(),
-                time: t,
-            },
-            Record::Unlink {
-                parent: 2,
-                name: b"a".to_vec(),
-                ino: 3,
-                time: t,
-                purge: true,
-            },
+            Record::Link { ino: 3, parent: 2, name: b"b".to_vec(), time: t },
+            Record::Unlink { parent: 2, name: b"a".to_vec(), ino: 3, time: t, purge: true },
             Record::Rename {
                 src_parent: 2,
                 src_name: b"a".to_vec(),
@@ -513,23 +425,9 @@ mod tests {
                 mtime: Some(t),
                 ctime: t,
             },
-            Record::SetXattr {
-                ino: 3,
-                name: b"user.x".to_vec(),
-                value: vec![1, 2, 3],
-                time: t,
-            },
-            Record::RemoveXattr {
-                ino: 3,
-                name: b"user.x".to_vec(),
-                time: t,
-            },
-            Record::Zero {
-                ino: 3,
-                offset: 7,
-                len: 8,
-                time: t,
-            },
+            Record::SetXattr { ino: 3, name: b"user.x".to_vec(), value: vec![1, 2, 3], time: t },
+            Record::RemoveXattr { ino: 3, name: b"user.x".to_vec(), time: t },
+            Record::Zero { ino: 3, offset: 7, len: 8, time: t },
             Record::Purge { ino: 3 },
         ]
     }
@@ -542,13 +440,7 @@ mod tests {
             assert_eq!(back, r);
             assert_eq!(used, buf.len());
         }
-        let w = Record::Write {
-            ino: 1,
-            offset: 2,
-            len: 3,
-            time: Timestamp::default(),
-            mode: None,
-        };
+        let w = Record::Write { ino: 1, offset: 2, len: 3, time: Timestamp::default(), mode: None };
         let mut buf = w.encode();
         let body = buf.len();
         buf.extend_from_slice(b"abc");

@@ -242,16 +242,8 @@ impl Wal {
         let wal = Wal {
             dir: dir.to_path_buf(),
             segment_size,
-            inner: Mutex::new(Inner {
-                segments,
-                next_lsn,
-                next_seq,
-                broken: None,
-            }),
-            sync: Mutex::new(SyncState {
-                synced_lsn: next_lsn - 1,
-                syncing: false,
-            }),
+            inner: Mutex::new(Inner { segments, next_lsn, next_seq, broken: None }),
+            sync: Mutex::new(SyncState { synced_lsn: next_lsn - 1, syncing: false }),
             sync_cv: Condvar::new(),
         };
         {
@@ -336,11 +328,7 @@ impl Wal {
         active.len.store(data_pos + data.len() as u64, Ordering::Release);
         active.last_lsn.store(lsn, Ordering::Release);
         inner.next_lsn += 1;
-        let appended = Appended {
-            lsn,
-            seg: active,
-            data_pos,
-        };
+        let appended = Appended { lsn, seg: active, data_pos };
         publish(&appended);
         Ok(appended)
     }
@@ -455,6 +443,11 @@ impl Wal {
             .collect()
     }
 
+    /// Directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Current statistics.
     pub fn stats(&self) -> WalStats {
         let inner = self.inner.lock();
@@ -545,12 +538,7 @@ fn scan_segment(
         }
         let data_pos = pos + REC_HEADER_LEN as u64 + body_len as u64;
         seg.last_lsn.store(lsn, Ordering::Release);
-        replay(ReplayItem {
-            lsn,
-            record,
-            seg,
-            data_pos,
-        })?;
+        replay(ReplayItem { lsn, record, seg, data_pos })?;
         *next_lsn += 1;
         pos += (REC_HEADER_LEN + len) as u64;
     }
@@ -575,13 +563,7 @@ mod tests {
     use crate::meta::Timestamp;
 
     fn write_rec(ino: u64, len: u32) -> Record {
-        Record::Write {
-            ino,
-            offset: 0,
-            len,
-            time: Timestamp::default(),
-            mode: None,
-        }
+        Record::Write { ino, offset: 0, len, time: Timestamp::default(), mode: None }
     }
 
     fn replay_all(dir: &Path) -> (Wal, Vec<(u64, Record, Vec<u8>)>) {
@@ -641,12 +623,7 @@ mod tests {
             wal.synced_lengths().last().expect("seg").0.clone()
         };
         let len = fs::metadata(&path).expect("md").len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open")
-            .set_len(len - 5)
-            .expect("truncate");
+        OpenOptions::new().write(true).open(&path).expect("open").set_len(len - 5).expect("truncate");
         let (wal, seen) = replay_all(dir.path());
         assert_eq!(seen.len(), 2, "the torn third record is dropped");
         let a = wal.append(&Record::Purge { ino: 9 }, &[], |_| {}).expect("append");

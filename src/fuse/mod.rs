@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::meta::{FileKind, Ino};
@@ -195,14 +195,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_set),
-            mtime: mtime.map(time_set),
-        };
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set) };
         match self.vfs.setattr(&creds(req), self.ino(ino), &set) {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
@@ -216,7 +209,16 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let node = match FileKind::from_mode(mode) {
             Some(FileKind::File) | None => NewNode::File,
             Some(FileKind::Fifo) => NewNode::Fifo,
@@ -405,7 +407,8 @@ impl Filesystem for FuseFs {
         if offset < 1 && reply.add(ino, 1, ".", &self.ttl, &self.attr(&me), gen_of(&me)) {
             return reply.ok();
         }
-        if offset < 2 && reply.add(self.fuse_ino(parent.ino), 2, "..", &self.ttl, &self.attr(&parent), gen_of(&parent)) {
+        if offset < 2 && reply.add(self.fuse_ino(parent.ino), 2, "..", &self.ttl, &self.attr(&parent), gen_of(&parent))
+        {
             return reply.ok();
         }
         let mut after = if offset <= 2 { 0 } else { offset };
@@ -502,7 +505,16 @@ impl Filesystem for FuseFs {
         Self::empty(self.vfs.access(&creds(req), self.ino(ino), mask.bits() as u32), reply, "access");
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let c = creds(req);
         let created = self.vfs.create(&c, self.ino(parent), name.as_bytes(), NewNode::File, mode);
         let a = match created {
@@ -525,7 +537,16 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let ino = self.ino(ino);
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let end = offset.saturating_add(length);
@@ -539,10 +560,7 @@ impl Filesystem for FuseFs {
                 _ => return Err(VfsError::NotSupported),
             }
             if !keep_size && end > size {
-                let set = SetAttr {
-                    size: Some(end),
-                    ..Default::default()
-                };
+                let set = SetAttr { size: Some(end), ..Default::default() };
                 self.vfs.setattr(&creds(req), ino, &set)?;
             }
             Ok(())

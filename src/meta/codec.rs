@@ -14,9 +14,7 @@ pub struct Enc {
 impl Enc {
     /// An encoder with `cap` bytes reserved.
     pub fn with_capacity(cap: usize) -> Enc {
-        Enc {
-            buf: Vec::with_capacity(cap),
-        }
+        Enc { buf: Vec::with_capacity(cap) }
     }
 
     /// Appends one byte.

@@ -135,10 +135,7 @@ impl MetaStore {
             tx.set_counter(counter::NEXT_GENERATION, 1)?;
             tx.commit_durable()?;
         } else if version != SCHEMA_VERSION {
-            return Err(MetaError::Version {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(MetaError::Version { found: version, supported: SCHEMA_VERSION });
         } else {
             tx.abort()?;
         }
@@ -147,9 +144,7 @@ impl MetaStore {
 
     /// A consistent read snapshot.
     pub fn read(&self) -> Result<ReadTx> {
-        Ok(ReadTx {
-            tx: self.db.begin_read()?,
-        })
+        Ok(ReadTx { tx: self.db.begin_read()? })
     }
 
     /// The write transaction; blocks while another is open.
@@ -169,6 +164,9 @@ pub struct ReadTx {
 pub struct WriteTx {
     tx: redb::WriteTransaction,
 }
+
+/// Visitor of directory entries: (parent, name, entry).
+pub type DirentVisitor<'a> = dyn FnMut(Ino, &[u8], DirEnt) -> Result<()> + 'a;
 
 /// Reads shared by [`ReadTx`] and [`WriteTx`].
 pub trait MetaRead {
@@ -212,7 +210,7 @@ pub trait MetaRead {
     /// Calls `f` for every chunk-index entry.
     fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, ChunkEntry) -> Result<()>) -> Result<()>;
     /// Calls `f` for every directory entry.
-    fn for_each_dirent(&self, f: &mut dyn FnMut(Ino, &[u8], DirEnt) -> Result<()>) -> Result<()>;
+    fn for_each_dirent(&self, f: &mut DirentVisitor<'_>) -> Result<()>;
 }
 
 // The read methods are written once for both transaction types: redb's
@@ -396,7 +394,7 @@ macro_rules! impl_meta_read {
                 Ok(())
             }
 
-            fn for_each_dirent(&self, f: &mut dyn FnMut(Ino, &[u8], DirEnt) -> Result<()>) -> Result<()> {
+            fn for_each_dirent(&self, f: &mut DirentVisitor<'_>) -> Result<()> {
                 let t = self.tx.open_table(DIRENTS)?;
                 for item in t.iter()? {
                     let (k, v) = item?;
@@ -520,13 +518,10 @@ impl WriteTx {
 
     /// Adds a directory entry, with its cookie index.
     pub fn put_dirent(&self, parent: Ino, name: &[u8], ent: DirEnt) -> Result<()> {
+        self.tx.open_table(DIRENTS)?.insert((parent, name), ent.encode().as_slice())?;
         self.tx
-            .open_table(DIRENTS)?
-            .insert((parent, name), ent.encode().as_slice())?;
-        self.tx.open_table(DIR_COOKIES)?.insert(
-            (parent, ent.cookie),
-            encode_cookie_value(ent.ino, ent.kind, name).as_slice(),
-        )?;
+            .open_table(DIR_COOKIES)?
+            .insert((parent, ent.cookie), encode_cookie_value(ent.ino, ent.kind, name).as_slice())?;
         Ok(())
     }
 
@@ -633,11 +628,7 @@ mod tests {
     use super::*;
 
     fn dirent(ino: Ino, cookie: u64) -> DirEnt {
-        DirEnt {
-            ino,
-            kind: FileKind::File,
-            cookie,
-        }
+        DirEnt { ino, kind: FileKind::File, cookie }
     }
 
     #[test]

@@ -126,22 +126,13 @@ impl Timestamp {
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Timestamp {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timestamp {
-                        secs: -(d.as_secs() as i64),
-                        nanos: 0,
-                    }
+                    Timestamp { secs: -(d.as_secs() as i64), nanos: 0 }
                 } else {
-                    Timestamp {
-                        secs: -(d.as_secs() as i64) - 1,
-                        nanos: 1_000_000_000 - d.subsec_nanos(),
-                    }
+                    Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - d.subsec_nanos() }
                 }
             }
         }
@@ -199,21 +190,11 @@ impl Inode {
     /// Encodes the record (layout version 1).
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(112);
-        e.u8(INODE_V1)
-            .u8(self.kind.code())
-            .u32(self.mode)
-            .u32(self.uid)
-            .u32(self.gid)
-            .u32(self.nlink)
-            .u64(self.size);
+        e.u8(INODE_V1).u8(self.kind.code()).u32(self.mode).u32(self.uid).u32(self.gid).u32(self.nlink).u64(self.size);
         for t in [&self.atime, &self.mtime, &self.ctime, &self.crtime] {
             t.encode(&mut e);
         }
-        e.u64(self.rdev)
-            .u64(self.generation)
-            .u32(self.block_size)
-            .u32(self.fs_id)
-            .u64(self.parent);
+        e.u64(self.rdev).u64(self.generation).u32(self.block_size).u32(self.fs_id).u64(self.parent);
         e.finish()
     }
 
@@ -311,11 +292,7 @@ impl BlockRef {
         let len = d.u32()?;
         let flushed_lsn = d.u64()?;
         d.end()?;
-        Ok(BlockRef {
-            chunk,
-            len,
-            flushed_lsn,
-        })
+        Ok(BlockRef { chunk, len, flushed_lsn })
     }
 }
 
@@ -340,12 +317,7 @@ impl ChunkEntry {
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(33);
-        e.u64(self.pack)
-            .u64(self.offset)
-            .u32(self.stored_len)
-            .u32(self.raw_len)
-            .u8(self.flags)
-            .u64(self.refs);
+        e.u64(self.pack).u64(self.offset).u32(self.stored_len).u32(self.raw_len).u8(self.flags).u64(self.refs);
         e.finish()
     }
 
@@ -489,44 +461,15 @@ mod tests {
     fn records_roundtrip() {
         let i = inode();
         assert_eq!(Inode::decode(&i.encode()), Ok(i.clone()));
-        let d = DirEnt {
-            ino: 5,
-            kind: FileKind::Dir,
-            cookie: 77,
-        };
+        let d = DirEnt { ino: 5, kind: FileKind::Dir, cookie: 77 };
         assert_eq!(DirEnt::decode(&d.encode()), Ok(d));
-        let b = BlockRef {
-            chunk: ChunkId([9; 32]),
-            len: 4096,
-            flushed_lsn: 17,
-        };
+        let b = BlockRef { chunk: ChunkId([9; 32]), len: 4096, flushed_lsn: 17 };
         assert_eq!(BlockRef::decode(&b.encode()), Ok(b));
-        let c = ChunkEntry {
-            pack: 1,
-            offset: 2,
-            stored_len: 3,
-            raw_len: 4,
-            flags: 0,
-            refs: 6,
-        };
+        let c = ChunkEntry { pack: 1, offset: 2, stored_len: 3, raw_len: 4, flags: 0, refs: 6 };
         assert_eq!(ChunkEntry::decode(&c.encode()), Ok(c));
-        let p = PackEntry {
-            size: 1,
-            live_bytes: 2,
-            chunks: 3,
-            live_chunks: 4,
-            class: 1,
-            created: 6,
-            last_read: 7,
-        };
+        let p = PackEntry { size: 1, live_bytes: 2, chunks: 3, live_chunks: 4, class: 1, created: 6, last_read: 7 };
         assert_eq!(PackEntry::decode(&p.encode()), Ok(p));
-        let f = FsRecord {
-            id: 1,
-            root: 2,
-            created: Timestamp { secs: 3, nanos: 4 },
-            block_size: 4096,
-            flags: 0,
-        };
+        let f = FsRecord { id: 1, root: 2, created: Timestamp { secs: 3, nanos: 4 }, block_size: 4096, flags: 0 };
         assert_eq!(FsRecord::decode(&f.encode()), Ok(f));
     }
 
@@ -545,11 +488,9 @@ mod tests {
 
     #[test]
     fn timestamps_before_1970() {
-        for t in [
-            Timestamp { secs: -1, nanos: 500 },
-            Timestamp { secs: -100, nanos: 0 },
-            Timestamp { secs: 5, nanos: 3 },
-        ] {
+        for t in
+            [Timestamp { secs: -1, nanos: 500 }, Timestamp { secs: -100, nanos: 0 }, Timestamp { secs: 5, nanos: 3 }]
+        {
             assert_eq!(Timestamp::from(SystemTime::from(t)), t);
         }
     }

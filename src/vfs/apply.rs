@@ -9,9 +9,9 @@ use crate::data::cells::{Cells, Pending};
 use crate::data::dirty::{Piece, Src};
 use crate::data::record::Record;
 use crate::data::wal::{ReplayItem, Segment};
-use std::sync::Arc;
 use crate::data::{drop_dirty, spans, truncate_dirty, zero_range};
 use crate::meta::{DirEnt, FileKind, FsRecord, Ino, Inode, MetaRead, WriteTx, counter};
+use std::sync::Arc;
 
 /// What applying a record changed besides the store.
 #[derive(Debug, Default)]
@@ -52,7 +52,14 @@ pub fn purge_inode(tx: &WriteTx, ino: Ino) -> Result<()> {
 
 /// Drops one link of `ino`; deletes it (or lists it as an orphan if still
 /// open) when none is left.
-fn drop_link(pending: &Pending, tx: &WriteTx, ino: Ino, time: crate::meta::Timestamp, purge: bool, out: &mut Outcome) -> Result<()> {
+fn drop_link(
+    pending: &Pending,
+    tx: &WriteTx,
+    ino: Ino,
+    time: crate::meta::Timestamp,
+    purge: bool,
+    out: &mut Outcome,
+) -> Result<()> {
     let mut inode = inode_in(pending, tx, ino)?;
     inode.nlink = if inode.kind == FileKind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
     inode.ctime = time;
@@ -88,24 +95,11 @@ fn touch_dir(tx: &WriteTx, dir: Ino, time: crate::meta::Timestamp, nlink_delta: 
 pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outcome> {
     let mut out = Outcome::default();
     match rec {
-        Record::FsCreate {
-            name,
-            fs_id,
-            root,
-            generation,
-            time,
-            block_size,
-        } => {
+        Record::FsCreate { name, fs_id, root, generation, time, block_size } => {
             let name = std::str::from_utf8(name).map_err(|_| VfsError::Invalid("file system name"))?;
             tx.put_filesystem(
                 name,
-                &FsRecord {
-                    id: *fs_id,
-                    root: *root,
-                    created: *time,
-                    block_size: *block_size,
-                    flags: 0,
-                },
+                &FsRecord { id: *fs_id, root: *root, created: *time, block_size: *block_size, flags: 0 },
             )?;
             tx.put_inode(
                 *root,
@@ -165,19 +159,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             }
             tx.del_filesystem(name)?;
         }
-        Record::Create {
-            parent,
-            name,
-            ino,
-            generation,
-            kind,
-            mode,
-            uid,
-            gid,
-            rdev,
-            time,
-            target,
-        } => {
+        Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target } => {
             let p = tx.inode(*parent)?.ok_or(VfsError::NotFound)?;
             let inode = Inode {
                 kind: *kind,
@@ -215,13 +197,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             touch_dir(tx, *parent, *time, 0)?;
             out.touched.push(*ino);
         }
-        Record::Unlink {
-            parent,
-            name,
-            ino,
-            time,
-            purge,
-        } => {
+        Record::Unlink { parent, name, ino, time, purge } => {
             let ent = tx.del_dirent(*parent, name)?.ok_or(VfsError::NotFound)?;
             if ent.ino != *ino {
                 return Err(VfsError::Raced);
@@ -229,15 +205,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             touch_dir(tx, *parent, *time, if ent.kind == FileKind::Dir { -1 } else { 0 })?;
             drop_link(pending, tx, *ino, *time, *purge, &mut out)?;
         }
-        Record::Rename {
-            src_parent,
-            src_name,
-            dst_parent,
-            dst_name,
-            time,
-            exchange,
-            replaced,
-        } => {
+        Record::Rename { src_parent, src_name, dst_parent, dst_name, time, exchange, replaced } => {
             let src = tx.del_dirent(*src_parent, src_name)?.ok_or(VfsError::NotFound)?;
             let (sp, dp) = (*src_parent, *dst_parent);
             let dir_delta = |e: &DirEnt| if e.kind == FileKind::Dir && sp != dp { 1 } else { 0 };
@@ -268,16 +236,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
                 touch_dir(tx, dp, *time, dp_delta)?;
             }
         }
-        Record::SetAttr {
-            ino,
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            ctime,
-        } => {
+        Record::SetAttr { ino, mode, uid, gid, size, atime, mtime, ctime } => {
             let mut inode = inode_in(pending, tx, *ino)?;
             if let Some(m) = mode {
                 inode.mode = m & 0o7777;
@@ -337,7 +296,14 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
 }
 
 /// A moved inode gets a new ctime; a moved directory a new parent.
-fn reparent(pending: &Pending, tx: &WriteTx, ino: Ino, parent: Ino, time: crate::meta::Timestamp, out: &mut Outcome) -> Result<()> {
+fn reparent(
+    pending: &Pending,
+    tx: &WriteTx,
+    ino: Ino,
+    parent: Ino,
+    time: crate::meta::Timestamp,
+    out: &mut Outcome,
+) -> Result<()> {
     let mut inode = inode_in(pending, tx, ino)?;
     inode.ctime = time;
     if inode.kind == FileKind::Dir {
@@ -354,13 +320,7 @@ fn reparent(pending: &Pending, tx: &WriteTx, ino: Ino, parent: Ino, time: crate:
 pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item: &ReplayItem<'_>) -> Result<()> {
     let lsn = item.lsn;
     match &item.record {
-        Record::Write {
-            ino,
-            offset,
-            len,
-            time,
-            mode,
-        } => {
+        Record::Write { ino, offset, len, time, mode } => {
             // A write to an inode deleted later in the log: nothing to rebuild.
             let Ok(mut inode) = inode_in(pending, tx, *ino) else {
                 return Ok(());
@@ -385,10 +345,7 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                 cd.blocks.entry(blk).or_default().insert(Piece {
                     off: boff,
                     len: blen,
-                    src: Src::Wal {
-                        seg: item.seg.clone(),
-                        pos,
-                    },
+                    src: Src::Wal { seg: item.seg.clone(), pos },
                     lsn,
                 });
             }
@@ -419,7 +376,14 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
 }
 
 /// Effects of a namespace record on dirty blocks.
-fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, lsn: u64, seg: &Arc<Segment>) -> Result<()> {
+fn rebuild_cells(
+    pending: &Pending,
+    cells: &Cells,
+    tx: &WriteTx,
+    rec: &Record,
+    lsn: u64,
+    seg: &Arc<Segment>,
+) -> Result<()> {
     let purge = |ino: Ino| {
         pending.remove(ino);
         if let Some(cell) = cells.peek(ino) {
@@ -428,10 +392,7 @@ fn rebuild_cells(pending: &Pending, cells: &Cells, tx: &WriteTx, rec: &Record, l
     };
     match rec {
         Record::Unlink { ino, purge: true, .. } | Record::Purge { ino } => purge(*ino),
-        Record::Rename {
-            replaced: Some((ino, true)),
-            ..
-        } => purge(*ino),
+        Record::Rename { replaced: Some((ino, true)), .. } => purge(*ino),
         Record::SetAttr { ino, size: Some(size), .. } => {
             if let Some(inode) = tx.inode(*ino)? {
                 let cell = cells.get(*ino);

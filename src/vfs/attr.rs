@@ -161,12 +161,7 @@ impl Vfs {
                 XattrMode::Replace if !exists => return Err(VfsError::NoAttr),
                 _ => {}
             }
-            Ok(Some(Record::SetXattr {
-                ino,
-                name: name.to_vec(),
-                value: value.to_vec(),
-                time: Timestamp::now(),
-            }))
+            Ok(Some(Record::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), time: Timestamp::now() }))
         })?;
         Ok(())
     }
@@ -179,11 +174,7 @@ impl Vfs {
             if tx.xattr(ino, name)?.is_none() {
                 return Err(VfsError::NoAttr);
             }
-            Ok(Some(Record::RemoveXattr {
-                ino,
-                name: name.to_vec(),
-                time: Timestamp::now(),
-            }))
+            Ok(Some(Record::RemoveXattr { ino, name: name.to_vec(), time: Timestamp::now() }))
         })?;
         Ok(())
     }

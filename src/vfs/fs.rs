@@ -58,13 +58,7 @@ impl Vfs {
     /// One file system by name.
     pub fn filesystem(&self, name: &str) -> Result<FsInfo> {
         let f = self.store.meta.read()?.filesystem(name)?.ok_or(VfsError::NotFound)?;
-        Ok(FsInfo {
-            name: name.to_string(),
-            id: f.id,
-            root: f.root,
-            block_size: f.block_size,
-            created: f.created.secs,
-        })
+        Ok(FsInfo { name: name.to_string(), id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
     }
 
     /// Every file system.
@@ -75,13 +69,7 @@ impl Vfs {
             .read()?
             .filesystems()?
             .into_iter()
-            .map(|(name, f)| FsInfo {
-                name,
-                id: f.id,
-                root: f.root,
-                block_size: f.block_size,
-                created: f.created.secs,
-            })
+            .map(|(name, f)| FsInfo { name, id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
             .collect())
     }
 
@@ -91,9 +79,7 @@ impl Vfs {
             if tx.filesystem(name)?.is_none() {
                 return Err(VfsError::NotFound);
             }
-            Ok(Some(Record::FsDelete {
-                name: name.as_bytes().to_vec(),
-            }))
+            Ok(Some(Record::FsDelete { name: name.as_bytes().to_vec() }))
         })?;
         Ok(())
     }

@@ -91,17 +91,11 @@ impl Vfs {
         after.size = after.size.max(off + data.len() as u64);
         after.mtime = now;
         after.ctime = now;
-        let mode = (kill != 0).then(|| after.mode & !kill);
+        let mode = (kill != 0).then_some(after.mode & !kill);
         if let Some(m) = mode {
             after.mode = m;
         }
-        let rec = Record::Write {
-            ino,
-            offset: off,
-            len: data.len() as u32,
-            time: now,
-            mode,
-        };
+        let rec = Record::Write { ino, offset: off, len: data.len() as u32, time: now, mode };
         self.store.log_write(&mut cd, ino, after, &rec, off, data)?;
         Ok(())
     }
@@ -127,12 +121,7 @@ impl Vfs {
         let mut after = inode.clone();
         after.mtime = now;
         after.ctime = now;
-        let rec = Record::Zero {
-            ino,
-            offset: off,
-            len,
-            time: now,
-        };
+        let rec = Record::Zero { ino, offset: off, len, time: now };
         let a = self.store.wal.append(&rec, &[], |a| self.store.pending.set(ino, after, a.lsn))?;
         zero_range(&mut cd, ino, inode.block_size, off, len, a.lsn, &a.seg, &self.store.meta.read()?)?;
         self.store.clock.touch();

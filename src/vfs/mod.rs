@@ -113,7 +113,7 @@ impl Vfs {
                 apply::replay(&pending, &cells, tx, applied, &item).map_err(|e| fail(e.to_string()))?;
             }
             replayed += 1;
-            if replayed % 10_000 == 0
+            if replayed.is_multiple_of(10_000)
                 && let Some(tx) = replay_tx.take()
             {
                 tx.commit().map_err(|e| fail(e.to_string()))?;
@@ -124,7 +124,8 @@ impl Vfs {
             tx.commit()?;
         }
         let disk = (opts.disk_cache > 0).then(|| (opts.state_dir.join("cache"), opts.disk_cache));
-        let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk).map_err(|e| VfsError::Io(e.into()))?;
+        let chunks =
+            ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk).map_err(|e| VfsError::Io(e.into()))?;
         let background = opts.data.background_flush;
         let store = Arc::new(Store::new(meta, wal, cells, pending, chunks, opts.data));
         let vfs = Arc::new(Vfs {
@@ -190,9 +191,7 @@ impl Vfs {
     ) -> Result<Option<apply::Outcome>> {
         self.store.check_poisoned()?;
         let cells = self.store.cells.get_sorted(lock);
-        let mut locked = Locked {
-            guards: cells.iter().map(|c| (c.ino, c.lock())).collect(),
-        };
+        let mut locked = Locked { guards: cells.iter().map(|c| (c.ino, c.lock())).collect() };
         let tx = self.store.meta.write()?;
         let Some(rec) = prepare(&tx, &locked)? else {
             return Ok(None);
@@ -214,9 +213,7 @@ impl Vfs {
                 drop_dirty(&mut cell.lock());
             }
         }
-        if let Record::SetAttr {
-            ino, size: Some(size), ..
-        } = &rec
+        if let Record::SetAttr { ino, size: Some(size), .. } = &rec
             && let Some(cd) = locked.get_mut(*ino)
             && let Some(inode) = self.store.meta.read()?.inode(*ino)?
         {

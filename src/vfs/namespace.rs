@@ -77,7 +77,12 @@ impl Vfs {
             }
             // As Linux: a new file may not be set-gid to a group its creator
             // is not in (kernel-checked callers had this applied already).
-            if kind != FileKind::Dir && mode & libc::S_ISGID != 0 && !creds.is_root() && !creds.in_group(gid) && !creds.kernel_checked {
+            if kind != FileKind::Dir
+                && mode & libc::S_ISGID != 0
+                && !creds.is_root()
+                && !creds.in_group(gid)
+                && !creds.kernel_checked
+            {
                 mode &= !libc::S_ISGID;
             }
             let (rdev, target) = match &node {
@@ -125,12 +130,7 @@ impl Vfs {
             if src.nlink >= LINK_MAX {
                 return Err(VfsError::TooManyLinks);
             }
-            Ok(Some(Record::Link {
-                ino,
-                parent: newparent,
-                name: newname.to_vec(),
-                time: Timestamp::now(),
-            }))
+            Ok(Some(Record::Link { ino, parent: newparent, name: newname.to_vec(), time: Timestamp::now() }))
         })?;
         self.getattr(ino)
     }
@@ -180,13 +180,7 @@ impl Vfs {
                     }
                 }
                 let purge = dir || (victim.nlink <= 1 && locked.open_count(target) == 0);
-                Ok(Some(Record::Unlink {
-                    parent,
-                    name: name.to_vec(),
-                    ino: target,
-                    time: Timestamp::now(),
-                    purge,
-                }))
+                Ok(Some(Record::Unlink { parent, name: name.to_vec(), ino: target, time: Timestamp::now(), purge }))
             });
             match result {
                 Err(VfsError::Raced) => continue,
@@ -345,12 +339,7 @@ impl Vfs {
             .read()?
             .list_dir(ino, after, limit)?
             .into_iter()
-            .map(|(name, e)| DirEntry {
-                name,
-                ino: e.ino,
-                kind: e.kind,
-                cookie: e.cookie,
-            })
+            .map(|(name, e)| DirEntry { name, ino: e.ino, kind: e.kind, cookie: e.cookie })
             .collect())
     }
 }

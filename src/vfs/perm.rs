@@ -50,11 +50,7 @@ pub fn may_delete(creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
     if creds.kernel_checked || dir.mode & libc::S_ISVTX == 0 {
         return Ok(());
     }
-    if creds.is_root() || creds.uid == dir.uid || creds.uid == victim.uid {
-        Ok(())
-    } else {
-        Err(VfsError::Perm)
-    }
+    if creds.is_root() || creds.uid == dir.uid || creds.uid == victim.uid { Ok(()) } else { Err(VfsError::Perm) }
 }
 
 #[cfg(test)]

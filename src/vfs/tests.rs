@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::backend::memory::MemoryBackend;
 use crate::backend::ObjectBackend;
+use crate::backend::memory::MemoryBackend;
 use crate::meta::FileKind;
 
 const BS: u32 = 4096;
@@ -70,10 +70,7 @@ impl Env {
     }
 
     fn file(&self, name: &str, data: &[u8]) -> Ino {
-        let a = self
-            .vfs
-            .create(&Creds::root(), self.root(), name.as_bytes(), NewNode::File, 0o644)
-            .expect("create");
+        let a = self.vfs.create(&Creds::root(), self.root(), name.as_bytes(), NewNode::File, 0o644).expect("create");
         self.vfs.write(&Creds::root(), a.ino, 0, data).expect("write");
         a.ino
     }
@@ -146,10 +143,7 @@ fn truncate_and_extend_read_zeros() {
     let data = pattern(3 * BS as usize, 3);
     let ino = env.file("t", &data);
     env.vfs.flush().expect("flush");
-    let set = |size| SetAttr {
-        size: Some(size),
-        ..Default::default()
-    };
+    let set = |size| SetAttr { size: Some(size), ..Default::default() };
     env.vfs.setattr(&Creds::root(), ino, &set(100)).expect("shrink");
     env.vfs.setattr(&Creds::root(), ino, &set(2 * BS as u64)).expect("extend");
     let got = env.read_all(ino);
@@ -280,32 +274,20 @@ fn rename_semantics() {
     let d1 = env.vfs.create(&c, root, b"d1", NewNode::Dir, 0o755).expect("mkdir");
     let d2 = env.vfs.create(&c, root, b"d2", NewNode::Dir, 0o755).expect("mkdir");
     env.vfs.create(&c, d2.ino, b"x", NewNode::File, 0o644).expect("create");
-    assert!(matches!(
-        env.vfs.rename(&c, root, b"d1", root, b"d2", RenameFlags::default()),
-        Err(VfsError::NotEmpty)
-    ));
+    assert!(matches!(env.vfs.rename(&c, root, b"d1", root, b"d2", RenameFlags::default()), Err(VfsError::NotEmpty)));
     assert!(matches!(
         env.vfs.rename(&c, root, b"d2", d2.ino, b"inside", RenameFlags::default()),
         Err(VfsError::Invalid(_))
     ));
-    assert!(matches!(
-        env.vfs.rename(&c, root, b"b", root, b"d1", RenameFlags::default()),
-        Err(VfsError::IsDir)
-    ));
+    assert!(matches!(env.vfs.rename(&c, root, b"b", root, b"d1", RenameFlags::default()), Err(VfsError::IsDir)));
     env.vfs.rename(&c, root, b"d1", d2.ino, b"moved", RenameFlags::default()).expect("move dir");
     assert_eq!(env.vfs.getattr(d1.ino).expect("d1").inode.parent, d2.ino);
     assert_eq!(env.vfs.getattr(d2.ino).expect("d2").inode.nlink, 3);
     assert_eq!(env.vfs.lookup(&c, d1.ino, b"..").expect("..").ino, d2.ino);
-    let ex = RenameFlags {
-        exchange: true,
-        ..Default::default()
-    };
+    let ex = RenameFlags { exchange: true, ..Default::default() };
     env.vfs.rename(&c, root, b"b", d2.ino, b"x", ex).expect("exchange");
     assert_eq!(env.vfs.lookup(&c, d2.ino, b"x").expect("x").ino, a);
-    let nr = RenameFlags {
-        noreplace: true,
-        ..Default::default()
-    };
+    let nr = RenameFlags { noreplace: true, ..Default::default() };
     assert!(matches!(env.vfs.rename(&c, root, b"b", d2.ino, b"x", nr), Err(VfsError::Exists)));
     env.fsck_clean();
 }
@@ -316,12 +298,7 @@ fn unlinked_open_files_live_until_release_or_restart() {
     let root = env.root();
     let c = Creds::root();
     let ino = env.file("f", b"still here");
-    env.vfs
-        .open_file(&c, ino, OpenMode {
-            read: true,
-            write: true,
-        })
-        .expect("open");
+    env.vfs.open_file(&c, ino, OpenMode { read: true, write: true }).expect("open");
     env.vfs.unlink(&c, root, b"f").expect("unlink");
     assert_eq!(env.read_all(ino), b"still here");
     env.vfs.write(&c, ino, 0, b"STILL").expect("write to unlinked");
@@ -345,16 +322,8 @@ fn permissions_for_ordinary_users() {
     let root = env.root();
     let alice = Creds::user(1000, 1000, vec![]);
     let bob = Creds::user(1001, 1001, vec![1000]);
-    assert!(matches!(
-        env.vfs.create(&alice, root, b"x", NewNode::File, 0o644),
-        Err(VfsError::Access)
-    ));
-    env.vfs
-        .setattr(&Creds::root(), root, &SetAttr {
-            mode: Some(0o1777),
-            ..Default::default()
-        })
-        .expect("chmod");
+    assert!(matches!(env.vfs.create(&alice, root, b"x", NewNode::File, 0o644), Err(VfsError::Access)));
+    env.vfs.setattr(&Creds::root(), root, &SetAttr { mode: Some(0o1777), ..Default::default() }).expect("chmod");
     let f = env.vfs.create(&alice, root, b"x", NewNode::File, 0o640).expect("create");
     assert_eq!((f.inode.uid, f.inode.gid), (1000, 1000));
     assert!(env.vfs.read(f.ino, 0, 1).is_ok());
@@ -362,23 +331,12 @@ fn permissions_for_ordinary_users() {
     assert!(matches!(env.vfs.access(&bob, f.ino, 2), Err(VfsError::Access)));
     assert!(matches!(env.vfs.unlink(&bob, root, b"x"), Err(VfsError::Perm)), "sticky dir");
     assert!(matches!(
-        env.vfs.setattr(&bob, f.ino, &SetAttr {
-            mode: Some(0o777),
-            ..Default::default()
-        }),
+        env.vfs.setattr(&bob, f.ino, &SetAttr { mode: Some(0o777), ..Default::default() }),
         Err(VfsError::Perm)
     ));
-    let chown_other = SetAttr {
-        uid: Some(1001),
-        ..Default::default()
-    };
+    let chown_other = SetAttr { uid: Some(1001), ..Default::default() };
     assert!(matches!(env.vfs.setattr(&alice, f.ino, &chown_other), Err(VfsError::Perm)));
-    env.vfs
-        .setattr(&Creds::root(), f.ino, &SetAttr {
-            mode: Some(0o4755),
-            ..Default::default()
-        })
-        .expect("suid");
+    env.vfs.setattr(&Creds::root(), f.ino, &SetAttr { mode: Some(0o4755), ..Default::default() }).expect("suid");
     env.vfs.write(&alice, f.ino, 0, b"w").expect("write");
     assert_eq!(env.vfs.getattr(f.ino).expect("a").inode.mode & 0o4000, 0, "write drops set-uid");
     env.vfs.unlink(&alice, root, b"x").expect("owner may delete");
@@ -423,4 +381,3 @@ fn filesystems_are_separate_and_deletable() {
     env.fsck_clean();
     assert_eq!(env.vfs.getattr(env.root()).expect("root").inode.kind, FileKind::Dir);
 }
-

@@ -23,32 +23,17 @@ pub struct Creds {
 impl Creds {
     /// The superuser.
     pub fn root() -> Creds {
-        Creds {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-            kernel_checked: false,
-        }
+        Creds { uid: 0, gid: 0, groups: Vec::new(), kernel_checked: false }
     }
 
     /// A user with the given ids and groups; the Vfs checks permissions.
     pub fn user(uid: u32, gid: u32, groups: Vec<u32>) -> Creds {
-        Creds {
-            uid,
-            gid,
-            groups,
-            kernel_checked: false,
-        }
+        Creds { uid, gid, groups, kernel_checked: false }
     }
 
     /// A caller whose kernel enforces permissions (FUSE `default_permissions`).
     pub fn kernel(uid: u32, gid: u32) -> Creds {
-        Creds {
-            uid,
-            gid,
-            groups: Vec::new(),
-            kernel_checked: true,
-        }
+        Creds { uid, gid, groups: Vec::new(), kernel_checked: true }
     }
 
     /// True for uid 0.

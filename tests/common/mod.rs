@@ -120,11 +120,7 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let child = Command::new(storfs_bin())
             .arg("--config")
             .arg(&self.config)
@@ -164,12 +160,7 @@ impl Daemon {
 
     /// Runs a CLI command against this daemon.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
-        Command::new(storfs_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run storfs")
+        Command::new(storfs_bin()).arg("--socket").arg(&self.socket).args(args).output().expect("run storfs")
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.

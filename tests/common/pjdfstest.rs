@@ -96,11 +96,7 @@ pub fn assert_score(results: &BTreeMap<String, Outcome>, excludes: &BTreeMap<Str
     let passed = results.values().filter(|o| **o == Outcome::Passed).count();
     let not_passed: Vec<(&String, &Outcome)> = results.iter().filter(|(_, o)| **o != Outcome::Passed).collect();
     let rate = passed as f64 / TOTAL as f64;
-    eprintln!(
-        "pjdfstest: {passed}/{TOTAL} passed ({:.2}%), {} did not pass",
-        rate * 100.0,
-        not_passed.len()
-    );
+    eprintln!("pjdfstest: {passed}/{TOTAL} passed ({:.2}%), {} did not pass", rate * 100.0, not_passed.len());
     for (name, o) in &not_passed {
         eprintln!("  {name}: {o:?}");
     }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this). Installs what a
+# fresh Debian machine lacks, then builds once (release profile) and runs
+# every test: unit and model tests, backend conformance, and the end-to-end
+# tests that start real daemons and mount real FUSE file systems.
+# Needs root: the end-to-end tests mount file systems.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: run as root (the end-to-end tests mount file systems)" >&2
+  exit 1
+fi
+
+# Debian packages: FUSE (mount.fuse runs storfs as the remount helper), fio,
+# and what the pjdfstest build needs.
+apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse
+
+# Test tools from crates.io, pinned.
+cargo_tool() { # name version
+  if ! "$HOME/.cargo/bin/$1" --version 2>/dev/null | grep -q " $2\$"; then
+    echo "== cargo install $1 $2"
+    cargo install --quiet --locked "$1@$2"
+  fi
+}
+cargo_tool pjdfstest 0.2.2
+cargo_tool fsx 0.3.2
+
+# pjdfstest switches to these users.
+id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
+getent group nogroup >/dev/null || groupadd nogroup
+
+echo "== format and lints"
+cargo fmt --check
+cargo clippy --release --all-targets --quiet -- -D warnings
+
+echo "== build and test"
+cargo build --release --quiet
+cargo test --release -- --test-threads="${STORFS_TEST_THREADS:-2}"
+echo "== all tests passed"
