@@ -71,7 +71,58 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> PackBuilder {
-        PackBuilder { buf: MAGIC.to_vec(), index: Vec::new() }
+        PackBuilder::with_buffer(Vec::new())
+    }
+
+    /// An empty pack written into `buf` (cleared first), so a buffer whose
+    /// pages are already mapped can be reused from pack to pack.
+    pub fn with_buffer(mut buf: Vec<u8>) -> PackBuilder {
+        buf.clear();
+        buf.extend_from_slice(MAGIC);
+        PackBuilder { buf, index: Vec::new() }
+    }
+
+    /// Reserves room for a chunk of up to `len` bytes at the end of the pack
+    /// and returns it zeroed, so the caller can assemble the chunk in place.
+    /// Follow with [`PackBuilder::commit_staged`] or [`PackBuilder::discard_staged`].
+    pub fn stage(&mut self, len: usize) -> &mut [u8] {
+        let start = self.staged_start();
+        self.buf.truncate(start - CHUNK_HEADER_LEN);
+        self.buf.resize(start + len, 0);
+        &mut self.buf[start..]
+    }
+
+    /// The staged bytes (after [`PackBuilder::stage`]).
+    pub fn staged(&self) -> &[u8] {
+        let start = self.staged_start();
+        &self.buf[start.min(self.buf.len())..]
+    }
+
+    /// Where the data of the next chunk starts.
+    fn staged_start(&self) -> usize {
+        let end = self.index.last().map_or(MAGIC.len(), |e| e.offset as usize + e.stored_len as usize);
+        end + CHUNK_HEADER_LEN
+    }
+
+    /// Keeps the first `len` staged bytes as chunk `id`.
+    pub fn commit_staged(&mut self, id: ChunkId, len: usize) -> PackIndexEntry {
+        let start = self.staged_start();
+        self.buf.truncate(start + len);
+        let header = start - CHUNK_HEADER_LEN;
+        let l = len as u32;
+        self.buf[header..header + 32].copy_from_slice(&id.0);
+        self.buf[header + 32] = 0;
+        self.buf[header + 33..header + 37].copy_from_slice(&l.to_le_bytes());
+        self.buf[header + 37..header + 41].copy_from_slice(&l.to_le_bytes());
+        let entry = PackIndexEntry { id, offset: start as u64, stored_len: l, raw_len: l, flags: 0 };
+        self.index.push(entry);
+        entry
+    }
+
+    /// Drops the staged bytes (a duplicate or a hole).
+    pub fn discard_staged(&mut self) {
+        let end = self.staged_start() - CHUNK_HEADER_LEN;
+        self.buf.truncate(end);
     }
 
     /// Appends a chunk stored plain; returns its index entry.
@@ -185,6 +236,22 @@ mod tests {
         assert_eq!(idx, vec![a, c]);
         let e = idx[1];
         assert_eq!(&pack[e.offset as usize..(e.offset + e.stored_len as u64) as usize], b"world!");
+    }
+
+    #[test]
+    fn staged_chunks_match_added_ones() {
+        let mut a = PackBuilder::new();
+        a.add(ChunkId::of(b"one"), b"one");
+        a.add(ChunkId::of(b"three"), b"three");
+        let mut b = PackBuilder::new();
+        b.stage(10)[..3].copy_from_slice(b"one");
+        b.commit_staged(ChunkId::of(b"one"), 3);
+        b.stage(4).copy_from_slice(b"dupe");
+        assert_eq!(b.staged(), b"dupe");
+        b.discard_staged();
+        b.stage(5).copy_from_slice(b"three");
+        b.commit_staged(ChunkId::of(b"three"), 5);
+        assert_eq!(a.finish(), b.finish());
     }
 
     #[test]

@@ -50,6 +50,22 @@ fn kernel_mount(path: &Path, fs: &str) -> Result<OwnedFd, String> {
     Ok(dev.into())
 }
 
+/// Readahead for the new mount, in KiB. The kernel offers FUSE 128 KiB at
+/// INIT and a file system may only lower it there; the mount's bdi can be
+/// raised afterwards. 4 MiB keeps several 1 MiB reads in flight during
+/// sequential reads.
+const READAHEAD_KB: u32 = 4096;
+
+fn raise_readahead(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else { return };
+    let dev = md.dev();
+    let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        tracing::debug!(knob, error = %e, "cannot raise readahead");
+    }
+}
+
 /// True when something is mounted exactly at `path` (per /proc/self/mountinfo).
 fn is_mountpoint(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -102,6 +118,7 @@ impl Mounts {
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
                 format!("cannot serve the mount at {}: {e}", path.display())
             })?;
+        raise_readahead(&path);
         tracing::info!(fs, mountpoint = %path.display(), "mounted");
         inner.insert(path.clone(), Mounted { fs: fs.to_string(), session });
         Ok(path)

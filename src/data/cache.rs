@@ -186,6 +186,9 @@ pub struct ChunkReader {
     backend: Arc<dyn ObjectBackend>,
     mem: moka::sync::Cache<ChunkId, Bytes>,
     disk: Option<DiskCache>,
+    /// Packs read since the last checkpoint, with the time (Unix seconds);
+    /// the checkpoint records it as the pack's last read (tiering input).
+    touched: Mutex<HashMap<u64, u64>>,
     /// Counters.
     pub stats: CacheStats,
 }
@@ -212,7 +215,7 @@ impl ChunkReader {
             Some((dir, limit)) if limit > 0 => Some(DiskCache::open(dir, limit)?),
             _ => None,
         };
-        Ok(ChunkReader { backend, mem, disk, stats: CacheStats::default() })
+        Ok(ChunkReader { backend, mem, disk, touched: Mutex::new(HashMap::new()), stats: CacheStats::default() })
     }
 
     /// The backend below the caches.
@@ -220,8 +223,10 @@ impl ChunkReader {
         &self.backend
     }
 
-    /// The chunk's plain bytes.
+    /// The chunk's plain bytes. Counts as a read of its pack, from whichever
+    /// cache it comes.
     pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+        self.touch(entry.pack);
         if let Some(b) = self.mem.get(id) {
             self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
@@ -260,9 +265,17 @@ impl ChunkReader {
         Err(last.unwrap_or(ChunkError::Corrupt { id: *id, pack: entry.pack }))
     }
 
-    /// Puts freshly written chunk bytes in the memory cache.
-    pub fn prime(&self, id: ChunkId, data: Bytes) {
-        self.mem.insert(id, data);
+    fn touch(&self, pack: u64) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut t = self.touched.lock();
+        if t.get(&pack) != Some(&now) {
+            t.insert(pack, now);
+        }
+    }
+
+    /// Packs read since the last call, with when (Unix seconds).
+    pub fn take_touched(&self) -> HashMap<u64, u64> {
+        std::mem::take(&mut *self.touched.lock())
     }
 
     /// Bytes held by the memory cache and the disk cache.

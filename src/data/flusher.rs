@@ -35,19 +35,26 @@ struct Batch {
     cut: u64,
     pack: PackBuilder,
     new_chunks: HashMap<ChunkId, PackIndexEntry>,
-    fresh: Vec<(ChunkId, Bytes)>,
     items: Vec<Item>,
 }
 
 impl Batch {
-    fn new(cut: u64) -> Batch {
-        Batch { cut, pack: PackBuilder::new(), new_chunks: HashMap::new(), fresh: Vec::new(), items: Vec::new() }
+    fn new(cut: u64, buffer: Vec<u8>) -> Batch {
+        Batch { cut, pack: PackBuilder::with_buffer(buffer), new_chunks: HashMap::new(), items: Vec::new() }
     }
 }
 
-/// Length of `buf` without its trailing zeros.
+/// Length of `buf` without its trailing zeros (scanned 16 bytes at a time).
 fn trimmed_len(buf: &[u8]) -> usize {
-    buf.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+    let mut end = buf.len();
+    while end >= 16 {
+        let word = u128::from_ne_bytes(buf[end - 16..end].try_into().unwrap_or([1; 16]));
+        if word != 0 {
+            break;
+        }
+        end -= 16;
+    }
+    buf[..end].iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
 }
 
 fn unix_now() -> u64 {
@@ -60,7 +67,7 @@ impl Store {
         self.check_poisoned()?;
         let cut = self.wal.stats().last_lsn;
         let started = Instant::now();
-        let mut batch = Batch::new(cut);
+        let mut batch = Batch::new(cut, Vec::with_capacity(self.opts.pack_target + (2 << 20)));
         for cell in self.cells.dirty() {
             let (generation, blocks) = {
                 let g = cell.lock();
@@ -85,27 +92,44 @@ impl Store {
             let bs = inode.block_size as usize;
             let rtx = self.meta.read()?;
             for (blk, pieces) in blocks {
-                let mut buf = vec![0u8; bs];
-                if let Some(base) = rtx.block(cell.ino, blk)? {
-                    let entry = rtx.chunk(&base.chunk)?.ok_or_else(|| {
-                        DataError::Corrupt(format!(
-                            "inode {} block {blk} refers to missing chunk {}",
-                            cell.ino, base.chunk
-                        ))
-                    })?;
-                    let data = self.chunks.get(&base.chunk, &entry)?;
-                    let n = data.len().min(base.len as usize).min(bs);
+                let base = match rtx.block(cell.ino, blk)? {
+                    Some(b) => {
+                        let entry = rtx.chunk(&b.chunk)?.ok_or_else(|| {
+                            DataError::Corrupt(format!(
+                                "inode {} block {blk} refers to missing chunk {}",
+                                cell.ino, b.chunk
+                            ))
+                        })?;
+                        Some((b, entry))
+                    }
+                    None => None,
+                };
+                // Only as much of the block as holds data: past the base and
+                // the last piece it is zeros anyway.
+                let extent = pieces
+                    .iter()
+                    .map(|p| (p.off + p.len) as usize)
+                    .chain(base.iter().map(|(b, _)| b.len as usize))
+                    .max()
+                    .unwrap_or(0)
+                    .min(bs);
+                // The block is assembled in place at the end of the pack.
+                let base_data = match &base {
+                    Some((b, entry)) => Some((self.chunks.get(&b.chunk, entry)?, b.len as usize)),
+                    None => None,
+                };
+                let buf = batch.pack.stage(extent);
+                if let Some((data, len)) = base_data {
+                    let n = data.len().min(len).min(extent);
                     buf[..n].copy_from_slice(&data[..n]);
                 }
                 for p in &pieces {
-                    p.copy_into(&mut buf, 0)?;
+                    p.copy_into(buf, 0)?;
                 }
-                let used = trimmed_len(&buf);
-                buf.truncate(used);
-                self.add_to_batch(&mut batch, &rtx, cell.ino, blk, generation, buf)?;
+                self.add_to_batch(&mut batch, &rtx, cell.ino, blk, generation)?;
                 if batch.pack.len() >= self.opts.pack_target {
-                    let full = std::mem::replace(&mut batch, Batch::new(cut));
-                    self.commit_batch(full)?;
+                    let spare = self.commit_batch(std::mem::replace(&mut batch, Batch::new(cut, Vec::new())))?;
+                    batch = Batch::new(cut, spare);
                 }
             }
         }
@@ -119,29 +143,24 @@ impl Store {
         Ok(())
     }
 
-    fn add_to_batch(
-        &self,
-        batch: &mut Batch,
-        rtx: &ReadTx,
-        ino: Ino,
-        blk: u64,
-        generation: u64,
-        buf: Vec<u8>,
-    ) -> Result<()> {
-        if buf.is_empty() {
+    /// Decides what to do with the block staged at the end of the pack: a
+    /// hole, a chunk already stored, or a new chunk kept in the pack.
+    fn add_to_batch(&self, batch: &mut Batch, rtx: &ReadTx, ino: Ino, blk: u64, generation: u64) -> Result<()> {
+        let used = trimmed_len(batch.pack.staged());
+        if used == 0 {
+            batch.pack.discard_staged();
             batch.items.push(Item { ino, blk, generation, content: None });
             return Ok(());
         }
-        let id = ChunkId::of(&buf);
-        let len = buf.len() as u32;
+        let id = ChunkId::of(&batch.pack.staged()[..used]);
         if batch.new_chunks.contains_key(&id) || rtx.chunk(&id)?.is_some() {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            batch.pack.discard_staged();
         } else {
-            let e = batch.pack.add(id, &buf);
+            let e = batch.pack.commit_staged(id, used);
             batch.new_chunks.insert(id, e);
-            batch.fresh.push((id, Bytes::from(buf)));
         }
-        batch.items.push(Item { ino, blk, generation, content: Some((id, len)) });
+        batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)) });
         Ok(())
     }
 
@@ -170,8 +189,11 @@ impl Store {
         }
     }
 
-    fn commit_batch(&self, batch: Batch) -> Result<()> {
-        let Batch { cut, pack, new_chunks, fresh, items } = batch;
+    /// Uploads the pack and commits its blocks; returns the pack buffer for
+    /// reuse when nobody else holds it.
+    fn commit_batch(&self, batch: Batch) -> Result<Vec<u8>> {
+        let Batch { cut, pack, new_chunks, items } = batch;
+        let mut spare = Vec::new();
         let pack_id = if pack.is_empty() {
             None
         } else {
@@ -179,9 +201,12 @@ impl Store {
             self.inflight.lock().insert(id);
             let bytes = pack.finish();
             let size = bytes.len() as u64;
-            if let Err(e) = self.upload(id, bytes) {
+            if let Err(e) = self.upload(id, bytes.clone()) {
                 self.inflight.lock().remove(&id);
                 return Err(e);
+            }
+            if let Ok(b) = bytes.try_into_mut() {
+                spare = Vec::from(b);
             }
             Some((id, size))
         };
@@ -190,12 +215,9 @@ impl Store {
             self.inflight.lock().remove(&id);
         }
         result?;
-        for (id, data) in fresh {
-            self.chunks.prime(id, data);
-        }
         self.stats.chunks_written.fetch_add(new_chunks.len() as u64, Ordering::Relaxed);
         self.notify_space();
-        Ok(())
+        Ok(spare)
     }
 
     fn commit_items(
@@ -302,6 +324,14 @@ impl Store {
             }
         }
         tx.set_counter(counter::APPLIED_LSN, cut)?;
+        for (pack, at) in self.chunks.take_touched() {
+            if let Some(mut p) = tx.pack(pack)?
+                && p.last_read < at
+            {
+                p.last_read = at;
+                tx.put_pack(pack, &p)?;
+            }
+        }
         let releasable = self.wal.releasable(cut);
         self.wal.sync_to(cut)?;
         tx.commit_durable()?;
@@ -378,5 +408,13 @@ mod tests {
         assert_eq!(trimmed_len(&[]), 0);
         assert_eq!(trimmed_len(&[0, 0]), 0);
         assert_eq!(trimmed_len(&[1, 0, 2, 0, 0]), 3);
+        for len in [15, 16, 17, 31, 32, 33, 1000] {
+            for last in 0..len {
+                let mut v = vec![0u8; len];
+                v[last] = 9;
+                assert_eq!(trimmed_len(&v), last + 1, "len {len} last {last}");
+            }
+            assert_eq!(trimmed_len(&vec![0u8; len]), 0);
+        }
     }
 }

@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn record_sizes_match_docs_format() {
+        assert_eq!(inode().encode().len(), 106);
+        assert_eq!(DirEnt { ino: 1, kind: FileKind::File, cookie: 2 }.encode().len(), 17);
+        let c = ChunkEntry { pack: 0, offset: 0, stored_len: 0, raw_len: 0, flags: 0, refs: 0 };
+        assert_eq!(c.encode().len(), 33);
+        let p = PackEntry { size: 0, live_bytes: 0, chunks: 0, live_chunks: 0, class: 0, created: 0, last_read: 0 };
+        assert_eq!(p.encode().len(), 41);
+        let f = FsRecord { id: 0, root: 0, created: Timestamp::default(), block_size: 4096, flags: 0 };
+        assert_eq!(f.encode().len(), 32);
+    }
+
+    #[test]
     fn records_roundtrip() {
         let i = inode();
         assert_eq!(Inode::decode(&i.encode()), Ok(i.clone()));

@@ -66,9 +66,12 @@ impl Vfs {
             {
                 *m &= !libc::S_ISGID;
             }
-            // chown of a non-directory drops set-uid, and set-gid when the
-            // group may execute (as Linux, even for root).
-            if (req.uid.is_some() || req.gid.is_some()) && inode.kind != FileKind::Dir && !creds.kernel_checked {
+            // As Linux: chown of a non-directory drops set-uid, and set-gid
+            // when the group may execute, whoever calls; truncation by anyone
+            // but root does the same.
+            let chown = req.uid.is_some() || req.gid.is_some();
+            let truncate = req.size.is_some() && !creds.is_root();
+            if (chown || truncate) && inode.kind != FileKind::Dir {
                 let cur = mode.unwrap_or(inode.mode);
                 let mut kill = libc::S_ISUID;
                 if cur & 0o010 != 0 {

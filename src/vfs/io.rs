@@ -42,7 +42,7 @@ impl Vfs {
     }
 
     /// Reads up to `len` bytes at `off`; short at end of file.
-    pub fn read(&self, ino: Ino, off: u64, len: usize) -> Result<Vec<u8>> {
+    pub fn read(&self, ino: Ino, off: u64, len: usize) -> Result<bytes::Bytes> {
         let a = self.getattr(ino)?;
         match a.inode.kind {
             FileKind::File => {}

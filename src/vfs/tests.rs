@@ -77,7 +77,7 @@ impl Env {
 
     fn read_all(&self, ino: Ino) -> Vec<u8> {
         let size = self.vfs.getattr(ino).expect("getattr").inode.size;
-        self.vfs.read(ino, 0, size as usize).expect("read")
+        self.vfs.read(ino, 0, size as usize).expect("read").to_vec()
     }
 
     fn fsck_clean(&self) {
@@ -171,6 +171,19 @@ fn holes_and_zero_blocks_store_nothing() {
     env.vfs.flush().expect("flush");
     assert!(env.read_all(a.ino).iter().all(|b| *b == 0));
     env.fsck_clean();
+}
+
+#[test]
+fn reads_record_when_each_pack_was_last_read() {
+    let env = Env::new();
+    let ino = env.file("a", &pattern(BS as usize, 1));
+    env.vfs.flush().expect("flush");
+    let packs = env.vfs.store().meta.read().expect("r").packs().expect("packs");
+    assert!(packs.iter().all(|(_, p)| p.last_read == 0), "not read yet");
+    env.read_all(ino);
+    env.vfs.store().checkpoint().expect("checkpoint");
+    let packs = env.vfs.store().meta.read().expect("r").packs().expect("packs");
+    assert!(packs.iter().any(|(_, p)| p.last_read > 0), "the read is recorded: {packs:?}");
 }
 
 #[test]
@@ -380,4 +393,57 @@ fn filesystems_are_separate_and_deletable() {
     env.vfs.store().gc().expect("gc");
     env.fsck_clean();
     assert_eq!(env.vfs.getattr(env.root()).expect("root").inode.kind, FileKind::Dir);
+}
+
+#[test]
+fn writers_wait_for_dirty_space_then_fail_after_the_timeout() {
+    use crate::backend::fault::FaultBackend;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fault, handle) = FaultBackend::new(Arc::new(MemoryBackend::new()));
+    let mut opts = options(&dir.path().join("s"), Arc::new(fault));
+    opts.data = crate::data::DataOptions {
+        background_flush: true,
+        max_dirty: 2 << 20,
+        segment_size: 256 << 10,
+        pack_target: 1 << 20,
+        flush_interval: std::time::Duration::from_millis(50),
+        dirty_wait_timeout: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let vfs = Vfs::open(opts).expect("open");
+    let root = vfs.create_filesystem("default").expect("mkfs").root;
+    let c = Creds::root();
+    let f = vfs.create(&c, root, b"f", NewNode::File, 0o644).expect("create");
+    // A slow backend: writers wait for the flusher instead of failing.
+    handle.set_latency(std::time::Duration::from_millis(20));
+    // Distinct data everywhere, so every flush must upload (no dedup).
+    let chunk = |i: u64| pattern(256 << 10, i as u8);
+    let len = 256u64 << 10;
+    for i in 0..40u64 {
+        vfs.write(&c, f.ino, i * len, &chunk(i)).expect("write waits, never fails");
+    }
+    assert!(vfs.store().stats.write_waits.load(std::sync::atomic::Ordering::Relaxed) > 0, "writers waited");
+    // An outage: once the dirty space is full the wait ends in EIO.
+    handle.set_latency(std::time::Duration::ZERO);
+    handle.set_outage(true);
+    let mut failed = None;
+    let mut written = 40;
+    for i in 40..200u64 {
+        if let Err(e) = vfs.write(&c, f.ino, i * len, &chunk(i)) {
+            failed = Some(e);
+            break;
+        }
+        written = i + 1;
+    }
+    assert!(matches!(failed, Some(VfsError::Io(crate::data::DataError::DirtyTimeout(_)))), "{failed:?}");
+    // When the backend returns, everything written is flushed and readable.
+    handle.set_outage(false);
+    vfs.flush().expect("flush after the outage");
+    assert_eq!(vfs.getattr(f.ino).expect("attr").inode.size, written * len, "the failed write changed nothing");
+    vfs.store().chunks.clear_memory();
+    for i in 0..written {
+        let got = vfs.read(f.ino, i * len, len as usize).expect("read");
+        assert!(got[..] == chunk(i)[..], "run {i} intact");
+    }
+    vfs.shutdown();
 }

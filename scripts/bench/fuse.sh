@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Benchmark: a storfs FUSE mount against a plain directory on the same disk,
+# side by side in one run, printing storfs/plain ratios.
+#
+#   scripts/bench/fuse.sh [ROUNDS] [SIZE_MIB]     (defaults 3 and 2048; run as root)
+#
+# Each round runs every workload on the plain directory, then on storfs;
+# the table shows the median of the rounds (shared virtual disks vary a lot
+# from one minute to the next, so single runs mislead).
+#
+#   seq-write    fio, 1 MiB writes of SIZE, fsync at the end
+#   seq-read     fio, 1 MiB reads of that file, page cache dropped first
+#   rand-write   fio, 4 KiB random writes over a 1 GiB file for 20 s, fsync at the end
+#   rand-read    fio, 4 KiB random reads of that file for 20 s, page cache dropped first
+#   small-files  create 10,000 files of 4 KiB (distinct contents) then syncfs,
+#                by 1 process and by 4 processes at once
+#
+# Before each read workload storfs is flushed (`storfs flush`, its `sync`)
+# and the page cache dropped, so reads come from pack files, as they would
+# on a server that has been running for a while.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${1:-3}
+SIZE_MIB=${2:-2048}
+BASE=${BENCH_DIR:-/var/tmp}
+WORK=$(mktemp -d "$BASE/storfs-bench.XXXXXX")
+BIN=target/release/storfs
+SOCK=$WORK/storfs.sock
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root (mounts and drops caches)" >&2; exit 1; }
+command -v fio >/dev/null || { echo "fio is required (apt install fio)" >&2; exit 1; }
+cargo build --release --quiet
+
+cleanup() {
+  umount -l "$WORK/mnt" 2>/dev/null || true
+  if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat > "$WORK/storfs.toml" <<EOF
+data_dir = "$WORK/data"
+[control]
+socket = "$SOCK"
+EOF
+"$BIN" --config "$WORK/storfs.toml" serve 2>"$WORK/daemon.log" &
+PID=$!
+for _ in $(seq 100); do "$BIN" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done
+mkdir -p "$WORK/mnt" "$WORK/plain"
+"$BIN" --socket "$SOCK" mount "$WORK/mnt" >/dev/null
+
+settle() { # SIDE: make everything written so far durable and uncached
+  [ "$1" = storfs ] && "$BIN" --socket "$SOCK" flush
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+}
+
+fio_run() { # DIR FIELD ARGS... → MiB/s (FIELD=bw) or IOPS (FIELD=iops)
+  local dir=$1 field=$2; shift 2
+  fio --directory="$dir" --ioengine=psync --output-format=json "$@" > "$WORK/fio.json"
+  python3 - "$WORK/fio.json" "$field" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print(f'{side["bw_bytes"] / 2**20:.0f}' if sys.argv[2] == "bw" else f'{side["iops"]:.0f}')
+PY
+}
+
+small_files() { # DIR PROCS → files per second
+  python3 - "$1" "$2" <<'PY'
+import os, subprocess, sys, time
+from multiprocessing import Process
+base, procs, total = sys.argv[1], int(sys.argv[2]), 10000
+def work(k):
+    d = os.path.join(base, f"w{k}")
+    os.mkdir(d)
+    for i in range(total // procs):
+        fd = os.open(os.path.join(d, f"f{i:05d}"), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        os.write(fd, os.urandom(4096))
+        os.close(fd)
+os.mkdir(base)
+t = time.perf_counter()
+ps = [Process(target=work, args=(k,)) for k in range(procs)]
+for p in ps: p.start()
+for p in ps: p.join()
+subprocess.run(["sync", "-f", base], check=True)
+print(f"{total / (time.perf_counter() - t):.0f}")
+PY
+}
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  for side in plain storfs; do
+    dir=$WORK/plain; [ $side = storfs ] && dir=$WORK/mnt
+    echo "== round $round: $side" >&2
+    rm -rf "${dir:?}"/*
+    settle $side
+    R[$side.seqw]+="$(fio_run "$dir" bw --name=seq --rw=write --bs=1M --size=${SIZE_MIB}M --end_fsync=1) "
+    settle $side
+    R[$side.seqr]+="$(fio_run "$dir" bw --name=seq --rw=read --bs=1M --size=${SIZE_MIB}M) "
+    R[$side.randw]+="$(fio_run "$dir" iops --name=rand --rw=randwrite --bs=4k --size=1G --time_based --runtime=20 --end_fsync=1) "
+    settle $side
+    R[$side.randr]+="$(fio_run "$dir" iops --name=rand --rw=randread --bs=4k --size=1G --time_based --runtime=20) "
+    R[$side.small1]+="$(small_files "$dir/s1" 1) "
+    R[$side.small4]+="$(small_files "$dir/s4" 4) "
+  done
+done
+
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" $1; }
+row() { # LABEL KEY
+  local p s
+  p=$(median "${R[plain.$2]}"); s=$(median "${R[storfs.$2]}")
+  printf '%-40s %10s %10s %7s   plain: %s storfs: %s\n' "$1" "$p" "$s" "$(python3 -c "print(f'{$s / $p:.2f}')")" "${R[plain.$2]}" "${R[storfs.$2]}"
+}
+printf '\nmedians of %s rounds, %s MiB sequential file\n' "$ROUNDS" "$SIZE_MIB"
+printf '%-40s %10s %10s %7s   all runs\n' "workload" "plain" "storfs" "ratio"
+row "seq write 1 MiB (MiB/s)" seqw
+row "seq read 1 MiB (MiB/s)" seqr
+row "rand write 4 KiB (IOPS)" randw
+row "rand read 4 KiB (IOPS)" randr
+row "create 10k x 4 KiB, 1 process (files/s)" small1
+row "create 10k x 4 KiB, 4 processes (files/s)" small4
