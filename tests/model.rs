@@ -100,10 +100,7 @@ struct Env {
 
 fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
     VfsOptions {
-        state_dir: state.to_path_buf(),
-        backend,
         mem_cache: 256 << 10,
-        disk_cache: 0,
         data: DataOptions {
             background_flush: false,
             pack_target: 32 << 10,
@@ -111,7 +108,7 @@ fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
             ..Default::default()
         },
         block_size: BS,
-        space_probe: None,
+        ..VfsOptions::new(state.to_path_buf(), backend)
     }
 }
 

@@ -184,7 +184,7 @@ const T_ZERO: u8 = 11;
 const T_PURGE: u8 = 12;
 
 fn ts(e: &mut Enc, t: &Timestamp) {
-    e.i64(t.secs).u32(t.nanos);
+    t.encode(e);
 }
 
 fn opt_ts(e: &mut Enc, t: &Option<Timestamp>) {
@@ -200,12 +200,7 @@ fn opt_ts(e: &mut Enc, t: &Option<Timestamp>) {
 }
 
 fn read_ts(d: &mut Dec<'_>) -> Result<Timestamp, DecodeError> {
-    let secs = d.i64()?;
-    let nanos = d.u32()?;
-    if nanos >= 1_000_000_000 {
-        return Err(DecodeError(format!("record timestamp nanos {nanos} out of range")));
-    }
-    Ok(Timestamp { secs, nanos })
+    Timestamp::decode(d)
 }
 
 fn read_opt_ts(d: &mut Dec<'_>) -> Result<Option<Timestamp>, DecodeError> {

@@ -114,6 +114,38 @@ impl FuseFs {
         }
     }
 
+    /// Lists directory `dir` from FUSE offset `offset`: "." (offset 1), ".."
+    /// (offset 2), then entries at their cookies (>= 16), until `add` says
+    /// the reply buffer is full.
+    fn walk_dir(
+        &self,
+        req: &Request,
+        dir: Ino,
+        offset: u64,
+        mut add: impl FnMut(Ino, u64, &[u8], FileKind) -> bool,
+    ) -> Result<(), VfsError> {
+        let parent = self.vfs.getattr(dir)?.inode.parent;
+        if offset < 1 && add(dir, 1, b".", FileKind::Dir) {
+            return Ok(());
+        }
+        if offset < 2 && add(parent, 2, b"..", FileKind::Dir) {
+            return Ok(());
+        }
+        let mut after = if offset <= 2 { 0 } else { offset };
+        loop {
+            let page = self.vfs.readdir(&creds(req), dir, after, 256)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for e in page {
+                after = e.cookie;
+                if add(e.ino, e.cookie, &e.name, e.kind) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     fn entry(&self, r: Result<Attr, VfsError>, reply: ReplyEntry, op: &'static str) {
         match r {
             Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(a.inode.generation)),
@@ -392,72 +424,35 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = span("readdir", ino);
-        let dir = self.ino(ino);
-        let parent = match self.vfs.getattr(dir) {
-            Ok(a) => a.inode.parent,
-            Err(e) => return reply.error(fail("readdir", &e)),
-        };
-        // Offsets 1 and 2 are "." and ".."; real entries use their cookies (>= 16).
-        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
-            return reply.ok();
-        }
-        if offset < 2 && reply.add(self.fuse_ino(parent), 2, FileType::Directory, "..") {
-            return reply.ok();
-        }
-        let mut after = if offset <= 2 { 0 } else { offset };
-        loop {
-            let page = match self.vfs.readdir(&creds(req), dir, after, 256) {
-                Ok(p) => p,
-                Err(e) => return reply.error(fail("readdir", &e)),
-            };
-            if page.is_empty() {
-                return reply.ok();
-            }
-            for e in page {
-                if reply.add(self.fuse_ino(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(&e.name)) {
-                    return reply.ok();
-                }
-                after = e.cookie;
-            }
+        let walked = self.walk_dir(req, self.ino(ino), offset, |e, off, name, kind| {
+            reply.add(self.fuse_ino(e), off, file_type(kind), OsStr::from_bytes(name))
+        });
+        match walked {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdir", &e)),
         }
     }
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _span = span("readdirplus", ino);
-        let dir = self.ino(ino);
-        let (me, parent) = match self.vfs.getattr(dir) {
+        let walked = self.walk_dir(req, self.ino(ino), offset, |e, off, name, _| match self.vfs.getattr(e) {
             Ok(a) => {
-                let p = self.vfs.getattr(a.inode.parent);
-                (a.clone(), p.unwrap_or(a))
+                let attr = self.attr(&a);
+                reply.add(
+                    self.fuse_ino(e),
+                    off,
+                    OsStr::from_bytes(name),
+                    &self.ttl,
+                    &attr,
+                    Generation(a.inode.generation),
+                )
             }
-            Err(e) => return reply.error(fail("readdirplus", &e)),
-        };
-        let gen_of = |a: &Attr| Generation(a.inode.generation);
-        if offset < 1 && reply.add(ino, 1, ".", &self.ttl, &self.attr(&me), gen_of(&me)) {
-            return reply.ok();
-        }
-        if offset < 2 && reply.add(self.fuse_ino(parent.ino), 2, "..", &self.ttl, &self.attr(&parent), gen_of(&parent))
-        {
-            return reply.ok();
-        }
-        let mut after = if offset <= 2 { 0 } else { offset };
-        loop {
-            let page = match self.vfs.readdir(&creds(req), dir, after, 128) {
-                Ok(p) => p,
-                Err(e) => return reply.error(fail("readdirplus", &e)),
-            };
-            if page.is_empty() {
-                return reply.ok();
-            }
-            for e in page {
-                after = e.cookie;
-                // An entry removed since the listing is skipped.
-                let Ok(a) = self.vfs.getattr(e.ino) else { continue };
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(self.fuse_ino(e.ino), e.cookie, name, &self.ttl, &self.attr(&a), gen_of(&a)) {
-                    return reply.ok();
-                }
-            }
+            // An entry removed since the listing is skipped.
+            Err(_) => false,
+        });
+        match walked {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdirplus", &e)),
         }
     }
 

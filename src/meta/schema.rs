@@ -109,11 +109,13 @@ impl Timestamp {
         Timestamp::from(SystemTime::now())
     }
 
-    fn encode(&self, e: &mut Enc) {
+    /// Appends the 12-byte encoding (secs:i64, nanos:u32).
+    pub(crate) fn encode(&self, e: &mut Enc) {
         e.i64(self.secs).u32(self.nanos);
     }
 
-    fn decode(d: &mut Dec<'_>) -> Result<Timestamp, DecodeError> {
+    /// Reads [`Timestamp::encode`], refusing nanos out of range.
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Timestamp, DecodeError> {
         let secs = d.i64()?;
         let nanos = d.u32()?;
         if nanos >= 1_000_000_000 {

@@ -5,7 +5,16 @@ use super::types::MAX_FILE_SIZE;
 use super::{Attr, Creds, OpenMode, Result, Vfs, VfsError};
 use crate::data::record::{Record, WRITE_MAX};
 use crate::data::zero_range;
-use crate::meta::{FileKind, Ino, Timestamp};
+use crate::meta::{FileKind, Ino, Inode, Timestamp};
+
+/// Data operations apply to regular files only.
+fn regular_file(inode: &Inode, what: &'static str) -> Result<()> {
+    match inode.kind {
+        FileKind::File => Ok(()),
+        FileKind::Dir => Err(VfsError::IsDir),
+        _ => Err(VfsError::Invalid(what)),
+    }
+}
 
 impl Vfs {
     /// Checks access for an open and counts the handle; an unlinked inode
@@ -44,11 +53,7 @@ impl Vfs {
     /// Reads up to `len` bytes at `off`; short at end of file.
     pub fn read(&self, ino: Ino, off: u64, len: usize) -> Result<bytes::Bytes> {
         let a = self.getattr(ino)?;
-        match a.inode.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid("read of a special file")),
-        }
+        regular_file(&a.inode, "read of a special file")?;
         Ok(self.store.read(ino, a.inode.size, a.inode.block_size, off, len)?)
     }
 
@@ -72,11 +77,7 @@ impl Vfs {
         let cell = self.store.cells.get(ino);
         let mut cd = cell.lock();
         let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
-        match inode.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid("write to a special file")),
-        }
+        regular_file(&inode, "write to a special file")?;
         // A write by anyone but root drops set-uid, and set-gid when the
         // group may execute (as Linux's file_remove_privs).
         let mut kill = 0;
@@ -107,11 +108,7 @@ impl Vfs {
         let cell = self.store.cells.get(ino);
         let mut cd = cell.lock();
         let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
-        match inode.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid("zeroing a special file")),
-        }
+        regular_file(&inode, "zeroing a special file")?;
         // Past the end of the file is zeros already.
         let len = len.min(inode.size.saturating_sub(off));
         if len == 0 {

@@ -53,6 +53,22 @@ pub struct VfsOptions {
     pub space_probe: Option<PathBuf>,
 }
 
+impl VfsOptions {
+    /// Options with built-in defaults: 512 MiB memory cache, no disk cache,
+    /// default data-path tunables, 1 MiB blocks.
+    pub fn new(state_dir: PathBuf, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
+        VfsOptions {
+            state_dir,
+            backend,
+            mem_cache: 512 << 20,
+            disk_cache: 0,
+            data: DataOptions::default(),
+            block_size: 1 << 20,
+            space_probe: None,
+        }
+    }
+}
+
 /// The file system core.
 pub struct Vfs {
     store: Arc<Store>,

@@ -251,6 +251,15 @@ impl Vfs {
                     perm::check(creds, &src_inode, W)?;
                 }
                 let time = Timestamp::now();
+                let record = |exchange: bool, replaced: Option<(Ino, bool)>| Record::Rename {
+                    src_parent,
+                    src_name: src_name.to_vec(),
+                    dst_parent,
+                    dst_name: dst_name.to_vec(),
+                    time,
+                    exchange,
+                    replaced,
+                };
                 let Some(dst_ent) = dst_ent else {
                     if flags.exchange {
                         return Err(VfsError::NotFound);
@@ -258,15 +267,7 @@ impl Vfs {
                     if src_is_dir && src_parent != dst_parent && dp.nlink >= LINK_MAX {
                         return Err(VfsError::TooManyLinks);
                     }
-                    return Ok(Some(Record::Rename {
-                        src_parent,
-                        src_name: src_name.to_vec(),
-                        dst_parent,
-                        dst_name: dst_name.to_vec(),
-                        time,
-                        exchange: false,
-                        replaced: None,
-                    }));
+                    return Ok(Some(record(false, None)));
                 };
                 if flags.noreplace {
                     return Err(VfsError::Exists);
@@ -282,15 +283,7 @@ impl Vfs {
                     if dst_is_dir && Self::is_within(tx, src_parent, dst_ent.ino)? {
                         return Err(VfsError::Invalid("cannot move a directory into itself"));
                     }
-                    return Ok(Some(Record::Rename {
-                        src_parent,
-                        src_name: src_name.to_vec(),
-                        dst_parent,
-                        dst_name: dst_name.to_vec(),
-                        time,
-                        exchange: true,
-                        replaced: None,
-                    }));
+                    return Ok(Some(record(true, None)));
                 }
                 match (src_is_dir, dst_is_dir) {
                     (true, false) => return Err(VfsError::NotDir),
@@ -299,15 +292,7 @@ impl Vfs {
                     _ => {}
                 }
                 let purge = dst_is_dir || (dst_inode.nlink <= 1 && locked.open_count(dst_ent.ino) == 0);
-                Ok(Some(Record::Rename {
-                    src_parent,
-                    src_name: src_name.to_vec(),
-                    dst_parent,
-                    dst_name: dst_name.to_vec(),
-                    time,
-                    exchange: false,
-                    replaced: Some((dst_ent.ino, purge)),
-                }))
+                Ok(Some(record(false, Some((dst_ent.ino, purge)))))
             });
             match result {
                 Err(VfsError::Raced) => continue,

@@ -18,10 +18,7 @@ struct Env {
 
 fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
     VfsOptions {
-        state_dir: state.to_path_buf(),
-        backend,
         mem_cache: 1 << 20,
-        disk_cache: 0,
         data: crate::data::DataOptions {
             background_flush: false,
             pack_target: 64 << 10,
@@ -29,7 +26,7 @@ fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
             ..Default::default()
         },
         block_size: BS,
-        space_probe: None,
+        ..VfsOptions::new(state.to_path_buf(), backend)
     }
 }
 
