@@ -142,8 +142,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let sig = signals.wait().context("waiting for signals")?;
-    tracing::info!(signal = ?sig, "stopping");
+    loop {
+        let sig = signals.wait().context("waiting for signals")?;
+        if sig == Signal::SIGHUP {
+            // Nothing is reloadable yet; stopping on SIGHUP would surprise.
+            tracing::info!("SIGHUP ignored: restart the daemon to apply configuration changes");
+            continue;
+        }
+        tracing::info!(signal = ?sig, "stopping");
+        break;
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.stopping.store(true, Ordering::SeqCst);
     let _ = std::fs::remove_file(&config.control.socket);
