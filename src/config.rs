@@ -188,17 +188,106 @@ pub struct ControlConfig {
     pub socket: PathBuf,
 }
 
+/// A client network: CIDR ("10.0.0.0/8") or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net(pub ipnet::IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Net, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(n) = s.parse::<ipnet::IpNet>() {
+            return Ok(Net(n));
+        }
+        s.parse::<std::net::IpAddr>().map(|ip| Net(ipnet::IpNet::from(ip))).map_err(|_| {
+            serde::de::Error::custom(format!("invalid network {s:?} (write e.g. \"10.0.0.0/8\" or \"192.0.2.7\")"))
+        })
+    }
+}
+
+impl Serialize for Net {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+/// NFS export options (`[nfs.default_export]`, `[nfs.exports.NAME]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Client networks allowed to mount and call; everyone else is refused.
+    pub clients: Vec<Net>,
+    /// Read-only export.
+    pub ro: bool,
+    /// Map root (uid 0) to anonuid/anongid.
+    pub root_squash: bool,
+    /// Map every user to anonuid/anongid.
+    pub all_squash: bool,
+    /// Anonymous uid.
+    pub anonuid: u32,
+    /// Anonymous gid.
+    pub anongid: u32,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        let d = storfs::nfs::ExportOptions::default();
+        ExportConfig {
+            clients: d.clients.into_iter().map(Net).collect(),
+            ro: d.read_only,
+            root_squash: d.root_squash,
+            all_squash: d.all_squash,
+            anonuid: d.anonuid,
+            anongid: d.anongid,
+        }
+    }
+}
+
+impl ExportConfig {
+    /// The options the NFS server applies.
+    pub fn options(&self) -> storfs::nfs::ExportOptions {
+        storfs::nfs::ExportOptions {
+            clients: self.clients.iter().map(|n| n.0).collect(),
+            read_only: self.ro,
+            root_squash: self.root_squash,
+            all_squash: self.all_squash,
+            anonuid: self.anonuid,
+            anongid: self.anongid,
+        }
+    }
+}
+
 /// `[nfs]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct NfsConfig {
-    /// Address of the NFSv3 server.
+    /// Serve NFS at all.
+    pub enabled: bool,
+    /// Address of the NFSv3 server (MOUNT and GETPORT are answered there too).
     pub listen: SocketAddr,
+    /// Options of file systems without an entry in `exports`.
+    pub default_export: ExportConfig,
+    /// Options by file system name.
+    pub exports: std::collections::BTreeMap<String, ExportConfig>,
 }
 
 impl Default for NfsConfig {
     fn default() -> Self {
-        NfsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 2049)) }
+        NfsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 2049)),
+            default_export: ExportConfig::default(),
+            exports: Default::default(),
+        }
+    }
+}
+
+impl NfsConfig {
+    /// Export options of every file system.
+    pub fn exports(&self) -> storfs::nfs::Exports {
+        storfs::nfs::Exports {
+            defaults: self.default_export.options(),
+            per_fs: self.exports.iter().map(|(k, v)| (k.clone(), v.options())).collect(),
+        }
     }
 }
 
@@ -483,7 +572,16 @@ threads = {threads}
 attr_timeout = "{attr}"
 
 [nfs]
-listen = "{nfs}"
+enabled = true
+listen = "{nfs}"            # NFSv3, MOUNT and portmapper GETPORT
+
+[nfs.default_export]        # every file system /<name>, unless [nfs.exports.<name>] says otherwise
+clients = [{clients}]
+ro = false
+root_squash = false         # as EFS: root on an allowed client is root
+all_squash = false
+anonuid = 65534
+anongid = 65534
 
 [nbd]
 listen = "{nbd}"
@@ -502,6 +600,8 @@ listen = "{nbd}"
             threads = d.fuse.threads,
             attr = humantime::format_duration(d.fuse.attr_timeout.0),
             nfs = d.nfs.listen,
+            clients =
+                d.nfs.default_export.clients.iter().map(|n| format!("\"{}\"", n.0)).collect::<Vec<_>>().join(", "),
             nbd = d.nbd.listen,
         )
     }
@@ -553,6 +653,12 @@ mod tests {
         assert!(e.contains("max_dirt"), "{e}");
         let e = parse(&format!("{MINIMAL}[nfs]\nlisten = \"nowhere\"\n")).expect_err("addr").to_string();
         assert!(e.contains("nfs.listen"), "{e}");
+        let e = parse(&format!("{MINIMAL}[nfs.exports.projects]\nclients = [\"10.0.0.0/33\"]\n"))
+            .expect_err("cidr")
+            .to_string();
+        assert!(e.contains("nfs.exports.projects.clients") && e.contains("10.0.0.0/33"), "{e}");
+        let e = parse(&format!("{MINIMAL}[nfs.default_export]\nsquash = true\n")).expect_err("key").to_string();
+        assert!(e.contains("squash"), "{e}");
         let e = parse(&format!("{MINIMAL}[storage]\nblock_size = \"3000\"\n")).expect_err("bs").to_string();
         assert!(e.contains("storage.block_size"), "{e}");
         let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\n")).expect_err("s3").to_string();
@@ -565,6 +671,21 @@ mod tests {
         assert!(e.contains("test.toml"), "{e}");
         let e = parse(&format!("{MINIMAL}[gc]\nrepack_threshold = 1.5\n")).expect_err("range").to_string();
         assert!(e.contains("gc.repack_threshold"), "{e}");
+    }
+
+    #[test]
+    fn exports_by_file_system() {
+        let c = parse(&format!(
+            "{MINIMAL}[nfs.exports.projects]\nclients = [\"10.0.2.0/24\", \"192.0.2.7\"]\nro = true\nroot_squash = true\n"
+        ))
+        .expect("exports");
+        let ex = c.nfs.exports();
+        let p = ex.options("projects");
+        assert!(p.read_only && p.root_squash);
+        assert!(p.allows("10.0.2.15".parse().expect("ip")));
+        assert!(p.allows("192.0.2.7".parse().expect("ip")));
+        assert!(!p.allows("127.0.0.1".parse().expect("ip")));
+        assert!(ex.options("default").allows("127.0.0.1".parse().expect("ip")), "others keep the defaults");
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod chunk;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod nfs;
 pub mod vfs;

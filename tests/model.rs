@@ -303,7 +303,7 @@ fn compare(env: &Env, model: &Model) {
                 let want = &model.files[id];
                 assert_eq!(a.inode.size, want.len() as u64, "size of slot {s}");
                 assert_eq!(a.inode.nlink as usize, model.links(*id), "nlink of slot {s}");
-                let got = env.vfs.read(a.ino, 0, want.len() + 10).expect("read");
+                let got = env.vfs.read(&Creds::root(), a.ino, 0, want.len() + 10).expect("read");
                 assert!(got == *want, "content of slot {s} differs (len {} vs {})", got.len(), want.len());
             }
             (m, g) => panic!("slot {s}: model {m:?}, vfs {:?}", g.map(|a| a.inode.kind)),

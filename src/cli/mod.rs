@@ -305,6 +305,11 @@ fn print_status(v: &Value) {
         a["backend_reads"],
         b(&a["backend_read_bytes"])
     );
+    if let Some(addr) = v["nfs_listen"].as_str() {
+        println!(
+            "nfs       {addr} (mount -t nfs -o vers=3,proto=tcp,nolock,port=P,mountport=P,mountproto=tcp HOST:/<fs> DIR)"
+        );
+    }
     for m in v["mounts"].as_array().into_iter().flatten() {
         println!("mount     {} ({})", m[0].as_str().unwrap_or("?"), m[1].as_str().unwrap_or("?"));
     }

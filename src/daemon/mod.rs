@@ -25,8 +25,7 @@ use storfs::backend::retry::RetryBackend;
 use storfs::data::DataOptions;
 use storfs::vfs::{Vfs, VfsError, VfsOptions};
 
-/// Name of the file system created on first start.
-pub const DEFAULT_FS: &str = "default";
+pub use storfs::vfs::DEFAULT_FS;
 
 /// Everything the running daemon holds.
 pub struct Daemon {
@@ -35,6 +34,8 @@ pub struct Daemon {
     mounts: mounts::Mounts,
     started: Instant,
     stopping: AtomicBool,
+    /// Address the NFS server listens on, if enabled.
+    nfs_addr: Option<std::net::SocketAddr>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -122,6 +123,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("created file system {DEFAULT_FS:?}");
     }
 
+    // Network frontends run on tokio; their calls into the core run on its
+    // blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_name("storfs-net")
+        .enable_all()
+        .build()
+        .context("cannot start the network runtime")?;
+    let (stop_net, net_stopped) = tokio::sync::watch::channel(false);
+    let nfs_addr = if config.nfs.enabled {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.nfs.listen))
+            .with_context(|| format!("nfs.listen {} cannot be bound", config.nfs.listen))?;
+        let addr = listener.local_addr()?;
+        let server = storfs::nfs::Server::new(vfs.clone(), config.nfs.exports(), addr.port());
+        runtime.spawn(storfs::nfs::server::serve(server, listener, net_stopped.clone()));
+        tracing::info!(listen = %addr, "NFSv3 server ready");
+        Some(addr)
+    } else {
+        None
+    };
+
     let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -129,6 +153,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         mounts: mounts::Mounts::default(),
         started: Instant::now(),
         stopping: AtomicBool::new(false),
+        nfs_addr,
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req| d.handle(req));
@@ -155,6 +180,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.stopping.store(true, Ordering::SeqCst);
     let _ = std::fs::remove_file(&config.control.socket);
+    let _ = stop_net.send(true);
+    runtime.shutdown_timeout(Duration::from_secs(10));
     daemon.mounts.umount_all();
     vfs.shutdown();
     tracing::info!("stopped");

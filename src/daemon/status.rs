@@ -87,6 +87,8 @@ pub struct Status {
     pub activity: Activity,
     /// FUSE mounts: (mountpoint, file system).
     pub mounts: Vec<(String, String)>,
+    /// NFS server address, if it runs.
+    pub nfs_listen: Option<String>,
 }
 
 pub fn collect(d: &Daemon) -> Result<Status, String> {
@@ -135,5 +137,6 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             backend_read_bytes: get(&c.backend_bytes),
         },
         mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
+        nfs_listen: d.nfs_addr.map(|a| a.to_string()),
     })
 }

@@ -57,6 +57,9 @@ pub enum Record {
         time: Timestamp,
         /// Symlink target (empty otherwise).
         target: Vec<u8>,
+        /// NFS exclusive-create verifier, kept in atime/mtime (as knfsd does)
+        /// so a retransmitted create is recognized.
+        verifier: Option<[u8; 8]>,
     },
     /// A new name for an existing inode.
     Link {
@@ -230,11 +233,15 @@ impl Record {
             Record::FsDelete { name } => {
                 e.u8(T_FS_DELETE).bytes(name);
             }
-            Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target } => {
+            Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target, verifier } => {
                 e.u8(T_CREATE).u64(*parent).bytes(name).u64(*ino).u64(*generation);
                 e.u8(kind.code()).u32(*mode).u32(*uid).u32(*gid).u64(*rdev);
                 ts(&mut e, time);
                 e.bytes(target);
+                match verifier {
+                    Some(v) => e.u8(1).raw(v),
+                    None => e.u8(0),
+                };
             }
             Record::Link { ino, parent, name, time } => {
                 e.u8(T_LINK).u64(*ino).u64(*parent).bytes(name);
@@ -311,6 +318,11 @@ impl Record {
                 rdev: d.u64()?,
                 time: read_ts(&mut d)?,
                 target: d.bytes(PATH_MAX)?.to_vec(),
+                verifier: match d.u8()? {
+                    0 => None,
+                    1 => Some(d.array()?),
+                    t => return Err(DecodeError(format!("bad verifier tag {t}"))),
+                },
             },
             T_LINK => Record::Link { ino: d.u64()?, parent: d.u64()?, name: name(&mut d)?, time: read_ts(&mut d)? },
             T_UNLINK => Record::Unlink {
@@ -398,6 +410,7 @@ mod tests {
                 rdev: 0,
                 time: t,
                 target: b"/etc".to_vec(),
+                verifier: Some(*b"12345678"),
             },
             Record::Link { ino: 3, parent: 2, name: b"b".to_vec(), time: t },
             Record::Unlink { parent: 2, name: b"a".to_vec(), ino: 3, time: t, purge: true },

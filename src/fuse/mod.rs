@@ -48,6 +48,7 @@ pub fn errno(e: &VfsError) -> Errno {
         VfsError::Busy(_) => libc::EBUSY,
         VfsError::Stale => libc::ESTALE,
         VfsError::Raced => libc::EAGAIN,
+        VfsError::NotSync => libc::EAGAIN,
         VfsError::Io(_) => libc::EIO,
     };
     Errno::from_i32(code)
@@ -239,7 +240,8 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         let _span = span("setattr", ino);
-        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set) };
+        let set =
+            SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set), ctime_guard: None };
         match self.vfs.setattr(&creds(req), self.ino(ino), &set) {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
@@ -354,7 +356,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -364,7 +366,7 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let _span = span("read", ino);
-        match self.vfs.read(self.ino(ino), offset, size.min(MAX_IO) as usize) {
+        match self.vfs.read(&creds(req), self.ino(ino), offset, size.min(MAX_IO) as usize) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(fail("read", &e)),
         }

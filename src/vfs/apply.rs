@@ -22,6 +22,14 @@ pub struct Outcome {
     pub purged: Vec<Ino>,
 }
 
+/// The atime and mtime that hold an exclusive-create verifier: its first
+/// four bytes as atime seconds, the last four as mtime seconds (as knfsd).
+pub fn verifier_times(v: &[u8; 8]) -> (crate::meta::Timestamp, crate::meta::Timestamp) {
+    let a = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+    let m = u32::from_be_bytes([v[4], v[5], v[6], v[7]]);
+    (crate::meta::Timestamp { secs: a as i64, nanos: 0 }, crate::meta::Timestamp { secs: m as i64, nanos: 0 })
+}
+
 /// Attributes as they stand inside the transaction (pending first).
 pub fn inode_in(pending: &Pending, tx: &WriteTx, ino: Ino) -> Result<Inode> {
     if let Some(i) = pending.get(ino) {
@@ -159,8 +167,12 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             }
             tx.del_filesystem(name)?;
         }
-        Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target } => {
+        Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target, verifier } => {
             let p = tx.inode(*parent)?.ok_or(VfsError::NotFound)?;
+            let (atime, mtime) = match verifier {
+                Some(v) => verifier_times(v),
+                None => (*time, *time),
+            };
             let inode = Inode {
                 kind: *kind,
                 mode: *mode & 0o7777,
@@ -168,8 +180,8 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
                 gid: *gid,
                 nlink: if *kind == FileKind::Dir { 2 } else { 1 },
                 size: if *kind == FileKind::Symlink { target.len() as u64 } else { 0 },
-                atime: *time,
-                mtime: *time,
+                atime,
+                mtime,
                 ctime: *time,
                 crtime: *time,
                 rdev: *rdev,

@@ -29,6 +29,11 @@ impl Vfs {
     pub fn setattr(&self, creds: &Creds, ino: Ino, req: &SetAttr) -> Result<Attr> {
         self.change(&[ino], |tx, _| {
             let inode = super::apply::inode_in(&self.store.pending, tx, ino)?;
+            if let Some(g) = req.ctime_guard
+                && g != inode.ctime
+            {
+                return Err(VfsError::NotSync);
+            }
             let now = Timestamp::now();
             let mut mode = req.mode.map(|m| m & 0o7777);
             if let Some(size) = req.size {
@@ -40,7 +45,7 @@ impl Vfs {
                 if size > MAX_FILE_SIZE {
                     return Err(VfsError::TooBig);
                 }
-                perm::check(creds, &inode, W)?;
+                perm::check_data(creds, &inode, W)?;
             }
             if mode.is_some() && !perm::is_owner(creds, &inode) {
                 return Err(VfsError::Perm);

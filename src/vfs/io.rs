@@ -51,9 +51,10 @@ impl Vfs {
     }
 
     /// Reads up to `len` bytes at `off`; short at end of file.
-    pub fn read(&self, ino: Ino, off: u64, len: usize) -> Result<bytes::Bytes> {
+    pub fn read(&self, creds: &Creds, ino: Ino, off: u64, len: usize) -> Result<bytes::Bytes> {
         let a = self.getattr(ino)?;
         regular_file(&a.inode, "read of a special file")?;
+        perm::check_data(creds, &a.inode, R)?;
         Ok(self.store.read(ino, a.inode.size, a.inode.block_size, off, len)?)
     }
 
@@ -78,6 +79,7 @@ impl Vfs {
         let mut cd = cell.lock();
         let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
         regular_file(&inode, "write to a special file")?;
+        perm::check_data(creds, &inode, W)?;
         // A write by anyone but root drops set-uid, and set-gid when the
         // group may execute (as Linux's file_remove_privs).
         let mut kill = 0;

@@ -31,7 +31,12 @@ use crate::data::wal::{Wal, WalError};
 use crate::data::{DataOptions, Store, drop_dirty, truncate_dirty};
 use crate::meta::{Ino, MetaRead, MetaStore, NAME_MAX, WriteTx, counter};
 pub use fs::FsInfo;
+pub use namespace::LINK_MAX;
 pub use types::*;
+
+/// Name of the file system a daemon creates on first start (and the one
+/// NFS clients get when they mount `/`).
+pub const DEFAULT_FS: &str = "default";
 
 /// How to open a [`Vfs`].
 #[derive(Debug, Clone)]

@@ -47,6 +47,25 @@ impl Vfs {
     /// Creates a file, directory, symlink or node named `name` in `parent`.
     /// `mode` holds the permission bits (umask already applied).
     pub fn create(&self, creds: &Creds, parent: Ino, name: &[u8], node: NewNode, mode: u32) -> Result<Attr> {
+        self.create_inner(creds, parent, name, node, mode, None)
+    }
+
+    /// NFS exclusive create: creates a regular file marked with `verifier`;
+    /// a retransmission (the file exists with the same verifier) succeeds
+    /// and returns it, anything else existing under the name is `Exists`.
+    pub fn create_exclusive(&self, creds: &Creds, parent: Ino, name: &[u8], verifier: [u8; 8]) -> Result<Attr> {
+        self.create_inner(creds, parent, name, NewNode::File, 0, Some(verifier))
+    }
+
+    fn create_inner(
+        &self,
+        creds: &Creds,
+        parent: Ino,
+        name: &[u8],
+        node: NewNode,
+        mode: u32,
+        verifier: Option<[u8; 8]>,
+    ) -> Result<Attr> {
         check_name(name)?;
         if let NewNode::Symlink(t) = &node
             && (t.is_empty() || t.len() > PATH_MAX)
@@ -58,7 +77,15 @@ impl Vfs {
         self.change(&[], |tx, _| {
             let p = dir_in(tx, parent)?;
             perm::check(creds, &p, W | X)?;
-            if tx.dirent(parent, name)?.is_some() {
+            if let Some(existing) = tx.dirent(parent, name)? {
+                if let Some(v) = &verifier
+                    && let Some(i) = tx.inode(existing.ino)?
+                    && i.kind == FileKind::File
+                    && (i.atime, i.mtime) == super::apply::verifier_times(v)
+                {
+                    new_ino = existing.ino;
+                    return Ok(None);
+                }
                 return Err(VfsError::Exists);
             }
             if kind == FileKind::Dir && p.nlink >= LINK_MAX {
@@ -103,6 +130,7 @@ impl Vfs {
                 rdev,
                 time: Timestamp::now(),
                 target,
+                verifier,
             }))
         })?;
         self.getattr(new_ino)

@@ -74,7 +74,7 @@ impl Env {
 
     fn read_all(&self, ino: Ino) -> Vec<u8> {
         let size = self.vfs.getattr(ino).expect("getattr").inode.size;
-        self.vfs.read(ino, 0, size as usize).expect("read").to_vec()
+        self.vfs.read(&Creds::root(), ino, 0, size as usize).expect("read").to_vec()
     }
 
     fn fsck_clean(&self) {
@@ -336,7 +336,8 @@ fn permissions_for_ordinary_users() {
     env.vfs.setattr(&Creds::root(), root, &SetAttr { mode: Some(0o1777), ..Default::default() }).expect("chmod");
     let f = env.vfs.create(&alice, root, b"x", NewNode::File, 0o640).expect("create");
     assert_eq!((f.inode.uid, f.inode.gid), (1000, 1000));
-    assert!(env.vfs.read(f.ino, 0, 1).is_ok());
+    assert!(env.vfs.read(&alice, f.ino, 0, 1).is_ok());
+    assert!(matches!(env.vfs.read(&Creds::user(2000, 2000, vec![]), f.ino, 0, 1), Err(VfsError::Access)));
     env.vfs.access(&bob, f.ino, 4).expect("group may read");
     assert!(matches!(env.vfs.access(&bob, f.ino, 2), Err(VfsError::Access)));
     assert!(matches!(env.vfs.unlink(&bob, root, b"x"), Err(VfsError::Perm)), "sticky dir");
@@ -439,7 +440,7 @@ fn writers_wait_for_dirty_space_then_fail_after_the_timeout() {
     assert_eq!(vfs.getattr(f.ino).expect("attr").inode.size, written * len, "the failed write changed nothing");
     vfs.store().chunks.clear_memory();
     for i in 0..written {
-        let got = vfs.read(f.ino, i * len, len as usize).expect("read");
+        let got = vfs.read(&c, f.ino, i * len, len as usize).expect("read");
         assert!(got[..] == chunk(i)[..], "run {i} intact");
     }
     vfs.shutdown();

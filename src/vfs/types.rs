@@ -88,6 +88,8 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     /// Modification time.
     pub mtime: Option<TimeSet>,
+    /// Apply only if the ctime is still this (NFS SETATTR guard).
+    pub ctime_guard: Option<Timestamp>,
 }
 
 /// What to create.
@@ -246,6 +248,9 @@ pub enum VfsError {
     /// ESTALE: the inode no longer exists.
     #[error("stale file handle")]
     Stale,
+    /// A SETATTR guard did not match the current ctime.
+    #[error("attributes changed since the client read them")]
+    NotSync,
     /// A concurrent change invalidated a lookup; the operation retries.
     #[error("raced with a concurrent change")]
     Raced,
