@@ -70,11 +70,14 @@ impl ExportOptions {
             Auth::None => Some(anon),
             Auth::Other(_) => None,
             Auth::Unix { uid, gid, gids, .. } => {
-                if self.all_squash || (self.root_squash && *uid == 0) {
+                if self.all_squash {
                     return Some(anon);
                 }
+                // As knfsd: root_squash maps uid 0 and group 0 (primary or
+                // supplementary) to the anonymous ids, keeping other groups.
+                let uid = if self.root_squash && *uid == 0 { self.anonuid } else { *uid };
                 let squash_gid = |g: u32| if self.root_squash && g == 0 { self.anongid } else { g };
-                Some(Creds::user(*uid, squash_gid(*gid), gids.iter().map(|g| squash_gid(*g)).collect()))
+                Some(Creds::user(uid, squash_gid(*gid), gids.iter().map(|g| squash_gid(*g)).collect()))
             }
         }
     }
