@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod pjdfstest;
+pub mod rpc;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
