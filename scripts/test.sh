@@ -13,8 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: FUSE (mount.fuse runs storfs as the remount helper), fio,
-# and what the pjdfstest build needs.
-apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd)
+# what the pjdfstest build needs, the NFS mount helper (the VMs run this
+# machine's userland), libnfs's clients, network namespaces.
+apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common libnfs-utils iproute2)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -26,6 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse
+# qemu, a kernel and the guest tools for the kernel-client tests.
+vm_tools=${STORFS_VM_DIR:-../shared/vm}
+"$vm_tools/setup"
 
 # Test tools from crates.io, pinned.
 cargo_tool() { # name version

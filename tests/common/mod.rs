@@ -86,6 +86,62 @@ impl Drop for Scratch {
     }
 }
 
+/// A network namespace with only loopback, for a daemon and the VMs that
+/// reach it (`../shared/vm/README.md`); deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("sfs-{tag}-{:04x}", rand::random::<u16>());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]));
+        NetNs { name }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+    }
+}
+
+/// The shared VM tooling (`../shared/vm`, or `STORFS_VM_DIR`).
+pub fn vm_tools() -> PathBuf {
+    let dir = std::env::var_os("STORFS_VM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vm"));
+    assert!(dir.join("run-vm").exists(), "VM tools not found at {} (set STORFS_VM_DIR)", dir.display());
+    dir
+}
+
+/// Starts a VM in `ns` running `sh JOB ARGS...`; `out` is its /vm-out.
+pub fn spawn_vm(ns: &NetNs, job: &str, args: &[&str], out: &Path, timeout_s: u32) -> Child {
+    let tools = vm_tools();
+    let job = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vm").join(job);
+    std::fs::create_dir_all(out).expect("vm out dir");
+    Command::new(tools.join("in-netns"))
+        .arg(&ns.name)
+        .arg(tools.join("run-vm"))
+        .args(["--timeout", &timeout_s.to_string(), "--mem", "1024", "--out"])
+        .arg(out)
+        .arg(job)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start run-vm")
+}
+
+/// Waits for a VM and panics with its console output unless its job succeeded.
+pub fn finish_vm(child: Child, what: &str) -> String {
+    let out = child.wait_with_output().expect("run-vm");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "VM {what} failed ({}):\n{text}", out.status);
+    text
+}
+
 /// A running daemon with its own data directory, socket and log.
 pub struct Daemon {
     pub dir: PathBuf,
@@ -94,12 +150,18 @@ pub struct Daemon {
     pub log: PathBuf,
     child: Option<Child>,
     mounts: Vec<PathBuf>,
+    netns: Option<String>,
 }
 
 impl Daemon {
     /// Writes a config (defaults plus `extra` TOML appended to its tables)
     /// and starts the daemon.
     pub fn start(dir: &Path, extra: &str) -> Daemon {
+        Daemon::start_in(dir, extra, None)
+    }
+
+    /// As [`Daemon::start`], inside network namespace `ns` (if any).
+    pub fn start_in(dir: &Path, extra: &str, ns: Option<&NetNs>) -> Daemon {
         let socket = dir.join("storfs.sock");
         let config = dir.join("storfs.toml");
         let text = format!(
@@ -115,6 +177,7 @@ impl Daemon {
             log: dir.join("daemon.log"),
             child: None,
             mounts: Vec::new(),
+            netns: ns.map(|n| n.name.clone()),
         };
         d.spawn();
         d
@@ -122,7 +185,15 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(storfs_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(storfs_bin());
+                c
+            }
+            None => Command::new(storfs_bin()),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
@@ -159,6 +230,18 @@ impl Daemon {
         s
     }
 
+    /// `path` as the daemon sees it. A daemon in a network namespace runs
+    /// in its own mount namespace too (`ip netns exec` unshares it), so its
+    /// FUSE mounts are reached through /proc/PID/root.
+    pub fn view(&self, path: &Path) -> PathBuf {
+        match (&self.netns, &self.child) {
+            (Some(_), Some(c)) => {
+                PathBuf::from(format!("/proc/{}/root", c.id())).join(path.strip_prefix("/").unwrap_or(path))
+            }
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// Runs a CLI command against this daemon.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
         Command::new(storfs_bin()).arg("--socket").arg(&self.socket).args(args).output().expect("run storfs")
@@ -183,7 +266,7 @@ impl Daemon {
 
     /// Mounts the default file system at `mp` (created if needed).
     pub fn mount(&mut self, mp: &Path) {
-        std::fs::create_dir_all(mp).expect("mountpoint");
+        std::fs::create_dir_all(self.view(mp)).expect("mountpoint");
         self.cli(&["mount", mp.to_str().expect("utf8")]);
         if !self.mounts.contains(&mp.to_path_buf()) {
             self.mounts.push(mp.to_path_buf());

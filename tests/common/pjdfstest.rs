@@ -53,27 +53,33 @@ pub fn run(pjdfstest: &Path, config: &Path, dir: &Path, secondary: &Path) -> BTr
             .output()
             .expect("run pjdfstest");
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = text.lines().collect();
-        for (i, line) in lines.iter().enumerate() {
-            let mut words = line.split_whitespace();
-            let (Some(name), Some(status), None) = (words.next(), words.next(), words.next()) else {
-                continue;
-            };
-            if !name.starts_with(&format!("{group}::")) {
-                continue;
-            }
-            // The reason, if any, is on the following indented line.
-            let detail = lines.get(i + 1).map(|l| l.trim().to_string()).unwrap_or_default();
-            let outcome = match status {
-                "ok" => Outcome::Passed,
-                "FAILED" => Outcome::Failed(detail),
-                "skipped" => Outcome::Skipped(detail),
-                _ => continue,
-            };
-            results.insert(name.to_string(), outcome);
-        }
+        parse_group(group, &text, &mut results);
     }
     results
+}
+
+/// Adds the outcomes of one group's output to `results` (only that group's
+/// cases: a pattern like "link" also runs "symlink::" and "unlink::").
+pub fn parse_group(group: &str, text: &str, results: &mut BTreeMap<String, Outcome>) {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(status), None) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if !name.starts_with(&format!("{group}::")) {
+            continue;
+        }
+        // The reason, if any, is on the following indented line.
+        let detail = lines.get(i + 1).map(|l| l.trim().to_string()).unwrap_or_default();
+        let outcome = match status {
+            "ok" => Outcome::Passed,
+            "FAILED" => Outcome::Failed(detail),
+            "skipped" => Outcome::Skipped(detail),
+            _ => continue,
+        };
+        results.insert(name.to_string(), outcome);
+    }
 }
 
 /// Reads an exclude list: `<test name>  <reason>` per line, `#` comments.
