@@ -40,6 +40,7 @@ cargo_tool() { # name version
 }
 cargo_tool pjdfstest 0.2.2
 cargo_tool fsx 0.3.2
+cargo_tool cargo-fuzz 0.13.2
 
 # pjdfstest switches to these users.
 id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
@@ -52,4 +53,8 @@ cargo clippy --release --all-targets --quiet -- -D warnings
 echo "== build and test"
 cargo build --release --quiet
 cargo test --release -- --test-threads="${STORFS_TEST_THREADS:-2}"
+
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets stable accept them.
+echo "== fuzz the NFS decoders for 60 s"
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nfs_decode -- -max_total_time=60 2>&1 | tail -1)
 echo "== all tests passed"
