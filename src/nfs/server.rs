@@ -1,5 +1,6 @@
-//! TCP transport: one task reads records from each connection, each call
-//! runs on the blocking pool, replies go back in completion order.
+//! TCP transport: one task reads records from each connection; each call
+//! runs as its own task (blocking in place on a runtime worker) and writes
+//! its reply as soon as it is done, so replies go back in completion order.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::Server;
 use super::rpc::{Fragment, check_fragment, frame};
@@ -63,19 +64,7 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut rd, wr) = sock.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::with_capacity(256 * 1024, wr);
-        while let Some(reply) = rx.recv().await {
-            if wr.write_all(&frame(&reply)).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && wr.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.flush().await;
-    });
+    let writer = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, wr)));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let record = tokio::select! {
@@ -92,20 +81,21 @@ async fn connection(
             }
         };
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let (server, tx) = (server.clone(), tx.clone());
+        let (server, writer) = (server.clone(), writer.clone());
+        // The call runs on the worker that read it (the task is spawned on
+        // its local queue and blocks in place), and writes its own reply:
+        // no hop to another thread on the way, which is what one call in
+        // flight (a client creating files one by one) waits for.
         tokio::spawn(async move {
             let ip = peer.ip();
-            let reply = tokio::task::spawn_blocking(move || server.handle_record(ip, &record)).await;
-            match reply {
-                Ok(Some(r)) => {
-                    let _ = tx.send(r).await;
+            let reply = tokio::task::block_in_place(|| server.handle_record(ip, &record));
+            if let Some(r) = reply {
+                let mut w = writer.lock().await;
+                if w.write_all(&frame(&r)).await.is_err() || w.flush().await.is_err() {
+                    tracing::debug!(%peer, "reply not delivered: connection closed");
                 }
-                Ok(None) => {}
-                Err(e) => tracing::error!(%peer, error = %e, "NFS call panicked"),
             }
             drop(permit);
         });
     }
-    drop(tx);
-    let _ = writer.await;
 }
