@@ -150,11 +150,21 @@ async fn smallfiles(t: &Target, dir: &str, files: u64) -> Result<f64, Error> {
     let root = c.root_nfs_fh3();
     let start = Instant::now();
     let d = mkdir(&mut c, &root, dir).await?;
+    let mut spent = [0f64; 3];
     for i in 0..files {
+        let t0 = Instant::now();
         let fh = create(&mut c, &d, &format!("f{i:06}")).await?;
+        let t1 = Instant::now();
         write(&mut c, &fh, 0, &payload(4096, i)).await?;
+        let t2 = Instant::now();
         commit(&mut c, &fh).await?;
+        let t3 = Instant::now();
+        for (k, d) in [t1 - t0, t2 - t1, t3 - t2].iter().enumerate() {
+            spent[k] += d.as_secs_f64();
+        }
     }
+    let us = |k: usize| spent[k] * 1e6 / files.max(1) as f64;
+    eprintln!("smallfiles mean latency: CREATE {:.0} us, WRITE {:.0} us, COMMIT {:.0} us", us(0), us(1), us(2));
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -177,6 +187,17 @@ async fn main() -> Result<(), Error> {
         "seqread" => {
             let (bytes, s) = seqread(&t, "seq.bin").await?;
             println!("seqread_mib_s={:.1}", bytes as f64 / (1 << 20) as f64 / s);
+        }
+        "getattr" => {
+            // Round-trip latency of the cheapest call with a file handle.
+            let mut c = connect(&t).await?;
+            let root = c.root_nfs_fh3();
+            let n = files.max(1);
+            let start = Instant::now();
+            for _ in 0..n {
+                c.getattr(&nfs3::GETATTR3args { object: root.clone() }).await?;
+            }
+            println!("getattr_us={:.1}", start.elapsed().as_secs_f64() * 1e6 / n as f64);
         }
         "smallfiles" => {
             let s = smallfiles(&t, &format!("small-{tag}"), files).await?;

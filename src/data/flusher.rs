@@ -336,7 +336,9 @@ impl Store {
         self.wal.sync_to(cut)?;
         tx.commit_durable()?;
         self.pending.remove_written(&snap);
-        self.wal.release(&releasable)?;
+        // Spares are kept only while they leave the disk plenty of room.
+        let keep_spares = self.space_guard.has_room(4 * self.opts.segment_size);
+        self.wal.release(&releasable, keep_spares)?;
         *self.last_checkpoint.lock() = (Instant::now(), cut);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.notify_space();

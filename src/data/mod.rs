@@ -167,6 +167,11 @@ impl SpaceGuard {
         Some((st.blocks_available() as u64 * f, (total / 10).min(64 << 20)))
     }
 
+    /// Whether `bytes` more would still leave the reserve free.
+    fn has_room(&self, bytes: u64) -> bool {
+        Self::probe(&self.dir).is_some_and(|(free, reserve)| free >= reserve + bytes)
+    }
+
     /// Fails when writing `need` more bytes would cut into the reserve.
     fn check(&self, need: u64) -> Result<()> {
         let mut st = self.state.lock();
@@ -428,16 +433,21 @@ impl Store {
         Ok(a.lsn)
     }
 
+    /// Whether the WAL is over the dirty limit (writers wait).
+    pub fn dirty_full(&self) -> bool {
+        self.wal.stats().bytes >= self.opts.max_dirty
+    }
+
     /// Blocks the caller while the WAL is over the dirty limit.
     pub fn wait_for_space(&self) -> Result<()> {
-        if self.wal.stats().bytes < self.opts.max_dirty {
+        if !self.dirty_full() {
             return Ok(());
         }
         self.stats.write_waits.fetch_add(1, Ordering::Relaxed);
         self.request_flush();
         let start = Instant::now();
         let mut g = self.space.lock();
-        while self.wal.stats().bytes >= self.opts.max_dirty {
+        while self.dirty_full() {
             self.check_poisoned()?;
             if let Some(limit) = self.opts.dirty_wait_timeout
                 && start.elapsed() >= limit

@@ -61,6 +61,23 @@ impl Server {
         })
     }
 
+    /// Whether answering `record` may wait on the disk or the backend:
+    /// COMMIT, FILE_SYNC/DATA_SYNC writes, reads, directory listings, and
+    /// writes while the dirty cache is full. Everything else touches only
+    /// memory and the page cache. Unparsable records are cheap to refuse.
+    pub fn may_block(&self, record: &[u8]) -> bool {
+        let Ok(call) = rpc::parse_call(record) else { return false };
+        if call.prog != NFS_PROG {
+            return false;
+        }
+        match proto::decode(call.proc_, call.args) {
+            Ok(proto::Args::Write { stable, .. }) => stable != proto::UNSTABLE || self.vfs.dirty_full(),
+            Ok(proto::Args::Commit { .. } | proto::Args::Read { .. }) => true,
+            Ok(proto::Args::Readdir { .. } | proto::Args::Readdirplus { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// Answers one RPC record from `peer`: the reply to send, if any.
     pub fn handle_record(&self, peer: IpAddr, record: &[u8]) -> Option<Vec<u8>> {
         let peer = export::canonical(peer);

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use super::Server;
 use super::handle::Handle;
 use super::proto::{
-    self, Args, CreateHow, MknodWhat, Nfsstat, Sattr, SetTime, put_fattr, put_post_attr, put_post_fh, put_wcc,
+    self, Args, CreateHow, FILE_SYNC, MknodWhat, Nfsstat, Sattr, SetTime, UNSTABLE, put_fattr, put_post_attr,
+    put_post_fh, put_wcc,
 };
 use super::rpc::{AcceptStat, Auth, AuthStat, Call};
 use super::xdr::Writer;
@@ -22,9 +23,6 @@ const ACCESS_MODIFY: u32 = 0x04;
 const ACCESS_EXTEND: u32 = 0x08;
 const ACCESS_DELETE: u32 = 0x10;
 const ACCESS_EXECUTE: u32 = 0x20;
-
-const UNSTABLE: u32 = 0;
-const FILE_SYNC: u32 = 2;
 
 /// Maps a Vfs error to the nfsstat3 the client gets.
 pub fn nfsstat(e: &VfsError) -> Nfsstat {

@@ -12,6 +12,11 @@ pub const MOUNT_PROG: u32 = 100_005;
 /// Portmapper program number.
 pub const PORTMAP_PROG: u32 = 100_000;
 
+/// stable_how: the write may stay in the server's cache until COMMIT.
+pub const UNSTABLE: u32 = 0;
+/// stable_how: data and metadata are durable before the reply.
+pub const FILE_SYNC: u32 = 2;
+
 /// Longest file handle (FHSIZE3).
 pub const FHSIZE3: usize = 64;
 /// Longest name accepted on the wire (longer ones get NAMETOOLONG from the Vfs).

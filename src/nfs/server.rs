@@ -1,14 +1,19 @@
-//! TCP transport: one task reads records from each connection; each call
-//! runs as its own task (blocking in place on a runtime worker) and writes
-//! its reply as soon as it is done, so replies go back in completion order.
+//! TCP transport: one task reads records from each connection. Calls that
+//! only touch memory and the page cache run right there, so a client with
+//! one call in flight (creating files one by one) is answered by the thread
+//! that read its call, with no hop to another thread. Calls that may wait
+//! on the disk or the backend (COMMIT, stable writes, reads, listings, writes
+//! held back by a full dirty cache) run as their own tasks on the blocking
+//! pool, many at once, and do not hold up the connection. Replies go back
+//! in completion order.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::Server;
@@ -37,7 +42,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: wat
 }
 
 /// Reads one record; `None` at a clean end of stream.
-async fn read_record(rd: &mut OwnedReadHalf) -> io::Result<Option<Vec<u8>>> {
+async fn read_record(rd: &mut BufReader<OwnedReadHalf>) -> io::Result<Option<Vec<u8>>> {
     let mut record = Vec::new();
     loop {
         let mut head = [0u8; 4];
@@ -63,7 +68,8 @@ async fn connection(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut rd, wr) = sock.into_split();
+    let (rd, wr) = sock.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let writer = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, wr)));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -80,22 +86,29 @@ async fn connection(
                 break;
             }
         };
+        if !server.may_block(&record) {
+            let reply = server.handle_record(peer.ip(), &record);
+            send(&writer, peer, reply).await;
+            continue;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let (server, writer) = (server.clone(), writer.clone());
-        // The call runs on the worker that read it (the task is spawned on
-        // its local queue and blocks in place), and writes its own reply:
-        // no hop to another thread on the way, which is what one call in
-        // flight (a client creating files one by one) waits for.
         tokio::spawn(async move {
             let ip = peer.ip();
-            let reply = tokio::task::block_in_place(|| server.handle_record(ip, &record));
-            if let Some(r) = reply {
-                let mut w = writer.lock().await;
-                if w.write_all(&frame(&r)).await.is_err() || w.flush().await.is_err() {
-                    tracing::debug!(%peer, "reply not delivered: connection closed");
-                }
+            match tokio::task::spawn_blocking(move || server.handle_record(ip, &record)).await {
+                Ok(reply) => send(&writer, peer, reply).await,
+                Err(e) => tracing::error!(%peer, error = %e, "NFS call panicked"),
             }
             drop(permit);
         });
+    }
+}
+
+async fn send(writer: &Mutex<BufWriter<OwnedWriteHalf>>, peer: SocketAddr, reply: Option<Vec<u8>>) {
+    if let Some(r) = reply {
+        let mut w = writer.lock().await;
+        if w.write_all(&frame(&r)).await.is_err() || w.flush().await.is_err() {
+            tracing::debug!(%peer, "reply not delivered: connection closed");
+        }
     }
 }

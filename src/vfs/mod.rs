@@ -192,6 +192,11 @@ impl Vfs {
         }
     }
 
+    /// Whether a data write would now wait for the dirty cache to drain.
+    pub fn dirty_full(&self) -> bool {
+        self.store.dirty_full()
+    }
+
     /// Makes every change so far durable (fsync, syncfs).
     pub fn sync(&self) -> Result<()> {
         Ok(self.store.sync()?)

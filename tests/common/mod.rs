@@ -164,8 +164,11 @@ impl Daemon {
     pub fn start_in(dir: &Path, extra: &str, ns: Option<&NetNs>) -> Daemon {
         let socket = dir.join("storfs.sock");
         let config = dir.join("storfs.toml");
+        // The default NFS port may be taken on the machine (a kernel nfsd,
+        // another test's daemon): unless the test chose, take any free one.
+        let nfs = if extra.contains("[nfs]") { "" } else { "[nfs]\nlisten = \"127.0.0.1:0\"\n" };
         let text = format!(
-            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n",
+            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}",
             dir.join("data").display(),
             socket.display()
         );
