@@ -386,3 +386,20 @@ pub fn put_post_fh(w: &mut Writer, fh: Option<&[u8]>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_outside_nfstime3_are_clamped() {
+        let put = |secs: i64| {
+            let mut w = Writer::default();
+            put_time(&mut w, &Timestamp { secs, nanos: 7 });
+            w.buf
+        };
+        assert_eq!(put(-5), [0, 0, 0, 0, 0, 0, 0, 0], "before 1970: the epoch");
+        assert_eq!(put(1 << 33), [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 7], "after 2106: the last second");
+        assert_eq!(put(1_700_000_000), [0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 7]);
+    }
+}
