@@ -17,16 +17,19 @@
 //! record that is short, fails its crc or breaks the lsn sequence; the log
 //! is cut there.
 //!
-//! Released segments are kept as spares (`<n>.spare`, at most
+//! Appends should overwrite blocks the file system has already allocated:
+//! then `fdatasync` writes the data and flushes the device, and writes no
+//! inode or allocation metadata for a growing file (a journal commit on
+//! ext4 with a journal, one more synchronous write without), which is most
+//! of the cost of the sync a small `fsync` or NFS COMMIT waits for. So a
+//! small record that extends a segment writes [`ZERO_AHEAD`] zeros after
+//! itself, and released segments are kept as spares (`<n>.spare`, at most
 //! [`MAX_SPARES`], only while the disk has room) and reused for the next
-//! segment: appends then overwrite blocks the file system has already
-//! allocated, so `fdatasync` writes the data and flushes the device without
-//! a journal commit for the growing file, which is most of the cost of the
-//! sync a small `fsync` or NFS COMMIT waits for. A reused file holds old
-//! bytes after the new records. They can never pass for records: the crc
-//! depends on the new nonce. And a reused segment that stops taking appends
-//! gets an all-zero header after its last record, so only the last segment
-//! of the log can end in bytes that do not parse.
+//! segment. A reused file holds old bytes after the new records. They can
+//! never pass for records: the crc depends on the new nonce. And a reused
+//! segment that stops taking appends gets an all-zero header after its last
+//! record, so only the last segment of the log can end in bytes that do
+//! not parse.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -45,6 +48,10 @@ const REC_HEADER_LEN: usize = 16;
 const MAX_BODY: usize = WRITE_MAX + 64 * 1024 + 1024;
 /// Released segments kept for reuse.
 pub const MAX_SPARES: usize = 2;
+/// Zeros written past the end of a segment that small records reach, so
+/// the appends after them overwrite allocated blocks of a file whose size
+/// does not change.
+const ZERO_AHEAD: u64 = 256 * 1024;
 
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +89,9 @@ pub struct Segment {
     /// Seeds every record crc, so bytes left from the file's earlier use
     /// never pass for records.
     nonce: u32,
-    /// Size of the file when it became this segment (reused spares).
-    reused_size: u64,
+    /// Bytes the file holds: records, then zeros written ahead of them
+    /// or old bytes of a reused spare.
+    size: AtomicU64,
     last_lsn: AtomicU64,
     len: AtomicU64,
     synced_len: AtomicU64,
@@ -114,7 +122,7 @@ impl Segment {
             file: File::open("/dev/null").expect("/dev/null"),
             first_lsn: 1,
             nonce: 0,
-            reused_size: 0,
+            size: AtomicU64::new(0),
             last_lsn: AtomicU64::new(0),
             len: AtomicU64::new(0),
             synced_len: AtomicU64::new(0),
@@ -330,7 +338,7 @@ impl Wal {
             file,
             first_lsn: inner.next_lsn,
             nonce,
-            reused_size,
+            size: AtomicU64::new(reused_size.max(SEG_HEADER_LEN)),
             last_lsn: AtomicU64::new(inner.next_lsn - 1),
             len: AtomicU64::new(SEG_HEADER_LEN),
             synced_len: AtomicU64::new(SEG_HEADER_LEN),
@@ -376,12 +384,20 @@ impl Wal {
         if let Err(e) = written {
             // Take the partial record back so the next append follows a
             // clean log; if even that fails the log cannot be trusted.
-            if let Err(e2) = active.file.set_len(pos) {
-                inner.broken = Some(format!("append failed ({e}) and could not be undone ({e2})"));
+            match active.file.set_len(pos) {
+                Ok(()) => active.size.store(pos, Ordering::Release),
+                Err(e2) => inner.broken = Some(format!("append failed ({e}) and could not be undone ({e2})")),
             }
             return Err(WalError::Io(e));
         }
-        active.len.store(data_pos + data.len() as u64, Ordering::Release);
+        let end = data_pos + data.len() as u64;
+        if end > active.size.load(Ordering::Acquire) {
+            active.size.store(end, Ordering::Release);
+            if body_len < ZERO_AHEAD as usize {
+                zero_ahead(&active, end);
+            }
+        }
+        active.len.store(end, Ordering::Release);
         active.last_lsn.store(lsn, Ordering::Release);
         inner.next_lsn += 1;
         let appended = Appended { lsn, seg: active, data_pos };
@@ -542,11 +558,23 @@ fn record_crc(nonce: u32, lsn: &[u8; 8], body: &[u8], data: &[u8]) -> u32 {
 /// segment is durable.
 fn seal(seg: &Segment) -> io::Result<()> {
     let len = seg.len.load(Ordering::Acquire);
-    if seg.reused_size > len {
+    if seg.size.load(Ordering::Acquire) > len {
         seg.file.write_all_at(&[0u8; REC_HEADER_LEN], len)?;
         seg.len.store(len + REC_HEADER_LEN as u64, Ordering::Release);
     }
     Ok(())
+}
+
+/// Extends `seg` past `end` with zeros (an all-zero record header ends a
+/// segment). Best effort: when the disk is full the segment just grows
+/// with its records.
+fn zero_ahead(seg: &Segment, end: u64) {
+    static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
+    // Up to a block boundary, so later appends cover whole pages.
+    let n = (ZERO_AHEAD - end % 4096) as usize;
+    if seg.file.write_all_at(&ZEROS[..n], end).is_ok() {
+        seg.size.store(end + n as u64, Ordering::Release);
+    }
 }
 
 fn new_segment_file(path: &Path, header: &[u8]) -> io::Result<File> {
@@ -592,7 +620,7 @@ fn open_segment(path: &Path, seq: u64) -> Result<Option<Segment>, WalError> {
         file,
         first_lsn,
         nonce,
-        reused_size: size,
+        size: AtomicU64::new(size),
         last_lsn: AtomicU64::new(first_lsn.saturating_sub(1)),
         len: AtomicU64::new(SEG_HEADER_LEN),
         synced_len: AtomicU64::new(SEG_HEADER_LEN),
@@ -729,9 +757,10 @@ mod tests {
             for i in 0..3 {
                 wal.append(&write_rec(i, 10), &[7u8; 10], |_| {}).expect("append");
             }
-            wal.synced_lengths().last().expect("seg").0.clone()
+            let seg = wal.inner.lock().segments.last().cloned().expect("seg");
+            (seg.path.clone(), seg.len.load(Ordering::Acquire))
         };
-        let len = fs::metadata(&path).expect("md").len();
+        let (path, len) = path;
         OpenOptions::new().write(true).open(&path).expect("open").set_len(len - 5).expect("truncate");
         let (wal, seen) = replay_all(dir.path());
         assert_eq!(seen.len(), 2, "the torn third record is dropped");
@@ -792,6 +821,29 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(wal.release(&r, false).expect("release"), 1);
         assert_eq!(wal.stats().segments, 1);
+    }
+
+    #[test]
+    fn small_records_land_in_zeros_written_ahead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = {
+            let (wal, _) = replay_all(dir.path());
+            for i in 0..3u64 {
+                wal.append(&write_rec(i, 100), &[i as u8; 100], |_| {}).expect("append");
+            }
+            wal.sync_all().expect("sync");
+            let (path, len) = wal.synced_lengths().pop().expect("segment");
+            let size = fs::metadata(&path).expect("md").len();
+            assert!(size >= len + ZERO_AHEAD - 4096 && size % 4096 == 0, "zeros ahead: {len} of {size}");
+            path
+        };
+        let (wal, seen) = replay_all(dir.path());
+        assert_eq!(seen.len(), 3, "the zeros end the segment cleanly");
+        assert_eq!(fs::metadata(&path).expect("md").len() % 4096, 0, "not cut as a torn tail");
+        wal.append(&write_rec(9, 100), &[9u8; 100], |_| {}).expect("append");
+        wal.sync_all().expect("sync");
+        drop(wal);
+        assert_eq!(replay_all(dir.path()).1.len(), 4);
     }
 
     #[test]
