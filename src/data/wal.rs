@@ -22,7 +22,7 @@
 //! inode or allocation metadata for a growing file (a journal commit on
 //! ext4 with a journal, one more synchronous write without), which is most
 //! of the cost of the sync a small `fsync` or NFS COMMIT waits for. So a
-//! small record that extends a segment writes [`ZERO_AHEAD`] zeros after
+//! small record that extends a segment writes 256 KiB of zeros after
 //! itself, and released segments are kept as spares (`<n>.spare`, at most
 //! [`MAX_SPARES`], only while the disk has room) and reused for the next
 //! segment. A reused file holds old bytes after the new records. They can
