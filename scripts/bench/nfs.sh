@@ -55,8 +55,23 @@ EXPORT {
 }
 LOG { Default_Log_Level = WARN; }
 EOF
-ganesha.nfsd -L "$WORK/ganesha.log" -f "$WORK/ganesha.conf" -p "$WORK/ganesha.pid"
-sleep 3
+# Each round starts ganesha on an empty export, as storfs starts on an empty
+# data dir: files removed behind ganesha's back leave stale entries in its
+# cache (CREATE then fails with NFS3ERR_STALE).
+start_ganesha() {
+  rm -rf "$WORK/export"
+  mkdir -p "$WORK/export"
+  ganesha.nfsd -L "$WORK/ganesha.log" -f "$WORK/ganesha.conf" -p "$WORK/ganesha.pid"
+  sleep 3
+}
+
+stop_ganesha() {
+  local pid
+  pid=$(cat "$WORK/ganesha.pid")
+  kill "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$WORK/ganesha.pid"
+}
 
 start_storfs() {
   rm -rf "$WORK/storfs"
@@ -80,7 +95,7 @@ declare -A R
 run_side() { # SIDE
   local side=$1 args
   if [ "$side" = ganesha ]; then
-    rm -rf "${WORK:?}"/export/*
+    start_ganesha
     args=(127.0.0.1 20591 20592 "$WORK/export")
   else
     start_storfs
@@ -96,8 +111,7 @@ run_side() { # SIDE
   par=$("$LOAD" "${args[@]}" parallel 1024 5000 4)
   R[$side.parw]+="$(echo "$par" | get parallel_write_mib_s) "
   R[$side.pars]+="$(echo "$par" | get parallel_smallfiles_per_s) "
-  [ "$side" = storfs ] && stop_storfs
-  return 0
+  if [ "$side" = storfs ]; then stop_storfs; else stop_ganesha; fi
 }
 
 for round in $(seq "$ROUNDS"); do

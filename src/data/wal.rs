@@ -22,7 +22,7 @@
 //! inode or allocation metadata for a growing file (a journal commit on
 //! ext4 with a journal, one more synchronous write without), which is most
 //! of the cost of the sync a small `fsync` or NFS COMMIT waits for. So a
-//! small record that extends a segment writes 256 KiB of zeros after
+//! record under 64 KiB that extends a segment writes 256 KiB of zeros after
 //! itself, and released segments are kept as spares (`<n>.spare`, at most
 //! [`MAX_SPARES`], only while the disk has room) and reused for the next
 //! segment. A reused file holds old bytes after the new records. They can
@@ -52,6 +52,10 @@ pub const MAX_SPARES: usize = 2;
 /// the appends after them overwrite allocated blocks of a file whose size
 /// does not change.
 const ZERO_AHEAD: u64 = 256 * 1024;
+/// Records below this size write zeros ahead; a stream of large records
+/// needs no help (one metadata write per sync is little next to the data)
+/// and would only pay for zeros it overwrites.
+const SMALL_RECORD: usize = 64 * 1024;
 
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
@@ -393,7 +397,7 @@ impl Wal {
         let end = data_pos + data.len() as u64;
         if end > active.size.load(Ordering::Acquire) {
             active.size.store(end, Ordering::Release);
-            if body_len < ZERO_AHEAD as usize {
+            if body_len < SMALL_RECORD {
                 zero_ahead(&active, end);
             }
         }
