@@ -11,20 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A failed command whose stderr is one clear `storfs:` line containing `want`.
-fn assert_clear_error(o: &Output, want: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "panic instead of an error: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
-    assert!(err.starts_with("storfs: "), "{err}");
-    assert!(err.contains(want), "error should mention {want:?}: {err}");
-}
-
 fn serve_with(dir: &Path, toml: &str) -> Output {
     let cfg = dir.join(format!("c{}.toml", rand::random::<u32>()));
     std::fs::write(&cfg, toml).expect("config");

@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Config, default_socket};
+use crate::config::{Config, Size, default_socket};
 use crate::daemon::control::{self, Request};
 
 /// storfs: EFS-like file systems and EBS-like volumes on local disks or S3.
@@ -37,6 +37,12 @@ pub enum Command {
         /// What to do with file systems.
         #[command(subcommand)]
         cmd: FsCommand,
+    },
+    /// Manage block volumes (exported over NBD).
+    Volume {
+        /// What to do with volumes.
+        #[command(subcommand)]
+        cmd: VolumeCommand,
     },
     /// Mount a file system locally (served by the daemon through FUSE).
     Mount {
@@ -93,6 +99,44 @@ pub enum FsCommand {
     },
 }
 
+/// Volume subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a thin-provisioned volume.
+    Create {
+        /// Name.
+        name: String,
+        /// Size, e.g. 20GiB.
+        #[arg(long)]
+        size: Size,
+        /// Block size: the unit of dedup and of the block map.
+        #[arg(long, default_value = "256KiB")]
+        block_size: Size,
+        /// Let several hosts attach it read-write at once.
+        #[arg(long)]
+        multi_attach: bool,
+    },
+    /// List volumes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume and its data.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Grow a volume.
+    Resize {
+        /// Name.
+        name: String,
+        /// New size, e.g. 40GiB.
+        #[arg(long)]
+        size: Size,
+    },
+}
+
 /// Formats a byte count with binary units.
 fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -106,6 +150,43 @@ fn human(n: u64) -> String {
 }
 
 impl Cli {
+    fn volume(&self, cmd: &VolumeCommand) -> anyhow::Result<()> {
+        match cmd {
+            VolumeCommand::Create { name, size, block_size, multi_attach } => {
+                let block_size = u32::try_from(block_size.0).map_err(|_| anyhow!("--block-size is too large"))?;
+                let req =
+                    Request::VolumeCreate { name: name.clone(), size: size.0, block_size, multi_attach: *multi_attach };
+                self.call(&req)?;
+                println!("created volume {name} ({})", human(size.0));
+            }
+            VolumeCommand::List { json } => {
+                let v = self.call(&Request::VolumeList)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for vol in v.as_array().into_iter().flatten() {
+                        let multi = if vol["multi_attach"].as_bool() == Some(true) { "  multi-attach" } else { "" };
+                        println!(
+                            "{}  {}  block {}{multi}",
+                            vol["name"].as_str().unwrap_or("?"),
+                            human(vol["size"].as_u64().unwrap_or(0)),
+                            human(vol["block_size"].as_u64().unwrap_or(0)),
+                        );
+                    }
+                }
+            }
+            VolumeCommand::Delete { name } => {
+                self.call(&Request::VolumeDelete { name: name.clone() })?;
+                println!("deleted volume {name}");
+            }
+            VolumeCommand::Resize { name, size } => {
+                self.call(&Request::VolumeResize { name: name.clone(), size: size.0 })?;
+                println!("volume {name} is now {}", human(size.0));
+            }
+        }
+        Ok(())
+    }
+
     fn socket(&self) -> anyhow::Result<PathBuf> {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
@@ -152,6 +233,7 @@ impl Cli {
                     println!("deleted file system {name}");
                 }
             },
+            Command::Volume { cmd } => self.volume(cmd)?,
             Command::Mount { mountpoint, fs } => {
                 let abs = absolute(mountpoint)?;
                 self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone() })?;

@@ -35,6 +35,31 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Create a block volume.
+    VolumeCreate {
+        /// Name.
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Block size in bytes.
+        block_size: u32,
+        /// Several hosts may attach it read-write.
+        multi_attach: bool,
+    },
+    /// List volumes.
+    VolumeList,
+    /// Delete a volume and its data.
+    VolumeDelete {
+        /// Name.
+        name: String,
+    },
+    /// Grow a volume.
+    VolumeResize {
+        /// Name.
+        name: String,
+        /// New size in bytes.
+        size: u64,
+    },
     /// Serve a file system at a local mountpoint through FUSE.
     Mount {
         /// Absolute mountpoint.

@@ -256,6 +256,18 @@ impl Daemon {
                 self.vfs.delete_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
                 Ok(serde_json::Value::Null)
             }
+            Request::VolumeCreate { name, size, block_size, multi_attach } => {
+                let what = format!("volume {name:?}");
+                json(self.vfs.create_volume(&name, size, block_size, multi_attach).map_err(|e| vfs_err(&what, e))?)
+            }
+            Request::VolumeList => json(self.vfs.volumes().map_err(|e| e.to_string())?),
+            Request::VolumeDelete { name } => {
+                self.vfs.delete_volume(&name).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::VolumeResize { name, size } => {
+                json(self.vfs.resize_volume(&name, size).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?)
+            }
             Request::Mount { mountpoint, fs } => {
                 let at = self.mounts.mount(&self.vfs, &fs, &mountpoint, &self.config.fuse)?;
                 Ok(serde_json::json!({"fs": fs, "mountpoint": at}))

@@ -60,6 +60,9 @@ pub enum Record {
         /// NFS exclusive-create verifier, kept in atime/mtime (as knfsd does)
         /// so a retransmitted create is recognized.
         verifier: Option<[u8; 8]>,
+        /// Block size of the new file; 0 takes the parent's (volumes choose
+        /// their own).
+        block_size: u32,
     },
     /// A new name for an existing inode.
     Link {
@@ -233,7 +236,21 @@ impl Record {
             Record::FsDelete { name } => {
                 e.u8(T_FS_DELETE).bytes(name);
             }
-            Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target, verifier } => {
+            Record::Create {
+                parent,
+                name,
+                ino,
+                generation,
+                kind,
+                mode,
+                uid,
+                gid,
+                rdev,
+                time,
+                target,
+                verifier,
+                block_size,
+            } => {
                 e.u8(T_CREATE).u64(*parent).bytes(name).u64(*ino).u64(*generation);
                 e.u8(kind.code()).u32(*mode).u32(*uid).u32(*gid).u64(*rdev);
                 ts(&mut e, time);
@@ -242,6 +259,7 @@ impl Record {
                     Some(v) => e.u8(1).raw(v),
                     None => e.u8(0),
                 };
+                e.u32(*block_size);
             }
             Record::Link { ino, parent, name, time } => {
                 e.u8(T_LINK).u64(*ino).u64(*parent).bytes(name);
@@ -323,6 +341,7 @@ impl Record {
                     1 => Some(d.array()?),
                     t => return Err(DecodeError(format!("bad verifier tag {t}"))),
                 },
+                block_size: d.u32()?,
             },
             T_LINK => Record::Link { ino: d.u64()?, parent: d.u64()?, name: name(&mut d)?, time: read_ts(&mut d)? },
             T_UNLINK => Record::Unlink {
@@ -411,6 +430,7 @@ mod tests {
                 time: t,
                 target: b"/etc".to_vec(),
                 verifier: Some(*b"12345678"),
+                block_size: 0,
             },
             Record::Link { ino: 3, parent: 2, name: b"b".to_vec(), time: t },
             Record::Unlink { parent: 2, name: b"a".to_vec(), ino: 3, time: t, purge: true },

@@ -167,7 +167,21 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             }
             tx.del_filesystem(name)?;
         }
-        Record::Create { parent, name, ino, generation, kind, mode, uid, gid, rdev, time, target, verifier } => {
+        Record::Create {
+            parent,
+            name,
+            ino,
+            generation,
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+            time,
+            target,
+            verifier,
+            block_size,
+        } => {
             let p = tx.inode(*parent)?.ok_or(VfsError::NotFound)?;
             let (atime, mtime) = match verifier {
                 Some(v) => verifier_times(v),
@@ -186,7 +200,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
                 crtime: *time,
                 rdev: *rdev,
                 generation: *generation,
-                block_size: p.block_size,
+                block_size: if *block_size != 0 { *block_size } else { p.block_size },
                 fs_id: p.fs_id,
                 parent: if *kind == FileKind::Dir { *parent } else { 0 },
             };

@@ -38,6 +38,11 @@ impl Vfs {
     /// Creates a file system with an empty root directory.
     pub fn create_filesystem(&self, name: &str) -> Result<FsInfo> {
         check_fs_name(name)?;
+        self.create_filesystem_unchecked(name)
+    }
+
+    /// Creates a file system under any name (reserved ones included).
+    pub(super) fn create_filesystem_unchecked(&self, name: &str) -> Result<FsInfo> {
         let block_size = self.block_size;
         self.change(&[], |tx, _| {
             if tx.filesystem(name)?.is_some() {
@@ -52,11 +57,16 @@ impl Vfs {
                 block_size,
             }))
         })?;
-        self.filesystem(name)
+        let f = self.store.meta.read()?.filesystem(name)?.ok_or(VfsError::NotFound)?;
+        Ok(FsInfo { name: name.to_string(), id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
     }
 
-    /// One file system by name.
+    /// One file system by name. Reserved file systems (volumes) are not
+    /// found under their names.
     pub fn filesystem(&self, name: &str) -> Result<FsInfo> {
+        if name.starts_with('.') {
+            return Err(VfsError::NotFound);
+        }
         let f = self.store.meta.read()?.filesystem(name)?.ok_or(VfsError::NotFound)?;
         Ok(FsInfo { name: name.to_string(), id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
     }
@@ -69,12 +79,16 @@ impl Vfs {
             .read()?
             .filesystems()?
             .into_iter()
+            .filter(|(name, _)| !name.starts_with('.'))
             .map(|(name, f)| FsInfo { name, id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
             .collect())
     }
 
     /// Deletes a file system and everything in it.
     pub fn delete_filesystem(&self, name: &str) -> Result<()> {
+        if name.starts_with('.') {
+            return Err(VfsError::NotFound);
+        }
         self.change(&[], |tx, _| {
             if tx.filesystem(name)?.is_none() {
                 return Err(VfsError::NotFound);

@@ -16,6 +16,7 @@ mod io;
 mod namespace;
 pub mod perm;
 pub mod types;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +31,10 @@ use crate::data::record::Record;
 use crate::data::wal::{Wal, WalError};
 use crate::data::{DataOptions, Store, drop_dirty, truncate_dirty};
 use crate::meta::{Ino, MetaRead, MetaStore, NAME_MAX, WriteTx, counter};
-pub use fs::FsInfo;
+pub use fs::{FsInfo, check_fs_name};
 pub use namespace::LINK_MAX;
 pub use types::*;
+pub use volume::VolumeInfo;
 
 /// Name of the file system a daemon creates on first start (and the one
 /// NFS clients get when they mount `/`).

@@ -47,17 +47,19 @@ impl Vfs {
     /// Creates a file, directory, symlink or node named `name` in `parent`.
     /// `mode` holds the permission bits (umask already applied).
     pub fn create(&self, creds: &Creds, parent: Ino, name: &[u8], node: NewNode, mode: u32) -> Result<Attr> {
-        self.create_inner(creds, parent, name, node, mode, None)
+        self.create_inner(creds, parent, name, node, mode, None, 0)
     }
 
     /// NFS exclusive create: creates a regular file marked with `verifier`;
     /// a retransmission (the file exists with the same verifier) succeeds
     /// and returns it, anything else existing under the name is `Exists`.
     pub fn create_exclusive(&self, creds: &Creds, parent: Ino, name: &[u8], verifier: [u8; 8]) -> Result<Attr> {
-        self.create_inner(creds, parent, name, NewNode::File, 0, Some(verifier))
+        self.create_inner(creds, parent, name, NewNode::File, 0, Some(verifier), 0)
     }
 
-    fn create_inner(
+    /// Creates a node; `block_size` 0 takes the parent's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_inner(
         &self,
         creds: &Creds,
         parent: Ino,
@@ -65,6 +67,7 @@ impl Vfs {
         node: NewNode,
         mode: u32,
         verifier: Option<[u8; 8]>,
+        block_size: u32,
     ) -> Result<Attr> {
         check_name(name)?;
         if let NewNode::Symlink(t) = &node
@@ -131,6 +134,7 @@ impl Vfs {
                 time: Timestamp::now(),
                 target,
                 verifier,
+                block_size,
             }))
         })?;
         self.getattr(new_ino)

@@ -445,3 +445,43 @@ fn writers_wait_for_dirty_space_then_fail_after_the_timeout() {
     }
     vfs.shutdown();
 }
+
+#[test]
+fn volumes_are_sparse_files_in_a_hidden_namespace() {
+    let mut env = Env::new();
+    let v = env.vfs.create_volume("vol1", 1 << 30, 64 << 10, false).expect("create");
+    assert_eq!((v.size, v.block_size, v.multi_attach), (1 << 30, 64 << 10, false), "{v:?}");
+    env.vfs.create_volume("shared", 8 << 20, 4096, true).expect("create multi-attach");
+    assert!(matches!(env.vfs.create_volume("vol1", 1 << 20, 4096, false), Err(VfsError::Exists)));
+    for (name, size, bs) in
+        [("bad/name", 4096, 4096), (".x", 4096, 4096), ("v", 0, 4096), ("v", 4097, 4096), ("v", 4096, 3000)]
+    {
+        assert!(
+            matches!(env.vfs.create_volume(name, size, bs, false), Err(VfsError::Invalid(_))),
+            "{name} {size} {bs}"
+        );
+    }
+    // Hidden from file systems: not listed, not mountable, not deletable.
+    let names: Vec<String> = env.vfs.filesystems().expect("list").into_iter().map(|f| f.name).collect();
+    assert_eq!(names, vec!["default".to_string()]);
+    assert!(matches!(env.vfs.filesystem(volume::VOLUMES_FS), Err(VfsError::NotFound)));
+    assert!(matches!(env.vfs.delete_filesystem(volume::VOLUMES_FS), Err(VfsError::NotFound)));
+    // Data at the far end, in the volume's own block size, survives a restart.
+    let c = Creds::root();
+    env.vfs.write(&c, v.ino, (1 << 30) - 4096, &[7u8; 4096]).expect("write");
+    env.vfs.sync().expect("sync");
+    env.reopen();
+    let got = env.vfs.read(&c, v.ino, (1 << 30) - 8192, 8192).expect("read");
+    assert_eq!(&got[..4096], &[0u8; 4096][..]);
+    assert_eq!(&got[4096..], &[7u8; 4096][..]);
+    let list = env.vfs.volumes().expect("list");
+    assert_eq!(list.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["shared", "vol1"]);
+    assert!(list[0].multi_attach);
+    assert_eq!(list[1].block_size, 64 << 10);
+    // Grow only.
+    assert_eq!(env.vfs.resize_volume("vol1", 2 << 30).expect("grow").size, 2 << 30);
+    assert!(matches!(env.vfs.resize_volume("vol1", 1 << 30), Err(VfsError::Invalid(_))));
+    env.vfs.delete_volume("vol1").expect("delete");
+    assert!(matches!(env.vfs.volume("vol1"), Err(VfsError::NotFound)));
+    assert_eq!(env.vfs.volumes().expect("list").len(), 1);
+}

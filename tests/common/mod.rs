@@ -343,3 +343,17 @@ impl Drop for Daemon {
         self.detach_mounts();
     }
 }
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed command whose stderr is one clear `storfs:` line containing `want`.
+pub fn assert_clear_error(o: &Output, want: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "panic instead of an error: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("storfs: "), "{err}");
+    assert!(err.contains(want), "error should mention {want:?}: {err}");
+}
