@@ -15,7 +15,7 @@ fi
 # Debian packages: FUSE (mount.fuse runs storfs as the remount helper), fio,
 # what the pjdfstest build needs, the NFS mount helper (the VMs run this
 # machine's userland), libnfs's clients, network namespaces.
-apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common libnfs-utils iproute2)
+apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common libnfs-utils iproute2 libnbd-bin qemu-utils)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -293,15 +293,60 @@ impl NfsConfig {
 
 /// `[nbd]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct NbdConfig {
+    /// Serve NBD at all.
+    pub enabled: bool,
     /// Address of the NBD server.
     pub listen: SocketAddr,
+    /// Options of volumes without an entry in `volumes`.
+    pub default_volume: VolumeConfig,
+    /// Options by volume name.
+    pub volumes: std::collections::BTreeMap<String, VolumeConfig>,
 }
 
 impl Default for NbdConfig {
     fn default() -> Self {
-        NbdConfig { listen: SocketAddr::from(([127, 0, 0, 1], 10809)) }
+        NbdConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10809)),
+            default_volume: VolumeConfig::default(),
+            volumes: Default::default(),
+        }
+    }
+}
+
+impl NbdConfig {
+    /// Options of every volume.
+    pub fn policy(&self) -> storfs::nbd::Policy {
+        storfs::nbd::Policy {
+            defaults: self.default_volume.options(),
+            per_volume: self.volumes.iter().map(|(k, v)| (k.clone(), v.options())).collect(),
+        }
+    }
+}
+
+/// Volume options (`[nbd.default_volume]`, `[nbd.volumes.NAME]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumeConfig {
+    /// Client networks allowed to attach; everyone else is refused.
+    pub clients: Vec<Net>,
+    /// Serve read-only.
+    pub ro: bool,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        let d = storfs::nbd::VolumeOptions::default();
+        VolumeConfig { clients: d.clients.into_iter().map(Net).collect(), ro: d.read_only }
+    }
+}
+
+impl VolumeConfig {
+    /// The options the NBD server applies.
+    pub fn options(&self) -> storfs::nbd::VolumeOptions {
+        storfs::nbd::VolumeOptions { clients: self.clients.iter().map(|n| n.0).collect(), read_only: self.ro }
     }
 }
 
@@ -584,7 +629,12 @@ anonuid = 65534
 anongid = 65534
 
 [nbd]
-listen = "{nbd}"
+enabled = true
+listen = "{nbd}"            # block volumes: nbd-client HOST PORT /dev/nbd0 -N <volume>
+
+[nbd.default_volume]        # every volume, unless [nbd.volumes.<name>] says otherwise
+clients = [{clients}]
+ro = false
 "#,
             data_dir = d.data_dir.display(),
             max_dirty = d.cache.max_dirty,

@@ -11,5 +11,6 @@ pub mod chunk;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod nbd;
 pub mod nfs;
 pub mod vfs;

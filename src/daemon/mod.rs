@@ -36,6 +36,8 @@ pub struct Daemon {
     stopping: AtomicBool,
     /// Address the NFS server listens on, if enabled.
     nfs_addr: Option<std::net::SocketAddr>,
+    nbd: Option<Arc<storfs::nbd::Server>>,
+    nbd_addr: Option<std::net::SocketAddr>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -146,6 +148,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
 
+    let (nbd, nbd_addr) = if config.nbd.enabled {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.nbd.listen))
+            .with_context(|| format!("nbd.listen {} cannot be bound", config.nbd.listen))?;
+        let addr = listener.local_addr()?;
+        let server = storfs::nbd::Server::new(vfs.clone(), config.nbd.policy());
+        runtime.spawn(storfs::nbd::server::serve(server.clone(), listener, net_stopped.clone()));
+        tracing::info!(listen = %addr, "NBD server ready");
+        (Some(server), Some(addr))
+    } else {
+        (None, None)
+    };
+
     let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -154,6 +169,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         started: Instant::now(),
         stopping: AtomicBool::new(false),
         nfs_addr,
+        nbd,
+        nbd_addr,
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req| d.handle(req));
@@ -262,6 +279,9 @@ impl Daemon {
             }
             Request::VolumeList => json(self.vfs.volumes().map_err(|e| e.to_string())?),
             Request::VolumeDelete { name } => {
+                if let Some(host) = self.nbd.as_ref().and_then(|n| n.attached_by(&name)) {
+                    return Err(format!("volume {name:?} is attached by {host}; detach it first"));
+                }
                 self.vfs.delete_volume(&name).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?;
                 Ok(serde_json::Value::Null)
             }

@@ -89,6 +89,8 @@ pub struct Status {
     pub mounts: Vec<(String, String)>,
     /// NFS server address, if it runs.
     pub nfs_listen: Option<String>,
+    /// Address of the NBD server, if it runs.
+    pub nbd_listen: Option<String>,
 }
 
 pub fn collect(d: &Daemon) -> Result<Status, String> {
@@ -138,5 +140,6 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         },
         mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),
+        nbd_listen: d.nbd_addr.map(|a| a.to_string()),
     })
 }

@@ -164,11 +164,13 @@ impl Daemon {
     pub fn start_in(dir: &Path, extra: &str, ns: Option<&NetNs>) -> Daemon {
         let socket = dir.join("storfs.sock");
         let config = dir.join("storfs.toml");
-        // The default NFS port may be taken on the machine (a kernel nfsd,
-        // another test's daemon): unless the test chose, take any free one.
+        // The default NFS and NBD ports may be taken on the machine (a
+        // kernel nfsd, another test's daemon): unless the test chose, take
+        // any free ones.
         let nfs = if extra.contains("[nfs]") { "" } else { "[nfs]\nlisten = \"127.0.0.1:0\"\n" };
+        let nbd = if extra.contains("[nbd]") { "" } else { "[nbd]\nlisten = \"127.0.0.1:0\"\n" };
         let text = format!(
-            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}",
+            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}{nbd}",
             dir.join("data").display(),
             socket.display()
         );

@@ -1,0 +1,119 @@
+//! The NBD frontend: block volumes (sparse files of the `.volumes` file
+//! system) served over the NBD protocol, fixed newstyle handshake only.
+//!
+//! `proto` is I/O free (and fuzzed); `server` owns the sockets and maps
+//! each command to Vfs calls. This module holds what connections share:
+//! access policy and attachments.
+
+pub mod proto;
+pub mod server;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use crate::nfs::export::{canonical, loopback};
+use crate::vfs::Vfs;
+
+/// Who may attach a volume, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOptions {
+    /// Networks whose clients may attach; others are refused.
+    pub clients: Vec<IpNet>,
+    /// Serve the volume read-only.
+    pub read_only: bool,
+}
+
+impl Default for VolumeOptions {
+    /// Read-write, loopback clients only.
+    fn default() -> Self {
+        VolumeOptions { clients: loopback(), read_only: false }
+    }
+}
+
+impl VolumeOptions {
+    /// Whether the client at `ip` may attach.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.clients.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Options of every volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// For volumes without their own entry.
+    pub defaults: VolumeOptions,
+    /// By volume name.
+    pub per_volume: HashMap<String, VolumeOptions>,
+}
+
+impl Policy {
+    /// The options of volume `name`.
+    pub fn options(&self, name: &str) -> &VolumeOptions {
+        self.per_volume.get(name).unwrap_or(&self.defaults)
+    }
+}
+
+/// Everything the NBD connections share.
+#[derive(Debug)]
+pub struct Server {
+    vfs: Arc<Vfs>,
+    policy: Policy,
+    /// Volume name → (host attached, its open connections).
+    attached: Mutex<HashMap<String, (IpAddr, usize)>>,
+}
+
+/// One connection's hold on a volume; dropping it detaches.
+#[derive(Debug)]
+pub struct Attachment {
+    server: Arc<Server>,
+    name: String,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut a = self.server.attached.lock();
+        if let Some((_, n)) = a.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Server {
+    /// A server for the volumes of `vfs`.
+    pub fn new(vfs: Arc<Vfs>, policy: Policy) -> Arc<Server> {
+        Arc::new(Server { vfs, policy, attached: Mutex::new(HashMap::new()) })
+    }
+
+    /// Attaches volume `name` for a connection from `ip`: as EBS, a volume is
+    /// attached by one host at a time (any number of its connections)
+    /// unless it was created multi-attach.
+    pub fn attach(self: &Arc<Server>, name: &str, ip: IpAddr, multi_attach: bool) -> Result<Attachment, String> {
+        let ip = canonical(ip);
+        let mut a = self.attached.lock();
+        match a.get_mut(name) {
+            Some((host, n)) if *host == ip || multi_attach => *n += 1,
+            Some((host, _)) => {
+                return Err(format!(
+                    "volume {name:?} is attached by {host}; detach it there first, or create the volume with --multi-attach"
+                ));
+            }
+            None => {
+                a.insert(name.to_string(), (ip, 1));
+            }
+        }
+        Ok(Attachment { server: self.clone(), name: name.to_string() })
+    }
+
+    /// The host a volume is attached by, if any.
+    pub fn attached_by(&self, name: &str) -> Option<IpAddr> {
+        self.attached.lock().get(name).map(|(ip, _)| *ip)
+    }
+}

@@ -1,0 +1,427 @@
+//! NBD over TCP: the fixed newstyle handshake, then transmission. Requests
+//! are read in order and executed concurrently on the blocking pool (up to
+//! [`MAX_IN_FLIGHT`] per connection); replies go back as each completes.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use super::proto::{self as p, Request};
+use super::{Attachment, Server};
+use crate::vfs::{Creds, VfsError};
+
+/// Requests one connection may have executing at once; more wait unread.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Preferred request size announced in NBD_INFO_BLOCK_SIZE.
+const PREFERRED_BLOCK: u32 = 4096;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let (server, shutdown) = (server.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(server, sock, peer, shutdown).await {
+                            tracing::debug!(%peer, error = %e, "NBD connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// What a connection serves once the handshake is done.
+#[derive(Debug)]
+struct Export {
+    ino: u64,
+    size: u64,
+    read_only: bool,
+    structured: bool,
+    base_allocation: bool,
+    _attachment: Attachment,
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+async fn connection(
+    server: Arc<Server>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let Some(export) = handshake(&server, &mut sock, peer.ip()).await? else { return Ok(()) };
+    let export = Arc::new(export);
+    let (rd, wr) = sock.into_split();
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let writer = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, wr)));
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let mut head = [0u8; p::REQUEST_LEN];
+        tokio::select! {
+            r = rd.read_exact(&mut head) => { r?; }
+            _ = shutdown.changed() => break,
+        }
+        let req = p::request(&head).map_err(|e| invalid(e.0))?;
+        if req.kind == p::CMD_DISC {
+            break;
+        }
+        let mut payload = Vec::new();
+        if req.kind == p::CMD_WRITE {
+            // The payload must be consumed to stay in step; one larger than
+            // any request may be cannot be, safely.
+            if req.length > p::MAX_PAYLOAD {
+                return Err(invalid("write larger than the maximum payload"));
+            }
+            payload.resize(req.length as usize, 0);
+            rd.read_exact(&mut payload).await?;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let (server, export, writer) = (server.clone(), export.clone(), writer.clone());
+        tokio::spawn(async move {
+            let vfs = server.vfs.clone();
+            let reply = tokio::task::spawn_blocking(move || execute(&vfs, &export, &req, &payload)).await;
+            match reply {
+                Ok(bytes) => {
+                    let mut w = writer.lock().await;
+                    if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+                        tracing::debug!(%peer, "NBD reply not delivered: connection closed");
+                    }
+                }
+                Err(e) => tracing::error!(%peer, error = %e, "NBD request panicked"),
+            }
+            drop(permit);
+        });
+    }
+    // Let requests in flight finish and answer before closing.
+    let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+    Ok(())
+}
+
+/// Option haggling. Returns the export to serve, or `None` when the client
+/// ended the session.
+async fn handshake(server: &Arc<Server>, sock: &mut TcpStream, ip: IpAddr) -> io::Result<Option<Export>> {
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&p::NBDMAGIC.to_be_bytes());
+    hello.extend_from_slice(&p::IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(p::FLAG_FIXED_NEWSTYLE | p::FLAG_NO_ZEROES).to_be_bytes());
+    sock.write_all(&hello).await?;
+    let client_flags = sock.read_u32().await?;
+    if client_flags & !(p::FLAG_C_FIXED_NEWSTYLE | p::FLAG_C_NO_ZEROES) != 0 {
+        return Err(invalid("unknown client flags"));
+    }
+    let no_zeroes = client_flags & p::FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
+    let mut base_allocation = false;
+    loop {
+        if sock.read_u64().await? != p::IHAVEOPT {
+            return Err(invalid("bad option magic"));
+        }
+        let option = sock.read_u32().await?;
+        let len = sock.read_u32().await?;
+        if len > p::MAX_OPTION {
+            if len > 16 << 20 {
+                return Err(invalid("absurd option length"));
+            }
+            tokio::io::copy(&mut (&mut *sock).take(u64::from(len)), &mut tokio::io::sink()).await?;
+            reply(sock, option, p::REP_ERR_TOO_BIG, b"option too large").await?;
+            continue;
+        }
+        let mut data = vec![0u8; len as usize];
+        sock.read_exact(&mut data).await?;
+        match option {
+            p::OPT_ABORT => {
+                reply(sock, option, p::REP_ACK, &[]).await?;
+                return Ok(None);
+            }
+            p::OPT_EXPORT_NAME => {
+                // No way to answer an error here: refusals close.
+                let name = String::from_utf8(data).map_err(|_| invalid("export name is not UTF-8"))?;
+                let export = match open_export(server, &name, ip, structured, base_allocation) {
+                    Ok(e) => e,
+                    Err((_, why)) => return Err(invalid(&why)),
+                };
+                let mut r = Vec::with_capacity(134);
+                r.extend_from_slice(&export.size.to_be_bytes());
+                r.extend_from_slice(&transmission_flags(&export).to_be_bytes());
+                if !no_zeroes {
+                    r.extend_from_slice(&[0u8; 124]);
+                }
+                sock.write_all(&r).await?;
+                return Ok(Some(export));
+            }
+            p::OPT_LIST => {
+                if !data.is_empty() {
+                    reply(sock, option, p::REP_ERR_INVALID, b"LIST takes no data").await?;
+                    continue;
+                }
+                let volumes = server.vfs.volumes().unwrap_or_default();
+                for v in volumes.iter().filter(|v| server.policy.options(&v.name).allows(ip)) {
+                    let mut d = (v.name.len() as u32).to_be_bytes().to_vec();
+                    d.extend_from_slice(v.name.as_bytes());
+                    reply(sock, option, p::REP_SERVER, &d).await?;
+                }
+                reply(sock, option, p::REP_ACK, &[]).await?;
+            }
+            p::OPT_STRUCTURED_REPLY => {
+                if data.is_empty() {
+                    structured = true;
+                    reply(sock, option, p::REP_ACK, &[]).await?;
+                } else {
+                    reply(sock, option, p::REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data").await?;
+                }
+            }
+            p::OPT_INFO | p::OPT_GO => {
+                let req = match p::info_request(&data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reply(sock, option, p::REP_ERR_INVALID, e.0.as_bytes()).await?;
+                        continue;
+                    }
+                };
+                let export = match open_export(server, &req.name, ip, structured, base_allocation) {
+                    Ok(e) => e,
+                    Err((code, why)) => {
+                        reply(sock, option, code, why.as_bytes()).await?;
+                        continue;
+                    }
+                };
+                let mut info = p::INFO_EXPORT.to_be_bytes().to_vec();
+                info.extend_from_slice(&export.size.to_be_bytes());
+                info.extend_from_slice(&transmission_flags(&export).to_be_bytes());
+                reply(sock, option, p::REP_INFO, &info).await?;
+                if req.wanted.contains(&p::INFO_BLOCK_SIZE) {
+                    let mut b = p::INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                    for v in [1, PREFERRED_BLOCK, p::MAX_PAYLOAD] {
+                        b.extend_from_slice(&v.to_be_bytes());
+                    }
+                    reply(sock, option, p::REP_INFO, &b).await?;
+                }
+                reply(sock, option, p::REP_ACK, &[]).await?;
+                if option == p::OPT_GO {
+                    return Ok(Some(export));
+                }
+                // INFO: the attachment taken to check it is dropped here.
+            }
+            p::OPT_LIST_META_CONTEXT | p::OPT_SET_META_CONTEXT => {
+                let set = option == p::OPT_SET_META_CONTEXT;
+                if set && !structured {
+                    reply(sock, option, p::REP_ERR_INVALID, b"negotiate structured replies first").await?;
+                    continue;
+                }
+                let req = match p::meta_request(&data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reply(sock, option, p::REP_ERR_INVALID, e.0.as_bytes()).await?;
+                        continue;
+                    }
+                };
+                if let Err(why) = visible_volume(server, &req.name, ip) {
+                    reply(sock, option, p::REP_ERR_UNKNOWN, why.as_bytes()).await?;
+                    continue;
+                }
+                let matches =
+                    req.queries.iter().any(|q| q == p::BASE_ALLOCATION || (!set && (q == "base:" || q.is_empty())))
+                        || (!set && req.queries.is_empty());
+                if matches {
+                    let mut d = p::BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                    d.extend_from_slice(p::BASE_ALLOCATION.as_bytes());
+                    reply(sock, option, p::REP_META_CONTEXT, &d).await?;
+                }
+                if set {
+                    base_allocation = matches;
+                }
+                reply(sock, option, p::REP_ACK, &[]).await?;
+            }
+            _ => reply(sock, option, p::REP_ERR_UNSUP, b"option not supported").await?,
+        }
+    }
+}
+
+async fn reply(sock: &mut TcpStream, option: u32, kind: u32, data: &[u8]) -> io::Result<()> {
+    sock.write_all(&p::option_reply(option, kind, data)).await
+}
+
+/// Whether the client at `ip` may see volume `name`.
+fn visible_volume(server: &Server, name: &str, ip: IpAddr) -> Result<crate::vfs::VolumeInfo, String> {
+    let v = server.vfs.volume(name).map_err(|_| format!("no volume named {name:?}"))?;
+    if !server.policy.options(name).allows(ip) {
+        return Err(format!("no volume named {name:?}"));
+    }
+    Ok(v)
+}
+
+fn open_export(
+    server: &Arc<Server>,
+    name: &str,
+    ip: IpAddr,
+    structured: bool,
+    base_allocation: bool,
+) -> Result<Export, (u32, String)> {
+    if name.is_empty() {
+        return Err((p::REP_ERR_UNKNOWN, "name the volume to attach (there is no default export)".into()));
+    }
+    // Clients outside the volume's networks learn nothing about it.
+    let v = visible_volume(server, name, ip).map_err(|why| (p::REP_ERR_UNKNOWN, why))?;
+    let attachment = server.attach(name, ip, v.multi_attach).map_err(|why| (p::REP_ERR_POLICY, why))?;
+    Ok(Export {
+        ino: v.ino,
+        size: v.size,
+        read_only: server.policy.options(name).read_only,
+        structured,
+        base_allocation,
+        _attachment: attachment,
+    })
+}
+
+fn transmission_flags(e: &Export) -> u16 {
+    let mut f = p::TF_HAS_FLAGS
+        | p::TF_SEND_FLUSH
+        | p::TF_SEND_FUA
+        | p::TF_SEND_TRIM
+        | p::TF_SEND_WRITE_ZEROES
+        | p::TF_CAN_MULTI_CONN
+        | p::TF_SEND_CACHE
+        | p::TF_SEND_FAST_ZERO;
+    if e.read_only {
+        f |= p::TF_READ_ONLY;
+    }
+    if e.structured {
+        f |= p::TF_SEND_DF;
+    }
+    f
+}
+
+/// The NBD error for a core error.
+fn errno(e: &VfsError) -> u32 {
+    match e {
+        VfsError::NoSpace => p::ENOSPC,
+        VfsError::ReadOnly | VfsError::Perm | VfsError::Access => p::EPERM,
+        VfsError::Invalid(_) | VfsError::TooBig => p::EINVAL,
+        _ => p::EIO,
+    }
+}
+
+/// Runs one request; returns the whole reply.
+fn execute(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Vec<u8> {
+    match run(vfs, e, req, payload) {
+        Ok(Done::Ack) => p::simple_reply(req.cookie, 0).to_vec(),
+        Ok(Done::Data(data)) if e.structured => {
+            let mut r =
+                p::chunk_header(req.cookie, p::REPLY_FLAG_DONE, p::REPLY_TYPE_OFFSET_DATA, 8 + data.len() as u32)
+                    .to_vec();
+            r.extend_from_slice(&req.offset.to_be_bytes());
+            r.extend_from_slice(&data);
+            r
+        }
+        Ok(Done::Data(data)) => {
+            let mut r = p::simple_reply(req.cookie, 0).to_vec();
+            r.extend_from_slice(&data);
+            r
+        }
+        Ok(Done::Extent(len, flags)) => {
+            let mut r = p::chunk_header(req.cookie, p::REPLY_FLAG_DONE, p::REPLY_TYPE_BLOCK_STATUS, 12).to_vec();
+            r.extend_from_slice(&p::BASE_ALLOCATION_ID.to_be_bytes());
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend_from_slice(&flags.to_be_bytes());
+            r
+        }
+        Err((code, why)) => {
+            if code == p::EIO {
+                tracing::warn!(cmd = req.kind, offset = req.offset, length = req.length, error = %why, "NBD request failed");
+            }
+            if e.structured {
+                p::error_chunk(req.cookie, code, &why)
+            } else {
+                p::simple_reply(req.cookie, code).to_vec()
+            }
+        }
+    }
+}
+
+enum Done {
+    Ack,
+    Data(Vec<u8>),
+    /// One base:allocation extent: length, flags.
+    Extent(u32, u32),
+}
+
+fn run(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Result<Done, (u32, String)> {
+    let fail = |err: VfsError| (errno(&err), err.to_string());
+    let in_range = req.offset.checked_add(u64::from(req.length)).is_some_and(|end| end <= e.size);
+    let writes = matches!(req.kind, p::CMD_WRITE | p::CMD_TRIM | p::CMD_WRITE_ZEROES);
+    if req.kind != p::CMD_FLUSH && !in_range {
+        return Err((p::EINVAL, format!("request past the end of the volume ({} bytes)", e.size)));
+    }
+    if writes && e.read_only {
+        return Err((p::EPERM, "the volume is exported read-only".into()));
+    }
+    let root = Creds::root();
+    let sync_if_fua = || {
+        if req.flags & p::CMD_FLAG_FUA != 0 { vfs.sync().map_err(fail) } else { Ok(()) }
+    };
+    match req.kind {
+        p::CMD_READ => {
+            if req.length > p::MAX_PAYLOAD {
+                return Err((p::EINVAL, "read larger than the maximum payload".into()));
+            }
+            let got = vfs.read(&root, e.ino, req.offset, req.length as usize).map_err(fail)?;
+            let mut data = got.to_vec();
+            // The file holds the volume's size; zeros past a short read are
+            // what the volume reads as.
+            data.resize(req.length as usize, 0);
+            Ok(Done::Data(data))
+        }
+        p::CMD_WRITE => {
+            vfs.write(&root, e.ino, req.offset, payload).map_err(fail)?;
+            sync_if_fua()?;
+            Ok(Done::Ack)
+        }
+        p::CMD_FLUSH => {
+            vfs.sync().map_err(fail)?;
+            Ok(Done::Ack)
+        }
+        // Zeroing is a metadata change (holes), so it is always fast, and a
+        // hole is what zero blocks become anyway: NO_HOLE changes nothing.
+        p::CMD_TRIM | p::CMD_WRITE_ZEROES => {
+            vfs.zero(e.ino, req.offset, u64::from(req.length)).map_err(fail)?;
+            sync_if_fua()?;
+            Ok(Done::Ack)
+        }
+        p::CMD_CACHE => {
+            let mut off = req.offset;
+            let end = req.offset + u64::from(req.length);
+            while off < end {
+                let n = (end - off).min(u64::from(p::MAX_PAYLOAD));
+                vfs.read(&root, e.ino, off, n as usize).map_err(fail)?;
+                off += n;
+            }
+            Ok(Done::Ack)
+        }
+        p::CMD_BLOCK_STATUS => {
+            if !e.base_allocation {
+                return Err((p::EINVAL, "no metadata context was negotiated".into()));
+            }
+            if req.length == 0 {
+                return Err((p::EINVAL, "zero-length block status".into()));
+            }
+            // Conservative: the whole range reported as allocated data.
+            Ok(Done::Extent(req.length, 0))
+        }
+        other => Err((p::EINVAL, format!("unknown command {other}"))),
+    }
+}
