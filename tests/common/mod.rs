@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod nbd;
 pub mod pjdfstest;
 pub mod rpc;
 
