@@ -55,6 +55,11 @@ cargo build --release --quiet
 cargo test --release -- --test-threads="${STORFS_TEST_THREADS:-2}"
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets stable accept them.
+# pipefail makes a crash found by the fuzzer fail the suite.
 echo "== fuzz the NFS decoders for 60 s"
 (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nfs_decode -- -max_total_time=60 2>&1 | tail -1)
+echo "== fuzz NBD sessions (handshake, options, requests) for 60 s"
+mkdir -p fuzz/corpus/nbd_session
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_session corpus/nbd_session seeds/nbd_session \
+  -- -max_total_time=60 2>&1 | tail -1)
 echo "== all tests passed"

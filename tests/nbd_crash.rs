@@ -63,7 +63,7 @@ fn writer(port: u16, ledger: PathBuf, mut next: u64) -> u64 {
         }
         next = first + BATCH;
         batches += 1;
-        if batches % 4 == 0 {
+        if batches.is_multiple_of(4) {
             match request(&mut c, p::CMD_FLUSH, 0, u64::MAX, 0, 0, &[]) {
                 Ok((0, _)) => {
                     let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&ledger).expect("ledger");

@@ -6,8 +6,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::proto::{self as p, Request};
@@ -16,6 +16,10 @@ use crate::vfs::{Creds, VfsError};
 
 /// Requests one connection may have executing at once; more wait unread.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// READ and WRITE payload bytes one connection may hold at once, counted in
+/// 64 KiB units (so 64 requests of 32 MiB cannot pin 2 GiB).
+const PAYLOAD_UNIT: u32 = 64 * 1024;
+const MAX_PAYLOAD_UNITS: u32 = (64 << 20) / PAYLOAD_UNIT;
 /// Preferred request size announced in NBD_INFO_BLOCK_SIZE.
 const PREFERRED_BLOCK: u32 = 4096;
 
@@ -28,7 +32,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: wat
                     let _ = sock.set_nodelay(true);
                     let (server, shutdown) = (server.clone(), shutdown.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = connection(server, sock, peer, shutdown).await {
+                        if let Err(e) = session(server, sock, peer, shutdown).await {
                             tracing::debug!(%peer, error = %e, "NBD connection closed");
                         }
                     });
@@ -58,18 +62,25 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-async fn connection(
+/// One client session over `sock` (a TCP connection, or any byte stream in
+/// the fuzz target): handshake, then requests until DISC, EOF, an error or
+/// `shutdown`.
+pub async fn session<S>(
     server: Arc<Server>,
-    mut sock: TcpStream,
+    mut sock: S,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(export) = handshake(&server, &mut sock, peer.ip()).await? else { return Ok(()) };
     let export = Arc::new(export);
-    let (rd, wr) = sock.into_split();
+    let (rd, wr) = tokio::io::split(sock);
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let writer = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, wr)));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let payload_room = Arc::new(Semaphore::new(MAX_PAYLOAD_UNITS as usize));
     loop {
         let mut head = [0u8; p::REQUEST_LEN];
         tokio::select! {
@@ -80,13 +91,18 @@ async fn connection(
         if req.kind == p::CMD_DISC {
             break;
         }
+        // The payload must be consumed to stay in step; one larger than any
+        // request may be cannot be, safely.
+        if req.kind == p::CMD_WRITE && req.length > p::MAX_PAYLOAD {
+            return Err(invalid("write larger than the maximum payload"));
+        }
+        let units = match req.kind {
+            p::CMD_READ | p::CMD_WRITE => req.length.min(p::MAX_PAYLOAD).div_ceil(PAYLOAD_UNIT).max(1),
+            _ => 0,
+        };
+        let Ok(room) = payload_room.clone().acquire_many_owned(units).await else { break };
         let mut payload = Vec::new();
         if req.kind == p::CMD_WRITE {
-            // The payload must be consumed to stay in step; one larger than
-            // any request may be cannot be, safely.
-            if req.length > p::MAX_PAYLOAD {
-                return Err(invalid("write larger than the maximum payload"));
-            }
             payload.resize(req.length as usize, 0);
             rd.read_exact(&mut payload).await?;
         }
@@ -104,7 +120,7 @@ async fn connection(
                 }
                 Err(e) => tracing::error!(%peer, error = %e, "NBD request panicked"),
             }
-            drop(permit);
+            drop((permit, room));
         });
     }
     // Let requests in flight finish and answer before closing.
@@ -114,7 +130,10 @@ async fn connection(
 
 /// Option haggling. Returns the export to serve, or `None` when the client
 /// ended the session.
-async fn handshake(server: &Arc<Server>, sock: &mut TcpStream, ip: IpAddr) -> io::Result<Option<Export>> {
+async fn handshake<S>(server: &Arc<Server>, sock: &mut S, ip: IpAddr) -> io::Result<Option<Export>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&p::NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&p::IHAVEOPT.to_be_bytes());
@@ -252,7 +271,7 @@ async fn handshake(server: &Arc<Server>, sock: &mut TcpStream, ip: IpAddr) -> io
     }
 }
 
-async fn reply(sock: &mut TcpStream, option: u32, kind: u32, data: &[u8]) -> io::Result<()> {
+async fn reply<S: AsyncWrite + Unpin>(sock: &mut S, option: u32, kind: u32, data: &[u8]) -> io::Result<()> {
     sock.write_all(&p::option_reply(option, kind, data)).await
 }
 
