@@ -57,6 +57,9 @@ fn nbd_clients_interoperate() {
     assert!(info["protocol"].as_str().is_some_and(|s| s.contains("newstyle-fixed")), "{info}");
     let list = run(Command::new(require_tool("nbdinfo")).arg("--list").arg(format!("nbd://127.0.0.1:{port}")));
     assert!(list.contains("export=\"vol1\""), "{list}");
+    // base:allocation: the whole volume as data (holes are not reported).
+    let map = run(Command::new(require_tool("nbdinfo")).arg("--map").arg(uri(port, "vol1")));
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "268435456", "0", "data"], "{map}");
 
     // Patterns written, read back, discarded and zeroed, at both ends.
     let end = (256u64 << 20) - 4096;
@@ -132,10 +135,29 @@ fn nbd_clients_interoperate() {
 #[test]
 fn one_host_attaches_a_volume_and_bad_clients_are_refused() {
     let s = Scratch::new("nbdattach");
-    let d = Daemon::start(&s.path, "");
-    d.cli(&["volume", "create", "solo", "--size", "16MiB"]);
+    let policy = "[nbd.volumes.readonly]\nro = true\n[nbd.volumes.far]\nclients = [\"10.0.0.0/8\"]\n";
+    let d = Daemon::start(&s.path, policy);
+    for v in ["solo", "readonly", "far"] {
+        d.cli(&["volume", "create", v, "--size", "16MiB"]);
+    }
     d.cli(&["volume", "create", "shared", "--size", "16MiB", "--multi-attach"]);
     let port = nbd_port(&d);
+
+    // Per-volume options: a read-only volume refuses writes; a volume for
+    // other networks is neither listed nor attachable from here.
+    let info = run(Command::new(require_tool("nbdinfo")).arg(format!("nbd://127.0.0.1:{port}/readonly")));
+    assert!(info.contains("is_read_only: true"), "{info}");
+    let mut r = raw_client(port, "127.0.0.1");
+    assert_eq!(go(&mut r, "readonly").0, p::REP_ACK);
+    let (e, _) = request(&mut r, p::CMD_WRITE, 0, 1, 0, 4096, &[5u8; 4096]).expect("write");
+    assert_eq!(e, p::EPERM, "write to a read-only volume");
+    let (e, _) = request(&mut r, p::CMD_TRIM, 0, 2, 0, 4096, &[]).expect("trim");
+    assert_eq!(e, p::EPERM, "trim of a read-only volume");
+    drop(r);
+    let list = run(Command::new(require_tool("nbdinfo")).arg("--list").arg(format!("nbd://127.0.0.1:{port}")));
+    assert!(list.contains("\"solo\"") && !list.contains("\"far\""), "{list}");
+    let mut f = raw_client(port, "127.0.0.1");
+    assert_eq!(go(&mut f, "far").0, p::REP_ERR_UNKNOWN, "outside the volume's networks");
 
     // An unknown option is refused and the next one still parses.
     let mut a = raw_client(port, "127.0.0.1");
