@@ -109,6 +109,25 @@ fn rest_of(s: &Sattr) -> Option<SetAttr> {
     (rest != SetAttr::default()).then_some(rest)
 }
 
+/// The object a changing procedure works on; `None` once the refusal and
+/// its wcc_data are written (a handle that did not resolve, a read-only
+/// export).
+fn writable(w: &mut Writer, o: Result<Obj, Nfsstat>) -> Option<Obj> {
+    match o {
+        Err(s) => {
+            status(w, s);
+            put_wcc(w, None, None, 0);
+            None
+        }
+        Ok(o) if o.read_only => {
+            status(w, Nfsstat::Rofs);
+            put_wcc(w, Some(&o.attr), Some(&o.attr), o.fsid());
+            None
+        }
+        Ok(o) => Some(o),
+    }
+}
+
 impl Server {
     fn fs_by_id(&self, fs_id: u32) -> Option<FsInfo> {
         if let Some(f) = self.fs_cache.read().get(&fs_id) {
@@ -291,17 +310,7 @@ impl Server {
     }
 
     fn setattr(&self, w: &mut Writer, o: Result<Obj, Nfsstat>, attr: &Sattr, guard: Option<Timestamp>) {
-        let o = match o {
-            Ok(o) => o,
-            Err(s) => {
-                status(w, s);
-                return put_wcc(w, None, None, 0);
-            }
-        };
-        if o.read_only {
-            status(w, Nfsstat::Rofs);
-            return put_wcc(w, Some(&o.attr), Some(&o.attr), o.fsid());
-        }
+        let Some(o) = writable(w, o) else { return };
         // The guard is compared as the client saw the ctime (nfstime3 has
         // u32 seconds): a match stands for the exact ctime, so the Vfs check
         // fails only if it changed since.
@@ -396,17 +405,7 @@ impl Server {
     }
 
     fn write(&self, w: &mut Writer, o: Result<Obj, Nfsstat>, offset: u64, stable: u32, data: &[u8]) {
-        let o = match o {
-            Ok(o) => o,
-            Err(s) => {
-                status(w, s);
-                return put_wcc(w, None, None, 0);
-            }
-        };
-        if o.read_only {
-            status(w, Nfsstat::Rofs);
-            return put_wcc(w, Some(&o.attr), Some(&o.attr), o.fsid());
-        }
+        let Some(o) = writable(w, o) else { return };
         // UNSTABLE writes are answered from the write-back cache; the
         // others only once the WAL holding them is on disk.
         let written = self.vfs.write(&o.creds, o.attr.ino, offset, data).and_then(|n| {
@@ -447,17 +446,7 @@ impl Server {
     }
 
     fn create(&self, w: &mut Writer, dir: Result<Obj, Nfsstat>, name: &[u8], how: CreateHow) {
-        let d = match dir {
-            Ok(d) => d,
-            Err(s) => {
-                status(w, s);
-                return put_wcc(w, None, None, 0);
-            }
-        };
-        if d.read_only {
-            status(w, Nfsstat::Rofs);
-            return put_wcc(w, Some(&d.attr), Some(&d.attr), d.fsid());
-        }
+        let Some(d) = writable(w, dir) else { return };
         let result = match how {
             CreateHow::Exclusive(verf) => self.vfs.create_exclusive(&d.creds, d.attr.ino, name, verf),
             CreateHow::Guarded(attr) => self.make_node(&d, name, NewNode::File, attr.mode.unwrap_or(0o644), &attr),
@@ -486,17 +475,7 @@ impl Server {
     }
 
     fn make(&self, w: &mut Writer, dir: Result<Obj, Nfsstat>, name: &[u8], node: NewNode, mode: u32, attr: &Sattr) {
-        let d = match dir {
-            Ok(d) => d,
-            Err(s) => {
-                status(w, s);
-                return put_wcc(w, None, None, 0);
-            }
-        };
-        if d.read_only {
-            status(w, Nfsstat::Rofs);
-            return put_wcc(w, Some(&d.attr), Some(&d.attr), d.fsid());
-        }
+        let Some(d) = writable(w, dir) else { return };
         let result = self.make_node(&d, name, node, mode, attr);
         self.created(w, &d, result, "create");
     }
