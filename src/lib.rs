@@ -12,5 +12,6 @@ pub mod data;
 pub mod fuse;
 pub mod meta;
 pub mod nbd;
+pub mod net;
 pub mod nfs;
 pub mod vfs;

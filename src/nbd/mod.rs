@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
-use crate::nfs::export::{canonical, loopback};
+use crate::net::{allowed, canonical, loopback};
 use crate::vfs::Vfs;
 
 /// Who may attach a volume, and how.
@@ -37,8 +37,7 @@ impl Default for VolumeOptions {
 impl VolumeOptions {
     /// Whether the client at `ip` may attach.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.clients.iter().any(|n| n.contains(&ip))
+        allowed(&self.clients, ip)
     }
 }
 

@@ -24,27 +24,16 @@ const MAX_PAYLOAD_UNITS: u32 = (64 << 20) / PAYLOAD_UNIT;
 const PREFERRED_BLOCK: u32 = 4096;
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let (server, shutdown) = (server.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = session(server, sock, peer, shutdown).await {
-                            tracing::debug!(%peer, error = %e, "NBD connection closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
+pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    crate::net::accept_loop(listener, shutdown, |sock, peer, stop| {
+        let server = server.clone();
+        async move {
+            if let Err(e) = session(server, sock, peer, stop).await {
+                tracing::debug!(%peer, error = %e, "NBD connection closed");
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// What a connection serves once the handshake is done.

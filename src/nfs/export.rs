@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::rpc::Auth;
+use crate::net::{allowed, loopback};
 use crate::vfs::Creds;
 
 /// Options of one export (one file system, exported as `/<name>`).
@@ -40,26 +41,10 @@ impl Default for ExportOptions {
     }
 }
 
-/// 127.0.0.0/8 and ::1.
-pub fn loopback() -> Vec<IpNet> {
-    let v4 = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).map(IpNet::V4);
-    let v6 = ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).map(IpNet::V6);
-    v4.into_iter().chain(v6).collect()
-}
-
-/// IPv4-mapped IPv6 addresses count as the IPv4 address.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl ExportOptions {
     /// Whether the client at `ip` may use the export.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.clients.iter().any(|n| n.contains(&ip))
+        allowed(&self.clients, ip)
     }
 
     /// The credentials a call runs with, after squashing; `None` for an

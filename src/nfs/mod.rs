@@ -80,7 +80,7 @@ impl Server {
 
     /// Answers one RPC record from `peer`: the reply to send, if any.
     pub fn handle_record(&self, peer: IpAddr, record: &[u8]) -> Option<Vec<u8>> {
-        let peer = export::canonical(peer);
+        let peer = crate::net::canonical(peer);
         let call = match rpc::parse_call(record) {
             Ok(c) => c,
             Err(bad) => {

@@ -23,22 +23,8 @@ use super::rpc::{Fragment, check_fragment, frame};
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    tokio::spawn(connection(server.clone(), sock, peer, shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
+pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    crate::net::accept_loop(listener, shutdown, |sock, peer, stop| connection(server.clone(), sock, peer, stop)).await;
 }
 
 /// Reads one record; `None` at a clean end of stream.
