@@ -106,14 +106,10 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" $1; }
-row() { # LABEL KEY
-  local p s
-  p=$(median "${R[plain.$2]}"); s=$(median "${R[storfs.$2]}")
-  printf '%-40s %10s %10s %7s   plain: %s storfs: %s\n' "$1" "$p" "$s" "$(python3 -c "print(f'{$s / $p:.2f}')")" "${R[plain.$2]}" "${R[storfs.$2]}"
-}
+OTHER=plain
+. scripts/bench/table.sh
 printf '\nmedians of %s rounds, %s MiB sequential file\n' "$ROUNDS" "$SIZE_MIB"
-printf '%-40s %10s %10s %7s   all runs\n' "workload" "plain" "storfs" "ratio"
+header plain
 row "seq write 1 MiB (MiB/s)" seqw
 row "seq read 1 MiB (MiB/s)" seqr
 row "rand write 4 KiB (IOPS)" randw

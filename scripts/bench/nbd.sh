@@ -91,14 +91,10 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" $1; }
-row() { # LABEL KEY
-  local q s
-  q=$(median "${R[qemu.$2]}"); s=$(median "${R[storfs.$2]}")
-  printf '%-34s %9s %9s %7s   qemu-nbd: %s storfs: %s\n' "$1" "$q" "$s" "$(python3 -c "print(f'{$s / $q:.2f}')")" "${R[qemu.$2]}" "${R[storfs.$2]}"
-}
+OTHER=qemu
+. scripts/bench/table.sh
 printf '\nmedians of %s rounds, %s MiB volume\n' "$ROUNDS" "$SIZE"
-printf '%-34s %9s %9s %7s   all runs\n' "workload" "qemu-nbd" "storfs" "ratio"
+header qemu-nbd
 row "seq write 1 MiB (MiB/s)" seqw
 row "seq read 1 MiB (MiB/s)" seqr
 row "rand write 4 KiB QD32 (IOPS)" randw

@@ -121,14 +121,10 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" $1; }
-row() { # LABEL KEY
-  local g s
-  g=$(median "${R[ganesha.$2]}"); s=$(median "${R[storfs.$2]}")
-  printf '%-42s %9s %9s %7s   ganesha: %s storfs: %s\n' "$1" "$g" "$s" "$(python3 -c "print(f'{$s / $g:.2f}')")" "${R[ganesha.$2]}" "${R[storfs.$2]}"
-}
+OTHER=ganesha
+. scripts/bench/table.sh
 printf '\nmedians of %s rounds\n' "$ROUNDS"
-printf '%-42s %9s %9s %7s   all runs\n' "workload" "ganesha" "storfs" "ratio"
+header ganesha
 row "seq write 1 GiB (MiB/s)" seqw
 row "seq read 1 GiB (MiB/s)" seqr
 row "create 5,000 x 4 KiB, 1 client (files/s)" small
