@@ -38,6 +38,14 @@ cargo_tool() { # name version
     cargo install --quiet --locked "$1@$2"
   fi
 }
+# moto's S3 server, for the S3 conformance suite (pinned: 5.2's
+# CompleteMultipartUpload reply has the wrong XML root element).
+if ! python3 -m pip show moto 2>/dev/null | grep -q '^Version: 5.1.4$'; then
+  echo "== pip install moto[server]==5.1.4"
+  python3 -m pip install -q --root-user-action=ignore 'moto[server]==5.1.4'
+fi
+command -v moto_server >/dev/null || { echo "moto_server not on PATH after pip install" >&2; exit 1; }
+
 cargo_tool pjdfstest 0.2.2
 cargo_tool fsx 0.3.2
 cargo_tool cargo-fuzz 0.13.2

@@ -110,12 +110,68 @@ pub struct BackendConfig {
     /// Local backend: directory of Infrequent-Access packs (default `<data_dir>/objects/infrequent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ia_path: Option<PathBuf>,
+    /// S3: bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// S3: key prefix under which everything of this daemon lives ("" or ending in '/').
+    #[serde(default)]
+    pub prefix: String,
+    /// S3: region to sign requests for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// S3: endpoint URL of an S3-compatible service (AWS when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3: address the bucket in the URL path rather than the host name.
+    #[serde(default)]
+    pub path_style: bool,
+    /// S3: longest time one request attempt may take.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// S3: how often a full metadata snapshot replaces the log of changes.
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: Dur,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn default_snapshot_interval() -> Dur {
+    Dur(Duration::from_secs(3600))
 }
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig { kind: BackendKind::Local, path: None, ia_path: None }
+        BackendConfig {
+            kind: BackendKind::Local,
+            path: None,
+            ia_path: None,
+            bucket: None,
+            prefix: String::new(),
+            region: default_region(),
+            endpoint: None,
+            path_style: false,
+            request_timeout: default_request_timeout(),
+            snapshot_interval: default_snapshot_interval(),
+        }
     }
+}
+
+/// Whether `name` follows S3's bucket naming rules (3-63 characters of
+/// lowercase letters, digits, '.' and '-', starting and ending with a
+/// letter or digit).
+fn valid_bucket_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && !name.contains("..")
 }
 
 /// `[cache]`
@@ -518,7 +574,34 @@ impl Config {
             return bad("control.socket", "must be an absolute path".into());
         }
         if self.backend.kind == BackendKind::S3 {
-            return bad("backend.kind", "\"s3\" is not available in this version yet; use \"local\"".into());
+            let b = &self.backend;
+            match &b.bucket {
+                None => return bad("backend.bucket", "is required when kind = \"s3\"".into()),
+                Some(name) if !valid_bucket_name(name) => {
+                    return bad("backend.bucket", format!("{name:?} is not a valid S3 bucket name"));
+                }
+                Some(_) => {}
+            }
+            if b.prefix.starts_with('/') || (!b.prefix.is_empty() && !b.prefix.ends_with('/')) {
+                return bad(
+                    "backend.prefix",
+                    format!("must be empty or end in '/' and not start with it, got {:?}", b.prefix),
+                );
+            }
+            if b.region.is_empty() {
+                return bad("backend.region", "must not be empty".into());
+            }
+            if let Some(ep) = &b.endpoint
+                && !(ep.starts_with("http://") || ep.starts_with("https://"))
+            {
+                return bad("backend.endpoint", format!("must be an http:// or https:// URL, got {ep:?}"));
+            }
+            if b.request_timeout.0 < Duration::from_secs(1) {
+                return bad("backend.request_timeout", "must be at least 1s".into());
+            }
+            if b.snapshot_interval.0 < Duration::from_secs(1) {
+                return bad("backend.snapshot_interval", "must be at least 1s".into());
+            }
         }
         for (key, p) in [("backend.path", &self.backend.path), ("backend.ia_path", &self.backend.ia_path)] {
             if let Some(p) = p
@@ -589,9 +672,16 @@ impl Config {
 data_dir = "{data_dir}"
 
 [backend]
-kind = "local"            # "s3" comes later
-# path = "{data_dir}/objects/standard"       # Standard packs
-# ia_path = "{data_dir}/objects/infrequent"  # Infrequent-Access packs
+kind = "local"            # or "s3"
+# path = "{data_dir}/objects/standard"       # local: Standard packs
+# ia_path = "{data_dir}/objects/infrequent"  # local: Infrequent-Access packs
+# bucket = "my-bucket"      # s3: credentials come from the AWS chain
+# prefix = ""               # s3: e.g. "storfs/host1/"
+# region = "us-east-1"      # s3
+# endpoint = "https://s3.example.com"  # s3: any S3-compatible service
+# path_style = false        # s3: bucket in the path (most non-AWS servers)
+# request_timeout = "30s"   # s3: one attempt of one request
+# snapshot_interval = "1h"  # s3: full metadata snapshot; changes ship at every checkpoint
 
 [cache]
 max_dirty = "{max_dirty}"          # writers wait while this much is unflushed
@@ -712,7 +802,25 @@ mod tests {
         let e = parse(&format!("{MINIMAL}[storage]\nblock_size = \"3000\"\n")).expect_err("bs").to_string();
         assert!(e.contains("storage.block_size"), "{e}");
         let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\n")).expect_err("s3").to_string();
-        assert!(e.contains("backend.kind"), "{e}");
+        assert!(e.contains("backend.bucket") && e.contains("required"), "{e}");
+        let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\nbucket = \"Bad_Name\"\n"))
+            .expect_err("name")
+            .to_string();
+        assert!(e.contains("backend.bucket") && e.contains("Bad_Name"), "{e}");
+        let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\nbucket = \"b1x\"\nprefix = \"a\"\n"))
+            .expect_err("prefix")
+            .to_string();
+        assert!(e.contains("backend.prefix"), "{e}");
+        let e = parse(&format!("{MINIMAL}[backend]\nkind = \"s3\"\nbucket = \"b1x\"\nendpoint = \"localhost:9000\"\n"))
+            .expect_err("endpoint")
+            .to_string();
+        assert!(e.contains("backend.endpoint"), "{e}");
+        let ok = format!(
+            "{MINIMAL}[backend]\nkind = \"s3\"\nbucket = \"my-bucket\"\nprefix = \"h1/\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\n"
+        );
+        let c = parse(&ok).expect("valid s3 config");
+        assert_eq!(c.backend.bucket.as_deref(), Some("my-bucket"));
+        assert!(c.backend.path_style);
         let e = parse("data_dir = \"relative\"\n[control]\nsocket = \"/s\"\n").expect_err("rel").to_string();
         assert!(e.contains("data_dir"), "{e}");
         let e = parse("data_dir = [1]\n").expect_err("type").to_string();

@@ -23,6 +23,17 @@ fn install_mount_helper() {
 
 #[test]
 fn pjdfstest_on_a_fuse_mount() {
+    pjdfstest_with("");
+}
+
+/// The same suite with the same excludes on the S3 backend (storfs-s3d).
+#[test]
+fn pjdfstest_on_a_fuse_mount_on_s3() {
+    let s3 = common::s3::S3Server::s3d("pjd-s3");
+    pjdfstest_with(&s3.config(""));
+}
+
+fn pjdfstest_with(extra: &str) {
     require_root_and_fuse();
     let pjdfstest = require_tool("pjdfstest");
     assert!(
@@ -31,7 +42,7 @@ fn pjdfstest_on_a_fuse_mount() {
     );
     install_mount_helper();
     let scratch = Scratch::new("pjdfstest");
-    let mut daemon = Daemon::start(&scratch.path, "");
+    let mut daemon = Daemon::start(&scratch.path, extra);
     let mp = scratch.path.join("mnt");
     daemon.mount(&mp);
     let work = mp.join("pjd");

@@ -146,7 +146,7 @@ mod tests {
     fn conformance_with_errors_behind_retries() {
         let (b, h) = FaultBackend::new(Arc::new(MemoryBackend::new()));
         h.set_error_rate(0.2);
-        let retry = RetryBackend::new(Arc::new(b), 30, Duration::from_micros(100));
+        let retry = RetryBackend::new(Arc::new(b), 30, Duration::from_micros(100), Default::default());
         super::super::conformance::run_all(&retry);
         assert!(h.injected() > 0, "faults were injected");
     }

@@ -8,17 +8,20 @@
 //! Implementations: [`local::LocalBackend`] (pack files in a directory),
 //! [`memory::MemoryBackend`] (tests), and decorators that are backends
 //! themselves: [`fault::FaultBackend`] (error/latency injection for tests) and
-//! [`retry::RetryBackend`] (backoff on transient errors). Every implementation
-//! runs the same [`conformance`] suite.
+//! [`retry::RetryBackend`] (backoff on transient errors, and the request
+//! counters `storfs status` shows). [`s3::S3Backend`] talks to a bucket. Every
+//! implementation runs the same [`conformance`] suite.
 
 pub mod conformance;
 pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod retry;
+pub mod s3;
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -83,6 +86,48 @@ pub struct PutOptions {
 impl Default for PutOptions {
     fn default() -> Self {
         PutOptions { class: StorageClass::Standard }
+    }
+}
+
+/// Requests a backend has served, as `storfs status` reports them.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Object writes (one per put, however many parts it took).
+    pub puts: AtomicU64,
+    /// Parts of multipart uploads.
+    pub parts: AtomicU64,
+    /// Reads, whole or ranged.
+    pub gets: AtomicU64,
+    /// HEAD requests.
+    pub heads: AtomicU64,
+    /// Deletes.
+    pub deletes: AtomicU64,
+    /// Listings.
+    pub lists: AtomicU64,
+    /// Bytes written.
+    pub bytes_up: AtomicU64,
+    /// Bytes read.
+    pub bytes_down: AtomicU64,
+    /// Attempts that failed transiently and were tried again.
+    pub retries: AtomicU64,
+    /// Calls that failed after every retry (NotFound not counted).
+    pub failures: AtomicU64,
+}
+
+impl BackendStats {
+    /// The counters as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "requests": {
+                "put": g(&self.puts), "part": g(&self.parts), "get": g(&self.gets),
+                "head": g(&self.heads), "delete": g(&self.deletes), "list": g(&self.lists),
+            },
+            "bytes_up": g(&self.bytes_up),
+            "bytes_down": g(&self.bytes_down),
+            "retries": g(&self.retries),
+            "failures": g(&self.failures),
+        })
     }
 }
 

@@ -76,6 +76,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the state directory of an S3-backed daemon from its bucket
+    /// (the daemon must not be running; the state directory must be empty).
+    Recover {
+        /// Read the newest metadata snapshot and the log after it from the bucket.
+        #[arg(long, required = true)]
+        from_bucket: bool,
+    },
 }
 
 /// File system subcommands.
@@ -209,6 +216,10 @@ impl Cli {
                 crate::daemon::serve(config)?;
             }
             Command::Init => print!("{}", Config::template()),
+            Command::Recover { .. } => {
+                let config = Config::load(self.config.as_deref())?;
+                crate::daemon::recover_from_bucket(&config)?;
+            }
             Command::Fs { cmd } => match cmd {
                 FsCommand::Create { name } => {
                     self.call(&Request::FsCreate { name: name.clone() })?;
@@ -352,6 +363,29 @@ fn print_status(v: &Value) {
         v["data_dir"].as_str().unwrap_or("?")
     );
     println!("backend   {}", v["backend"].as_str().unwrap_or("?"));
+    let io = &v["backend_io"];
+    let r = &io["requests"];
+    let q = &io["upload_queue"];
+    println!(
+        "requests  {} put ({} parts), {} get, {} head, {} list, {} delete; {} up, {} down; {} retries, {} failures",
+        r["put"],
+        r["part"],
+        r["get"],
+        r["head"],
+        r["list"],
+        r["delete"],
+        b(&io["bytes_up"]),
+        b(&io["bytes_down"]),
+        io["retries"],
+        io["failures"]
+    );
+    println!(
+        "uploads   {} files dirty; {} metadata shipments queued (oldest {:.1}s), last shipped #{:x}",
+        q["dirty_files"],
+        q["metadata_shipments"],
+        q["oldest_metadata_age_s"].as_f64().unwrap_or(0.0),
+        q["metadata_shipped_seq"].as_u64().unwrap_or(0)
+    );
     println!(
         "dirty     {} unflushed, oldest {:.1}s; WAL {} in {} segments (limit {})",
         b(&d["dirty_bytes"]),

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::config::BackendKind;
 use crate::config::Config;
 use control::Request;
-use storfs::backend::ObjectBackend;
 use storfs::backend::local::LocalBackend;
 use storfs::backend::retry::RetryBackend;
+use storfs::backend::s3::{S3Backend, S3Options};
+use storfs::backend::{BackendStats, ObjectBackend};
 use storfs::data::DataOptions;
 use storfs::vfs::{Vfs, VfsError, VfsOptions};
 
@@ -38,6 +40,7 @@ pub struct Daemon {
     nfs_addr: Option<std::net::SocketAddr>,
     nbd: Option<Arc<storfs::nbd::Server>>,
     nbd_addr: Option<std::net::SocketAddr>,
+    backend_stats: Arc<BackendStats>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -78,12 +81,91 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_backend(config: &Config) -> anyhow::Result<(Arc<dyn ObjectBackend>, std::path::PathBuf)> {
-    let (standard, infrequent) = config.backend_paths();
-    let local = LocalBackend::open(&standard, &infrequent)
-        .with_context(|| format!("backend.path {} cannot be opened", standard.display()))?;
-    let backend: Arc<dyn ObjectBackend> = Arc::new(RetryBackend::new(Arc::new(local), 5, Duration::from_millis(50)));
-    Ok((backend, standard))
+/// The configured backend behind retries, and the directory whose free
+/// space `statfs` reports (local backend only).
+pub fn open_backend(
+    config: &Config,
+    stats: Arc<BackendStats>,
+) -> anyhow::Result<(Arc<dyn ObjectBackend>, Option<std::path::PathBuf>)> {
+    let (inner, probe): (Arc<dyn ObjectBackend>, _) = match config.backend.kind {
+        BackendKind::Local => {
+            let (standard, infrequent) = config.backend_paths();
+            let local = LocalBackend::open(&standard, &infrequent)
+                .with_context(|| format!("backend.path {} cannot be opened", standard.display()))?;
+            (Arc::new(local), Some(standard))
+        }
+        BackendKind::S3 => {
+            let b = &config.backend;
+            let mut opts = S3Options::new(b.bucket.as_deref().unwrap_or_default());
+            opts.prefix = b.prefix.clone();
+            opts.region = b.region.clone();
+            opts.endpoint = b.endpoint.clone();
+            opts.path_style = b.path_style;
+            opts.request_timeout = b.request_timeout.0;
+            let s3 = S3Backend::open(opts, stats.clone()).context("cannot start the S3 client")?;
+            (Arc::new(s3), None)
+        }
+    };
+    // Local calls rarely fail transiently (a full disk); S3 calls do, and
+    // the flusher retries packs forever above this anyway.
+    let backend: Arc<dyn ObjectBackend> = Arc::new(RetryBackend::new(inner, 5, Duration::from_millis(50), stats));
+    Ok((backend, probe))
+}
+
+/// `storfs recover --from-bucket`: rebuilds `<data_dir>/state/meta.redb`
+/// from the newest metadata snapshot in the bucket and the logs after it.
+/// Dirty data that never reached the bucket is gone with the old disk; the
+/// disk cache starts empty.
+pub fn recover_from_bucket(config: &Config) -> anyhow::Result<()> {
+    if config.backend.kind != BackendKind::S3 {
+        bail!("recover --from-bucket needs backend.kind = \"s3\" in the configuration");
+    }
+    prepare_data_dir(&config.data_dir)?;
+    let _lock =
+        lock_data_dir(&config.data_dir).context("the data directory is in use: stop the daemon before recovering")?;
+    let state = config.data_dir.join("state");
+    if state.join("meta.redb").exists() || state.join("wal").exists() {
+        bail!(
+            "{} holds a store already; recovery writes a new one only into an empty state directory (move it away first)",
+            state.display()
+        );
+    }
+    let (backend, _) = open_backend(config, Arc::new(BackendStats::default()))?;
+    let keys: Vec<String> = backend
+        .list("meta/")
+        .map_err(|e| anyhow!("cannot list the bucket's metadata: {e}"))?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let Some((snap, logs)) = storfs::data::ship::recovery_plan(&keys) else {
+        bail!("the bucket holds no metadata snapshot under {:?}meta/: nothing to recover", config.backend.prefix);
+    };
+    let mut objects = Vec::with_capacity(logs.len() + 1);
+    for (is_snap, seq) in std::iter::once((true, snap)).chain(logs.iter().map(|l| (false, *l))) {
+        let key = storfs::meta::journal::object_key(is_snap, seq);
+        let data = backend.get(&key).map_err(|e| anyhow!("cannot read {key}: {e}"))?;
+        objects.push(data.to_vec());
+    }
+    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    let tmp = state.join("meta.redb.recovering");
+    let _ = std::fs::remove_file(&tmp);
+    let meta =
+        storfs::meta::MetaStore::restore(&tmp, &objects).map_err(|e| anyhow!("cannot rebuild the metadata: {e}"))?;
+    let inodes = {
+        use storfs::meta::MetaRead;
+        let r = meta.read().map_err(|e| anyhow!("{e}"))?;
+        (r.counter(storfs::meta::counter::INODES).unwrap_or(0), r.filesystems().map(|f| f.len()).unwrap_or(0))
+    };
+    drop(meta);
+    std::fs::rename(&tmp, state.join("meta.redb")).context("cannot move the rebuilt metadata into place")?;
+    println!(
+        "recovered {} from snapshot #{snap:x} and {} log objects: {} file systems, {} inodes",
+        state.join("meta.redb").display(),
+        logs.len(),
+        inodes.1,
+        inodes.0
+    );
+    Ok(())
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
@@ -98,7 +180,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     prepare_data_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let (backend, space_probe) = open_backend(&config)?;
+    let backend_stats = Arc::new(BackendStats::default());
+    let (backend, space_probe) = open_backend(&config, backend_stats.clone())?;
+    let remote = config.backend.kind == BackendKind::S3;
     let data = DataOptions {
         max_dirty: config.cache.max_dirty.0,
         flush_interval: config.cache.flush_interval.0,
@@ -114,10 +198,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         backend,
         mem_cache: config.cache.memory.0,
         // The local backend is a local disk already; a cache would copy it.
-        disk_cache: 0,
+        disk_cache: if remote { config.cache.disk.0 } else { 0 },
         data,
         block_size: config.storage.block_size.0 as u32,
-        space_probe: Some(space_probe),
+        space_probe,
+        ship_snapshot_interval: remote.then_some(config.backend.snapshot_interval.0),
     })
     .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if vfs.filesystem(DEFAULT_FS).is_err() {
@@ -171,6 +256,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nfs_addr,
         nbd,
         nbd_addr,
+        backend_stats,
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req| d.handle(req));

@@ -68,6 +68,34 @@ pub struct Activity {
     pub backend_read_bytes: u64,
 }
 
+/// The object backend: requests and queues.
+#[derive(Debug, Serialize)]
+pub struct BackendIo {
+    /// Requests by type, bytes up and down, retries, failures.
+    #[serde(flatten)]
+    pub counters: serde_json::Value,
+    /// Uploads waiting: dirty blocks not yet in packs, and metadata
+    /// shipments not yet in the bucket.
+    pub upload_queue: UploadQueue,
+    /// Bytes written and not yet in packs.
+    pub dirty_bytes: u64,
+    /// Age of the oldest unflushed write, seconds.
+    pub oldest_dirty_age_s: f64,
+}
+
+/// What waits to go up.
+#[derive(Debug, Serialize)]
+pub struct UploadQueue {
+    /// Files with unflushed blocks.
+    pub dirty_files: usize,
+    /// Metadata shipments sealed and not yet in the bucket (S3 only).
+    pub metadata_shipments: usize,
+    /// Age of the oldest of them, seconds.
+    pub oldest_metadata_age_s: f64,
+    /// Sequence number of the last metadata object in the bucket.
+    pub metadata_shipped_seq: u64,
+}
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -79,6 +107,8 @@ pub struct Status {
     pub data_dir: String,
     /// Backend kind.
     pub backend: String,
+    /// Backend requests and queues.
+    pub backend_io: BackendIo,
     /// Unflushed data.
     pub dirty: Dirty,
     /// Stored data.
@@ -108,7 +138,29 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: d.started.elapsed().as_secs(),
         data_dir: d.config.data_dir.display().to_string(),
-        backend: format!("local ({})", d.config.backend_paths().0.display()),
+        backend: match d.config.backend.kind {
+            crate::config::BackendKind::Local => format!("local ({})", d.config.backend_paths().0.display()),
+            crate::config::BackendKind::S3 => format!(
+                "s3 (bucket {}, prefix {:?}{})",
+                d.config.backend.bucket.as_deref().unwrap_or_default(),
+                d.config.backend.prefix,
+                d.config.backend.endpoint.as_ref().map(|e| format!(", endpoint {e}")).unwrap_or_default()
+            ),
+        },
+        backend_io: {
+            let j = store.meta.journal().map(|j| j.stats());
+            BackendIo {
+                counters: d.backend_stats.to_json(),
+                upload_queue: UploadQueue {
+                    dirty_files: store.cells.dirty().len(),
+                    metadata_shipments: j.map_or(0, |j| j.queued),
+                    oldest_metadata_age_s: j.map_or(0.0, |j| j.oldest_queued_age_s),
+                    metadata_shipped_seq: j.map_or(0, |j| j.shipped_seq),
+                },
+                dirty_bytes: store.cells.dirty_bytes(),
+                oldest_dirty_age_s: store.clock.age().map_or(0.0, |a| a.as_secs_f64()),
+            }
+        },
         dirty: Dirty {
             dirty_bytes: store.cells.dirty_bytes(),
             oldest_dirty_age_s: store.clock.age().map_or(0.0, |a| a.as_secs_f64()),

@@ -246,6 +246,14 @@ impl ChunkReader {
         Ok(data)
     }
 
+    /// Keeps a chunk just uploaded in the disk cache (remote backends), so
+    /// recently written data reads locally, even while the backend is down.
+    pub fn keep_uploaded(&self, id: &ChunkId, data: &[u8]) {
+        if let Some(disk) = &self.disk {
+            disk.insert(id, data);
+        }
+    }
+
     /// Reads from the backend, bypassing the caches, and verifies the bytes.
     pub fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
         let key = pack_key(entry.pack);

@@ -205,6 +205,12 @@ impl Store {
                 self.inflight.lock().remove(&id);
                 return Err(e);
             }
+            for (cid, e) in &new_chunks {
+                let start = e.offset as usize;
+                if let Some(data) = bytes.get(start..start + e.stored_len as usize) {
+                    self.chunks.keep_uploaded(cid, data);
+                }
+            }
             if let Ok(b) = bytes.try_into_mut() {
                 spare = Vec::from(b);
             }

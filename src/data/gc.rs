@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use super::ship::GC_SHIP_WAIT;
 use super::{DataError, Result, Store};
 use crate::backend::{PutOptions, StorageClass};
 use crate::chunk::ChunkId;
@@ -50,6 +51,10 @@ impl Store {
             tx.del_pack(*id)?;
         }
         self.commit_checkpoint(tx)?;
+        if !self.metadata_shipped(GC_SHIP_WAIT) {
+            tracing::warn!("metadata not shipped yet; dead packs stay until a later GC run");
+            return Ok(());
+        }
         for (id, p) in dead {
             match self.chunks.backend().delete(&pack_key(id)) {
                 Ok(()) => {
@@ -66,7 +71,13 @@ impl Store {
     fn gc_orphans(&self, report: &mut GcReport) -> Result<()> {
         // Order matters: list, then note packs in flight, then read the
         // table. A pack uploaded before the listing is either in flight at
-        // the second step or committed by the third.
+        // the second step or committed by the third. The bucket's copy of
+        // the metadata must not name a pack deleted here: wait until it has
+        // every change made so far.
+        if !self.metadata_shipped(GC_SHIP_WAIT) {
+            tracing::warn!("metadata not shipped yet; orphan packs stay until a later GC run");
+            return Ok(());
+        }
         let listed = self.chunks.backend().list("packs/")?;
         let inflight: HashSet<u64> = self.inflight.lock().clone();
         let known: HashSet<u64> = self.meta.read()?.packs()?.into_iter().map(|(id, _)| id).collect();
@@ -198,6 +209,10 @@ impl Store {
         let committed = self.commit_checkpoint(tx);
         self.inflight.lock().retain(|p| !new_entries.contains_key(p));
         committed?;
+        if !self.metadata_shipped(GC_SHIP_WAIT) {
+            tracing::warn!("metadata not shipped yet; repacked packs stay as orphans for a later GC run");
+            return Ok(());
+        }
         for (id, p) in &old {
             if let Err(e) = self.chunks.backend().delete(&pack_key(*id)) {
                 tracing::warn!(pack = id, error = %e, "could not delete repacked pack; GC will retry");

@@ -13,6 +13,7 @@ pub mod flusher;
 pub mod fsck;
 pub mod gc;
 pub mod record;
+pub mod ship;
 pub mod wal;
 
 use std::collections::HashSet;
@@ -227,6 +228,8 @@ pub struct Store {
     poisoned: Mutex<Option<String>>,
     last_checkpoint: Mutex<(Instant, u64)>,
     space_guard: SpaceGuard,
+    /// Tells the metadata shipper to stop once its queue is empty.
+    pub(crate) ship_stop: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -274,6 +277,7 @@ impl Store {
             space_cv: Condvar::new(),
             poisoned: Mutex::new(None),
             last_checkpoint: Mutex::new((Instant::now(), 0)),
+            ship_stop: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -13,6 +13,7 @@
 //! commits happen at checkpoints, which record the WAL position they cover.
 
 pub mod codec;
+pub mod journal;
 pub mod schema;
 
 use std::path::Path;
@@ -23,6 +24,8 @@ pub use schema::*;
 
 use crate::chunk::ChunkId;
 use codec::DecodeError;
+pub use journal::Journal;
+use journal::TxRows;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FILESYSTEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("filesystems");
@@ -72,6 +75,9 @@ pub enum MetaError {
     /// A record could not be decoded.
     #[error("metadata record corrupt: {0}")]
     Corrupt(#[from] DecodeError),
+    /// A metadata object from the bucket is damaged.
+    #[error("{0}")]
+    Object(String),
     /// The store was written by an incompatible version.
     #[error("metadata schema version {found} is not supported (this build reads {supported})")]
     Version {
@@ -116,18 +122,19 @@ pub type Result<T> = std::result::Result<T, MetaError>;
 /// The metadata database.
 #[derive(Debug)]
 pub struct MetaStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
+    journal: std::sync::OnceLock<std::sync::Arc<Journal>>,
 }
 
 impl MetaStore {
     /// Opens the store at `path`, creating and initializing it if missing.
     pub fn open(path: &Path) -> Result<MetaStore> {
         let db = Database::builder().set_cache_size(256 << 20).create(path)?;
-        let store = MetaStore { db };
+        let store = MetaStore { db: std::sync::Arc::new(db), journal: std::sync::OnceLock::new() };
         let tx = store.write()?;
         let version = tx.counter(counter::SCHEMA_VERSION)?;
         if version == 0 {
-            tx.create_tables()?;
+            create_tables(&tx.tx)?;
             tx.set_counter(counter::SCHEMA_VERSION, SCHEMA_VERSION)?;
             tx.set_counter(counter::NEXT_INO, FIRST_INO)?;
             tx.set_counter(counter::NEXT_COOKIE, FIRST_COOKIE)?;
@@ -151,7 +158,41 @@ impl MetaStore {
     pub fn write(&self) -> Result<WriteTx> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
-        Ok(WriteTx { tx })
+        let journal = self.journal.get().cloned();
+        let rows = journal.as_ref().map(|_| parking_lot::Mutex::new(TxRows::default()));
+        Ok(WriteTx { tx, rows, journal, db: self.db.clone() })
+    }
+
+    /// From now on every committed change is captured for shipping, and
+    /// every durable commit seals a shipment. Attaching twice is refused.
+    pub fn attach_journal(&self, journal: std::sync::Arc<Journal>) -> Result<()> {
+        self.journal.set(journal).map_err(|_| MetaError::Object("a journal is attached already".into()))
+    }
+
+    /// The attached journal, if any.
+    pub fn journal(&self) -> Option<&std::sync::Arc<Journal>> {
+        self.journal.get()
+    }
+
+    /// Builds a new store at `path` from metadata objects: one snapshot,
+    /// then the logs after it in order. `path` must not exist.
+    pub fn restore(path: &Path, objects: &[Vec<u8>]) -> Result<MetaStore> {
+        if path.exists() {
+            return Err(MetaError::Object(format!("{} exists already", path.display())));
+        }
+        let db = Database::builder().set_cache_size(256 << 20).create(path)?;
+        {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            // Tables that held no rows are in no object; create them all.
+            create_tables(&tx)?;
+            for obj in objects {
+                journal::apply(&tx, &journal::decode(obj)?)?;
+            }
+            tx.commit()?;
+        }
+        drop(db);
+        MetaStore::open(path)
     }
 }
 
@@ -163,6 +204,11 @@ pub struct ReadTx {
 /// The single write transaction.
 pub struct WriteTx {
     tx: redb::WriteTransaction,
+    /// Rows changed, when a journal is attached.
+    rows: Option<parking_lot::Mutex<TxRows>>,
+    journal: Option<std::sync::Arc<Journal>>,
+    /// The database, to open the snapshot a durable commit may seal.
+    db: std::sync::Arc<Database>,
 }
 
 /// Visitor of directory entries: (parent, name, entry).
@@ -427,33 +473,61 @@ fn decode_cookie_value(buf: &[u8]) -> std::result::Result<(Ino, FileKind, Vec<u8
     Ok((u64::from_le_bytes(a), FileKind::from_code(buf[8])?, buf[9..].to_vec()))
 }
 
-impl WriteTx {
-    fn create_tables(&self) -> Result<()> {
-        self.tx.open_table(META)?;
-        self.tx.open_table(FILESYSTEMS)?;
-        self.tx.open_table(INODES)?;
-        self.tx.open_table(DIRENTS)?;
-        self.tx.open_table(DIR_COOKIES)?;
-        self.tx.open_table(SYMLINKS)?;
-        self.tx.open_table(XATTRS)?;
-        self.tx.open_table(BLOCKS)?;
-        self.tx.open_table(CHUNKS)?;
-        self.tx.open_table(PACKS)?;
-        self.tx.open_table(ORPHANS)?;
-        Ok(())
-    }
+fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
+    tx.open_table(META)?;
+    tx.open_table(FILESYSTEMS)?;
+    tx.open_table(INODES)?;
+    tx.open_table(DIRENTS)?;
+    tx.open_table(DIR_COOKIES)?;
+    tx.open_table(SYMLINKS)?;
+    tx.open_table(XATTRS)?;
+    tx.open_table(BLOCKS)?;
+    tx.open_table(CHUNKS)?;
+    tx.open_table(PACKS)?;
+    tx.open_table(ORPHANS)?;
+    Ok(())
+}
 
+impl WriteTx {
     /// Makes the changes visible; they become durable at the next durable commit.
     pub fn commit(self) -> Result<()> {
-        self.tx.commit()?;
+        self.commit_journaled(false)
+    }
+
+    /// Makes this and every earlier commit durable before returning; with a
+    /// journal, seals the changes since the last durable commit for shipping.
+    pub fn commit_durable(mut self) -> Result<()> {
+        self.tx.set_durability(Durability::Immediate)?;
+        self.commit_journaled(true)
+    }
+
+    fn commit_journaled(self, durable: bool) -> Result<()> {
+        let WriteTx { tx, rows, journal, db } = self;
+        let Some(journal) = journal else {
+            tx.commit()?;
+            return Ok(());
+        };
+        // The journal lock spans the commit, so rows reach the journal in
+        // commit order and a snapshot opened here sees exactly them.
+        let mut guard = journal.lock();
+        tx.commit()?;
+        if let Some(rows) = rows {
+            guard.append(rows.into_inner());
+        }
+        if durable {
+            guard.seal(|| Ok(db.begin_read()?))?;
+        }
         Ok(())
     }
 
-    /// Makes this and every earlier commit durable before returning.
-    pub fn commit_durable(mut self) -> Result<()> {
-        self.tx.set_durability(Durability::Immediate)?;
-        self.tx.commit()?;
-        Ok(())
+    /// Records a changed row for the journal.
+    fn note(&self, table: u8, key: &[u8], value: Option<&[u8]>) {
+        if let Some(rows) = &self.rows {
+            match value {
+                Some(v) => rows.lock().put(table, key, v),
+                None => rows.lock().del(table, key),
+            }
+        }
     }
 
     /// Discards the changes.
@@ -465,6 +539,7 @@ impl WriteTx {
     /// Sets a counter.
     pub fn set_counter(&self, name: &str, value: u64) -> Result<()> {
         self.tx.open_table(META)?.insert(name, value)?;
+        self.note(journal::table::META, name.as_bytes(), Some(&value.to_le_bytes()));
         Ok(())
     }
 
@@ -486,20 +561,25 @@ impl WriteTx {
 
     /// Writes a file system record.
     pub fn put_filesystem(&self, name: &str, rec: &FsRecord) -> Result<()> {
-        self.tx.open_table(FILESYSTEMS)?.insert(name, rec.encode().as_slice())?;
+        let v = rec.encode();
+        self.tx.open_table(FILESYSTEMS)?.insert(name, v.as_slice())?;
+        self.note(journal::table::FILESYSTEMS, name.as_bytes(), Some(&v));
         Ok(())
     }
 
     /// Removes a file system record.
     pub fn del_filesystem(&self, name: &str) -> Result<()> {
         self.tx.open_table(FILESYSTEMS)?.remove(name)?;
+        self.note(journal::table::FILESYSTEMS, name.as_bytes(), None);
         Ok(())
     }
 
     /// Writes an inode.
     pub fn put_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
+        let v = inode.encode();
+        self.note(journal::table::INODES, &ino.to_le_bytes(), Some(&v));
         let mut t = self.tx.open_table(INODES)?;
-        if t.insert(ino, inode.encode().as_slice())?.is_none() {
+        if t.insert(ino, v.as_slice())?.is_none() {
             drop(t);
             self.add_counter(counter::INODES, 1)?;
         }
@@ -508,6 +588,7 @@ impl WriteTx {
 
     /// Removes an inode record (not its blocks, xattrs or links).
     pub fn del_inode(&self, ino: Ino) -> Result<()> {
+        self.note(journal::table::INODES, &ino.to_le_bytes(), None);
         let mut t = self.tx.open_table(INODES)?;
         if t.remove(ino)?.is_some() {
             drop(t);
@@ -518,10 +599,11 @@ impl WriteTx {
 
     /// Adds a directory entry, with its cookie index.
     pub fn put_dirent(&self, parent: Ino, name: &[u8], ent: DirEnt) -> Result<()> {
-        self.tx.open_table(DIRENTS)?.insert((parent, name), ent.encode().as_slice())?;
-        self.tx
-            .open_table(DIR_COOKIES)?
-            .insert((parent, ent.cookie), encode_cookie_value(ent.ino, ent.kind, name).as_slice())?;
+        let (v, cv) = (ent.encode(), encode_cookie_value(ent.ino, ent.kind, name));
+        self.tx.open_table(DIRENTS)?.insert((parent, name), v.as_slice())?;
+        self.tx.open_table(DIR_COOKIES)?.insert((parent, ent.cookie), cv.as_slice())?;
+        self.note(journal::table::DIRENTS, &journal::key2(parent, name), Some(&v));
+        self.note(journal::table::DIR_COOKIES, &journal::key2(parent, &ent.cookie.to_le_bytes()), Some(&cv));
         Ok(())
     }
 
@@ -533,6 +615,8 @@ impl WriteTx {
         };
         if let Some(ent) = old {
             self.tx.open_table(DIR_COOKIES)?.remove((parent, ent.cookie))?;
+            self.note(journal::table::DIRENTS, &journal::key2(parent, name), None);
+            self.note(journal::table::DIR_COOKIES, &journal::key2(parent, &ent.cookie.to_le_bytes()), None);
         }
         Ok(old)
     }
@@ -540,30 +624,36 @@ impl WriteTx {
     /// Sets a symlink target.
     pub fn put_symlink(&self, ino: Ino, target: &[u8]) -> Result<()> {
         self.tx.open_table(SYMLINKS)?.insert(ino, target)?;
+        self.note(journal::table::SYMLINKS, &ino.to_le_bytes(), Some(target));
         Ok(())
     }
 
     /// Removes a symlink target.
     pub fn del_symlink(&self, ino: Ino) -> Result<()> {
         self.tx.open_table(SYMLINKS)?.remove(ino)?;
+        self.note(journal::table::SYMLINKS, &ino.to_le_bytes(), None);
         Ok(())
     }
 
     /// Sets an extended attribute.
     pub fn put_xattr(&self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
         self.tx.open_table(XATTRS)?.insert((ino, name), value)?;
+        self.note(journal::table::XATTRS, &journal::key2(ino, name), Some(value));
         Ok(())
     }
 
     /// Removes an extended attribute; returns whether it existed.
     pub fn del_xattr(&self, ino: Ino, name: &[u8]) -> Result<bool> {
+        self.note(journal::table::XATTRS, &journal::key2(ino, name), None);
         Ok(self.tx.open_table(XATTRS)?.remove((ino, name))?.is_some())
     }
 
     /// Writes a block-map entry, returning the previous one.
     pub fn put_block(&self, ino: Ino, block: u64, b: &BlockRef) -> Result<Option<BlockRef>> {
+        let v = b.encode();
+        self.note(journal::table::BLOCKS, &journal::key2(ino, &block.to_le_bytes()), Some(&v));
         let mut t = self.tx.open_table(BLOCKS)?;
-        Ok(match t.insert((ino, block), b.encode().as_slice())? {
+        Ok(match t.insert((ino, block), v.as_slice())? {
             Some(v) => Some(BlockRef::decode(v.value())?),
             None => None,
         })
@@ -571,6 +661,7 @@ impl WriteTx {
 
     /// Removes a block-map entry, returning it.
     pub fn del_block(&self, ino: Ino, block: u64) -> Result<Option<BlockRef>> {
+        self.note(journal::table::BLOCKS, &journal::key2(ino, &block.to_le_bytes()), None);
         let mut t = self.tx.open_table(BLOCKS)?;
         Ok(match t.remove((ino, block))? {
             Some(v) => Some(BlockRef::decode(v.value())?),
@@ -580,37 +671,45 @@ impl WriteTx {
 
     /// Writes a chunk-index entry.
     pub fn put_chunk(&self, id: &ChunkId, c: &ChunkEntry) -> Result<()> {
-        self.tx.open_table(CHUNKS)?.insert(&id.0, c.encode().as_slice())?;
+        let v = c.encode();
+        self.tx.open_table(CHUNKS)?.insert(&id.0, v.as_slice())?;
+        self.note(journal::table::CHUNKS, &id.0, Some(&v));
         Ok(())
     }
 
     /// Removes a chunk-index entry.
     pub fn del_chunk(&self, id: &ChunkId) -> Result<()> {
         self.tx.open_table(CHUNKS)?.remove(&id.0)?;
+        self.note(journal::table::CHUNKS, &id.0, None);
         Ok(())
     }
 
     /// Writes a pack record.
     pub fn put_pack(&self, id: u64, p: &PackEntry) -> Result<()> {
-        self.tx.open_table(PACKS)?.insert(id, p.encode().as_slice())?;
+        let v = p.encode();
+        self.tx.open_table(PACKS)?.insert(id, v.as_slice())?;
+        self.note(journal::table::PACKS, &id.to_le_bytes(), Some(&v));
         Ok(())
     }
 
     /// Removes a pack record.
     pub fn del_pack(&self, id: u64) -> Result<()> {
         self.tx.open_table(PACKS)?.remove(id)?;
+        self.note(journal::table::PACKS, &id.to_le_bytes(), None);
         Ok(())
     }
 
     /// Puts an inode on the orphan list (unlinked but still open).
     pub fn add_orphan(&self, ino: Ino) -> Result<()> {
         self.tx.open_table(ORPHANS)?.insert(ino, ())?;
+        self.note(journal::table::ORPHANS, &ino.to_le_bytes(), Some(&[]));
         Ok(())
     }
 
     /// Takes an inode off the orphan list.
     pub fn del_orphan(&self, ino: Ino) -> Result<()> {
         self.tx.open_table(ORPHANS)?.remove(ino)?;
+        self.note(journal::table::ORPHANS, &ino.to_le_bytes(), None);
         Ok(())
     }
 

@@ -58,6 +58,8 @@ pub struct VfsOptions {
     /// Directory whose file system statfs reports free space of (the local
     /// backend's disk); `None` reports a practically unlimited store.
     pub space_probe: Option<PathBuf>,
+    /// Ship metadata to the backend (`meta/`), with a full snapshot this often.
+    pub ship_snapshot_interval: Option<std::time::Duration>,
 }
 
 impl VfsOptions {
@@ -72,6 +74,7 @@ impl VfsOptions {
             data: DataOptions::default(),
             block_size: 1 << 20,
             space_probe: None,
+            ship_snapshot_interval: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub struct Vfs {
     block_size: u32,
     space_probe: Option<PathBuf>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    shipper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -156,6 +160,7 @@ impl Vfs {
             block_size: opts.block_size,
             space_probe: opts.space_probe,
             flusher: Mutex::new(None),
+            shipper: Mutex::new(None),
         });
         if replayed > 0 {
             tracing::info!(records = replayed, from_lsn = applied + 1, "replayed write-ahead log");
@@ -163,6 +168,13 @@ impl Vfs {
         // Nothing is open after a restart: unlinked-but-open files go now.
         for ino in vfs.store.meta.read()?.orphans()? {
             vfs.purge_if_unused(ino)?;
+        }
+        if let Some(interval) = opts.ship_snapshot_interval {
+            // The checkpoint below seals the run's first shipment: a snapshot.
+            let journal = crate::meta::Journal::new(crate::data::ship::first_seq());
+            vfs.store.meta.attach_journal(Arc::new(journal))?;
+            *vfs.shipper.lock() =
+                crate::data::ship::spawn(vfs.store.clone(), interval).map_err(|e| VfsError::Io(e.into()))?;
         }
         vfs.store.checkpoint()?;
         if background {
@@ -191,6 +203,12 @@ impl Vfs {
                     tracing::warn!(error = %e, "final flush failed; data stays in the WAL");
                 }
             }
+        }
+        // The shipper sends what the last checkpoint sealed, then stops (at
+        // once if the bucket does not answer: the next start ships a snapshot).
+        if let Some(h) = self.shipper.lock().take() {
+            self.store.ship_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = h.join();
         }
     }
 

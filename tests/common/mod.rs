@@ -9,6 +9,7 @@
 pub mod nbd;
 pub mod pjdfstest;
 pub mod rpc;
+pub mod s3;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,10 @@ impl Daemon {
             .arg(&self.config)
             .arg("serve")
             .env("STORFS_LOG", std::env::var("STORFS_LOG").unwrap_or_else(|_| "info".into()))
+            // The standard AWS chain finds these (tests' S3 servers accept any key).
+            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

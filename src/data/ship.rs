@@ -1,0 +1,172 @@
+//! Ships metadata to the bucket, so the local disk is not the only copy.
+//!
+//! Every checkpoint seals the metadata rows changed since the previous one
+//! into a shipment (`meta/log/<seq>`); the first shipment of each run, and
+//! one every `snapshot_interval`, is a full snapshot (`meta/snap/<seq>`).
+//! This thread uploads them in order, retrying until the bucket takes them;
+//! after a snapshot lands, older snapshots and logs are deleted. GC deletes
+//! no object before the metadata that stopped referring to it is shipped
+//! ([`Store::metadata_shipped`]), so the bucket's metadata never names a
+//! deleted pack.
+//!
+//! Sequence numbers are `unix seconds at start << 20` plus a counter, so a
+//! later run always numbers above an earlier one (the counter cannot reach
+//! 2^20 per second of the previous run's life).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::backend::{ObjectBackend, PutOptions};
+use crate::meta::journal::{Shipment, parse_object_key};
+
+/// First sequence number of a run starting now.
+pub fn first_seq() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) << 20
+}
+
+/// How long GC waits for its metadata to reach the bucket before leaving
+/// the deletion for a later run.
+pub const GC_SHIP_WAIT: Duration = Duration::from_secs(30);
+
+impl Store {
+    /// True when nothing sealed so far still waits to be shipped (always
+    /// true without shipping); waits up to `timeout`.
+    pub fn metadata_shipped(&self, timeout: Duration) -> bool {
+        self.meta.journal().is_none_or(|j| j.wait_shipped(timeout))
+    }
+
+    fn ship_one(&self, s: &Shipment, body: &Bytes) -> Result<(), crate::backend::BackendError> {
+        self.chunks.backend().put(&s.key(), body.clone(), PutOptions::default())
+    }
+
+    /// Deletes snapshots and logs older than snapshot `seq`.
+    fn prune_before(&self, backend: &dyn ObjectBackend, seq: u64) {
+        let listed = match backend.list("meta/") {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list old metadata objects; they stay until the next snapshot");
+                return;
+            }
+        };
+        for o in listed {
+            if let Some((_, s)) = parse_object_key(&o.key)
+                && s < seq
+                && let Err(e) = backend.delete(&o.key)
+            {
+                tracing::warn!(key = %o.key, error = %e, "cannot delete old metadata object");
+            }
+        }
+    }
+
+    fn ship_loop(&self, snapshot_interval: Duration) {
+        let Some(journal) = self.meta.journal().cloned() else { return };
+        let mut last_snapshot = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if last_snapshot.elapsed() >= snapshot_interval {
+                journal.request_snapshot();
+                last_snapshot = Instant::now();
+            }
+            let Some(s) = journal.next(Duration::from_millis(200)) else {
+                if self.ship_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            };
+            let body = match s.encode() {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    // A snapshot that cannot be read is taken again.
+                    tracing::error!(seq = s.seq, error = %e, "cannot encode metadata shipment; asking for a snapshot");
+                    journal.request_snapshot();
+                    journal.shipped(s.seq);
+                    continue;
+                }
+            };
+            loop {
+                match self.ship_one(&s, &body) {
+                    Ok(()) => {
+                        delay = Duration::from_millis(100);
+                        break;
+                    }
+                    Err(e) => {
+                        if self.ship_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            tracing::warn!(seq = s.seq, error = %e, "stopping with metadata not shipped; the next start ships a snapshot");
+                            journal.requeue(s);
+                            return;
+                        }
+                        tracing::warn!(key = %s.key(), error = %e, retry_in = ?delay, "metadata shipment failed; will retry");
+                        std::thread::sleep(delay.mul_f64(0.5 + rand::random::<f64>() / 2.0));
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            if s.is_snapshot() {
+                last_snapshot = Instant::now();
+                self.prune_before(&**self.chunks.backend(), s.seq);
+            }
+            journal.shipped(s.seq);
+        }
+    }
+}
+
+/// Starts the metadata shipper (only with a journal attached).
+pub fn spawn(store: Arc<Store>, snapshot_interval: Duration) -> std::io::Result<Option<JoinHandle<()>>> {
+    if store.meta.journal().is_none() {
+        return Ok(None);
+    }
+    std::thread::Builder::new().name("storfs-ship".into()).spawn(move || store.ship_loop(snapshot_interval)).map(Some)
+}
+
+/// Sequence numbers of the newest snapshot and the logs after it, in order,
+/// from a listing of `meta/`; the logs stop at the first gap.
+pub fn recovery_plan(keys: &[String]) -> Option<(u64, Vec<u64>)> {
+    let mut snaps = Vec::new();
+    let mut logs = Vec::new();
+    for k in keys {
+        match parse_object_key(k) {
+            Some((true, s)) => snaps.push(s),
+            Some((false, s)) => logs.push(s),
+            None => {}
+        }
+    }
+    let snap = *snaps.iter().max()?;
+    logs.sort_unstable();
+    let mut after = Vec::new();
+    for (want, l) in (snap + 1..).zip(logs.into_iter().filter(|l| *l > snap)) {
+        if l != want {
+            tracing::warn!(expected = want, found = l, "gap in the metadata log; recovering up to the gap");
+            break;
+        }
+        after.push(l);
+    }
+    Some((snap, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::journal::object_key;
+
+    #[test]
+    fn recovery_takes_the_newest_snapshot_and_the_contiguous_logs_after_it() {
+        let keys: Vec<String> = [
+            object_key(true, 100),
+            object_key(false, 101),
+            object_key(true, 200),
+            object_key(false, 199),
+            object_key(false, 201),
+            object_key(false, 202),
+            object_key(false, 204),
+            "meta/other".to_string(),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(recovery_plan(&keys), Some((200, vec![201, 202])));
+        assert_eq!(recovery_plan(&[object_key(false, 1)]), None, "logs without a snapshot recover nothing");
+    }
+}
