@@ -17,6 +17,7 @@ pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod retry;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::fmt;
