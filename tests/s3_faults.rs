@@ -7,8 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::s3::{S3Server, SECRET_KEY};
@@ -52,6 +52,25 @@ fn wait_uploaded(d: &Daemon, within: Duration) {
     }
 }
 
+/// storfs-s3d with bucket `bucket`, and a daemon on it (config `extra`
+/// after the backend table) with the default file system mounted.
+fn s3_daemon(bucket: &str, prefix: &str, extra: &str) -> (S3Server, Scratch, Daemon, PathBuf) {
+    require_root_and_fuse();
+    let s3 = S3Server::s3d(bucket);
+    let scratch = Scratch::new(bucket);
+    let mut d = Daemon::start(&scratch.path, &format!("{}{extra}", s3.config(prefix)));
+    let mp = scratch.path.join("mnt");
+    d.mount(&mp);
+    (s3, scratch, d, mp)
+}
+
+/// `storfs recover --from-bucket` with the daemon's config.
+fn recover(d: &Daemon) -> Output {
+    let mut cmd = Command::new(storfs_bin());
+    cmd.arg("--config").arg(&d.config).args(["recover", "--from-bucket"]);
+    common::s3::with_credentials(&mut cmd).output().expect("run storfs recover")
+}
+
 /// Stops the daemon, empties its disk cache, starts it again: reads now
 /// come from the bucket.
 fn restart_cold(d: &mut Daemon) {
@@ -63,13 +82,7 @@ fn restart_cold(d: &mut Daemon) {
 
 #[test]
 fn outage_of_sixty_seconds_loses_nothing() {
-    require_root_and_fuse();
-    let s3 = S3Server::s3d("outage");
-    let scratch = Scratch::new("s3out");
-    let extra = format!("{}[cache]\nflush_interval = \"1s\"\n", s3.config(""));
-    let mut d = Daemon::start(&scratch.path, &extra);
-    let mp = scratch.path.join("mnt");
-    d.mount(&mp);
+    let (s3, _scratch, mut d, mp) = s3_daemon("outage", "", "[cache]\nflush_interval = \"1s\"\n");
     let before = write_files(&mp.join("a"), "before", 12, 1);
     d.cli(&["flush"]);
     wait_uploaded(&d, Duration::from_secs(60));
@@ -98,13 +111,7 @@ fn outage_of_sixty_seconds_loses_nothing() {
 
 #[test]
 fn error_rate_latency_and_truncated_bodies_lose_nothing() {
-    require_root_and_fuse();
-    let s3 = S3Server::s3d("faults");
-    let scratch = Scratch::new("s3flt");
-    let extra = format!("{}[cache]\nflush_interval = \"1s\"\n", s3.config(""));
-    let mut d = Daemon::start(&scratch.path, &extra);
-    let mp = scratch.path.join("mnt");
-    d.mount(&mp);
+    let (s3, _scratch, mut d, mp) = s3_daemon("faults", "", "[cache]\nflush_interval = \"1s\"\n");
     for (n, fault) in ["error_rate=0.2", "latency_ms=200", "truncate_rate=0.3"].iter().enumerate() {
         s3.fault(fault);
         let dir = mp.join(format!("s{n}"));
@@ -123,12 +130,7 @@ fn error_rate_latency_and_truncated_bodies_lose_nothing() {
 
 #[test]
 fn recover_from_bucket_on_an_empty_machine() {
-    require_root_and_fuse();
-    let s3 = S3Server::s3d("recover");
-    let scratch = Scratch::new("s3rec");
-    let mut d = Daemon::start(&scratch.path, &s3.config("host1/"));
-    let mp = scratch.path.join("mnt");
-    d.mount(&mp);
+    let (_s3, scratch, mut d, mp) = s3_daemon("recover", "host1/", "");
     let files = write_files(&mp.join("tree/x"), "f", 20, 3);
     let more = write_files(&mp.join("tree/y/z"), "g", 5, 4);
     std::os::unix::fs::symlink("x/f-0001", mp.join("tree/link")).expect("symlink");
@@ -139,28 +141,13 @@ fn recover_from_bucket_on_an_empty_machine() {
     // The machine is lost: kill -9, and its whole state directory with it.
     d.kill9();
     std::fs::remove_dir_all(scratch.path.join("data")).expect("remove data dir");
-    let out = Command::new(storfs_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args(["recover", "--from-bucket"])
-        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("run recover");
+    let out = recover(&d);
     assert!(out.status.success(), "recover failed: {}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("recovered") && said.contains("2 file systems"), "{said}");
 
     // A second recovery into the rebuilt directory is refused.
-    let again = Command::new(storfs_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args(["recover", "--from-bucket"])
-        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .expect("run recover");
+    let again = recover(&d);
     assert_clear_error(&again, "holds a store already");
 
     d.restart();
@@ -174,13 +161,8 @@ fn recover_from_bucket_on_an_empty_machine() {
 
 #[test]
 fn full_dirty_cache_turns_into_eio_after_the_timeout_and_secrets_stay_hidden() {
-    require_root_and_fuse();
-    let s3 = S3Server::s3d("dirtyfull");
-    let scratch = Scratch::new("s3dty");
-    let extra = format!("{}[cache]\nmax_dirty = \"64MiB\"\ndirty_wait_timeout = \"3s\"\n", s3.config(""));
-    let mut d = Daemon::start(&scratch.path, &extra);
-    let mp = scratch.path.join("mnt");
-    d.mount(&mp);
+    let (s3, _scratch, d, mp) =
+        s3_daemon("dirtyfull", "", "[cache]\nmax_dirty = \"64MiB\"\ndirty_wait_timeout = \"3s\"\n");
     s3.fault("outage=1");
     let mut f = std::fs::File::create(mp.join("big")).expect("create");
     let block = vec![7u8; 1 << 20];

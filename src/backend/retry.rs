@@ -24,8 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl RetryBackend {
     /// Wraps `inner`: up to `attempts` tries per call, the first backoff
-    /// drawn from `0..base`, doubling each time up to 5 s. Every attempt is
-    /// counted in `stats` under `counter`.
+    /// drawn from `0..base`, doubling each time up to 5 s. Every attempt,
+    /// retry and final failure is counted in `stats`.
     pub fn new(inner: Arc<dyn ObjectBackend>, attempts: u32, base: Duration, stats: Arc<BackendStats>) -> RetryBackend {
         RetryBackend { inner, attempts: attempts.max(1), base, stats }
     }

@@ -370,12 +370,17 @@ impl ObjectBackend for S3Backend {
                 .range(format!("bytes={}-{}", range.start, range.end - 1))
                 .send()
                 .await
-                .map_err(|e| match classify("get", &rel, e) {
+                .map_err(|e| {
                     // 416: the range starts past the end.
-                    BackendError::Permanent { source, .. } if source.to_string().contains("InvalidRange") => {
-                        BackendError::InvalidRange { key: rel.clone(), start: range.start, end: range.end, size: 0 }
+                    if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                        return BackendError::InvalidRange {
+                            key: rel.clone(),
+                            start: range.start,
+                            end: range.end,
+                            size: 0,
+                        };
                     }
-                    other => other,
+                    classify("get", &rel, e)
                 })?;
             if let Some(size) = total_from_content_range(out.content_range())
                 && size < range.end

@@ -550,25 +550,25 @@ async fn handle(
     service.call(req.map(s3s::Body::from)).await.map_err(|e| std::io::Error::other(format!("{e:?}")))
 }
 
+/// In-memory S3 server for storfs tests and benchmarks.
+#[derive(clap::Parser)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Bucket to create at start (repeatable).
+    #[arg(long = "bucket")]
+    buckets: Vec<String>,
+    /// The one access key requests must be signed with.
+    #[arg(long, default_value = "storfs-test")]
+    access_key: String,
+    /// Its secret.
+    #[arg(long, default_value = "storfs-test-secret-7f3a9c")]
+    secret_key: String,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut listen: SocketAddr = "127.0.0.1:9000".parse()?;
-    let mut buckets = Vec::new();
-    let mut access_key = "storfs-test".to_string();
-    let mut secret_key = "storfs-test-secret-7f3a9c".to_string();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--listen" => listen = args.next().ok_or_else(|| anyhow::anyhow!("--listen needs an address"))?.parse()?,
-            "--bucket" => buckets.push(args.next().ok_or_else(|| anyhow::anyhow!("--bucket needs a name"))?),
-            "--access-key" => access_key = args.next().ok_or_else(|| anyhow::anyhow!("--access-key needs a value"))?,
-            "--secret-key" => secret_key = args.next().ok_or_else(|| anyhow::anyhow!("--secret-key needs a value"))?,
-            "-h" | "--help" => {
-                println!("usage: storfs-s3d [--listen ADDR] [--bucket NAME]... [--access-key K --secret-key S]");
-                return Ok(());
-            }
-            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
+    let Args { listen, buckets, access_key, secret_key } = <Args as clap::Parser>::parse();
     let server = Arc::new(Server { store: Store::default(), faults: Faults::default(), counters: Counters::default() });
     for b in buckets {
         server.store.buckets.lock().insert(b, BTreeMap::new());

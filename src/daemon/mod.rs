@@ -83,7 +83,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The configured backend behind retries, and the directory whose free
 /// space `statfs` reports (local backend only).
-pub fn open_backend(
+fn open_backend(
     config: &Config,
     stats: Arc<BackendStats>,
 ) -> anyhow::Result<(Arc<dyn ObjectBackend>, Option<std::path::PathBuf>)> {
@@ -131,39 +131,20 @@ pub fn recover_from_bucket(config: &Config) -> anyhow::Result<()> {
         );
     }
     let (backend, _) = open_backend(config, Arc::new(BackendStats::default()))?;
-    let keys: Vec<String> = backend
-        .list("meta/")
-        .map_err(|e| anyhow!("cannot list the bucket's metadata: {e}"))?
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    let Some((snap, logs)) = storfs::data::ship::recovery_plan(&keys) else {
-        bail!("the bucket holds no metadata snapshot under {:?}meta/: nothing to recover", config.backend.prefix);
-    };
-    let mut objects = Vec::with_capacity(logs.len() + 1);
-    for (is_snap, seq) in std::iter::once((true, snap)).chain(logs.iter().map(|l| (false, *l))) {
-        let key = storfs::meta::journal::object_key(is_snap, seq);
-        let data = backend.get(&key).map_err(|e| anyhow!("cannot read {key}: {e}"))?;
-        objects.push(data.to_vec());
-    }
     std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    // Built aside and renamed, so a failed recovery leaves no half store.
     let tmp = state.join("meta.redb.recovering");
     let _ = std::fs::remove_file(&tmp);
-    let meta =
-        storfs::meta::MetaStore::restore(&tmp, &objects).map_err(|e| anyhow!("cannot rebuild the metadata: {e}"))?;
-    let inodes = {
-        use storfs::meta::MetaRead;
-        let r = meta.read().map_err(|e| anyhow!("{e}"))?;
-        (r.counter(storfs::meta::counter::INODES).unwrap_or(0), r.filesystems().map(|f| f.len()).unwrap_or(0))
-    };
-    drop(meta);
+    let r = storfs::data::ship::recover(&*backend, &tmp)
+        .map_err(|e| anyhow!("cannot recover from prefix {:?} of the bucket: {e}", config.backend.prefix))?;
     std::fs::rename(&tmp, state.join("meta.redb")).context("cannot move the rebuilt metadata into place")?;
     println!(
-        "recovered {} from snapshot #{snap:x} and {} log objects: {} file systems, {} inodes",
+        "recovered {} from snapshot #{:x} and {} log objects: {} file systems, {} inodes",
         state.join("meta.redb").display(),
-        logs.len(),
-        inodes.1,
-        inodes.0
+        r.snapshot,
+        r.logs,
+        r.filesystems,
+        r.inodes
     );
     Ok(())
 }

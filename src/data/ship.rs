@@ -21,7 +21,8 @@ use bytes::Bytes;
 
 use super::Store;
 use crate::backend::{ObjectBackend, PutOptions};
-use crate::meta::journal::{Shipment, parse_object_key};
+use crate::meta::journal::{object_key, parse_object_key};
+use crate::meta::{MetaError, MetaRead, MetaStore, counter};
 
 /// First sequence number of a run starting now.
 pub fn first_seq() -> u64 {
@@ -37,10 +38,6 @@ impl Store {
     /// true without shipping); waits up to `timeout`.
     pub fn metadata_shipped(&self, timeout: Duration) -> bool {
         self.meta.journal().is_none_or(|j| j.wait_shipped(timeout))
-    }
-
-    fn ship_one(&self, s: &Shipment, body: &Bytes) -> Result<(), crate::backend::BackendError> {
-        self.chunks.backend().put(&s.key(), body.clone(), PutOptions::default())
     }
 
     /// Deletes snapshots and logs older than snapshot `seq`.
@@ -88,7 +85,7 @@ impl Store {
                 }
             };
             loop {
-                match self.ship_one(&s, &body) {
+                match self.chunks.backend().put(&s.key(), body.clone(), PutOptions::default()) {
                     Ok(()) => {
                         delay = Duration::from_millis(100);
                         break;
@@ -122,6 +119,40 @@ pub fn spawn(store: Arc<Store>, snapshot_interval: Duration) -> std::io::Result<
     std::thread::Builder::new().name("storfs-ship".into()).spawn(move || store.ship_loop(snapshot_interval)).map(Some)
 }
 
+/// What [`recover`] rebuilt.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    /// Sequence number of the snapshot it started from.
+    pub snapshot: u64,
+    /// Log objects applied after it.
+    pub logs: usize,
+    /// File systems in the rebuilt store.
+    pub filesystems: usize,
+    /// Inodes in the rebuilt store.
+    pub inodes: u64,
+}
+
+/// Rebuilds a metadata store at `path` (which must not exist) from the
+/// newest snapshot in the backend and the logs after it.
+pub fn recover(backend: &dyn ObjectBackend, path: &std::path::Path) -> super::Result<Recovered> {
+    let keys: Vec<String> = backend.list("meta/")?.into_iter().map(|o| o.key).collect();
+    let Some((snapshot, logs)) = recovery_plan(&keys) else {
+        return Err(MetaError::Object("no metadata snapshot under meta/: nothing to recover".into()).into());
+    };
+    let mut objects = Vec::with_capacity(logs.len() + 1);
+    for (is_snap, seq) in std::iter::once((true, snapshot)).chain(logs.iter().map(|l| (false, *l))) {
+        objects.push(backend.get(&object_key(is_snap, seq))?.to_vec());
+    }
+    let meta = MetaStore::restore(path, &objects)?;
+    let r = meta.read()?;
+    Ok(Recovered {
+        snapshot,
+        logs: logs.len(),
+        filesystems: r.filesystems()?.len(),
+        inodes: r.counter(counter::INODES)?,
+    })
+}
+
 /// Sequence numbers of the newest snapshot and the logs after it, in order,
 /// from a listing of `meta/`; the logs stop at the first gap.
 pub fn recovery_plan(keys: &[String]) -> Option<(u64, Vec<u64>)> {
@@ -150,7 +181,6 @@ pub fn recovery_plan(keys: &[String]) -> Option<(u64, Vec<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::journal::object_key;
 
     #[test]
     fn recovery_takes_the_newest_snapshot_and_the_contiguous_logs_after_it() {

@@ -200,15 +200,12 @@ impl Daemon {
             }
             None => Command::new(storfs_bin()),
         };
-        let child = cmd
+        // The standard AWS chain finds the test keys in the environment.
+        let child = s3::with_credentials(&mut cmd)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
             .env("STORFS_LOG", std::env::var("STORFS_LOG").unwrap_or_else(|_| "info".into()))
-            // The standard AWS chain finds these (tests' S3 servers accept any key).
-            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

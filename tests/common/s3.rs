@@ -15,6 +15,14 @@ pub const ACCESS_KEY: &str = "storfs-test";
 /// Secret of [`ACCESS_KEY`]; the tests check it never shows up in output.
 pub const SECRET_KEY: &str = "storfs-test-secret-7f3a9c";
 
+/// Lets `cmd` find the test credentials through the standard AWS chain
+/// (the environment), as an operator's daemon would.
+pub fn with_credentials(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+}
+
 /// A running S3 server process with one bucket.
 pub struct S3Server {
     child: Child,
