@@ -8,8 +8,14 @@ use std::process::Command;
 use common::*;
 
 /// mount(8) finds mount helpers only on its fixed PATH; the read-only
-/// remount cases need this build of storfs to be the helper.
+/// remount cases need this build of storfs to be the helper. Installed
+/// once per test process: the local and S3 runs start in parallel.
 fn install_mount_helper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_mount_helper_now);
+}
+
+fn install_mount_helper_now() {
     let dest = Path::new("/usr/local/bin/storfs");
     let ours = std::fs::read(storfs_bin()).expect("read storfs binary");
     if std::fs::read(dest).ok().as_deref() != Some(ours.as_slice()) {
