@@ -58,19 +58,27 @@ impl S3Server {
             .spawn()
             .expect("moto_server is required (scripts/test.sh installs it with pip install 'moto[server]')");
         let s = S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), bucket: bucket.into(), port };
+        // The bucket creation doubles as the readiness check: a server
+        // still starting refuses or drops the connection (status 0).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
+        loop {
+            let (status, body) = s.http("PUT", &format!("/{bucket}"));
+            if status == 200 {
+                return s;
+            }
+            assert!(status == 0, "creating bucket {bucket} on moto: {status} {body}");
+            assert!(Instant::now() < deadline, "moto_server not answering after 60 s: {body}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let (status, body) = s.http("PUT", &format!("/{bucket}"));
-        assert!(status == 200, "creating bucket {bucket} on moto: {status} {body}");
-        s
     }
 
-    /// One plain HTTP request; (status, body).
+    /// One plain HTTP request; (status, body), status 0 when the server
+    /// refused or dropped the connection.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
-        let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut c = match TcpStream::connect(("127.0.0.1", self.port)) {
+            Ok(c) => c,
+            Err(e) => return (0, e.to_string()),
+        };
         c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         write!(
             c,
