@@ -184,6 +184,8 @@ pub struct CacheConfig {
     pub memory: Size,
     /// Disk cache for chunks read from a remote backend (unused for local).
     pub disk: Size,
+    /// Bytes fetched ahead of a sequential reader from a remote backend.
+    pub readahead: Size,
     /// Dirty data older than this is flushed to packs.
     pub flush_interval: Dur,
     /// How long a writer waits for dirty space before failing with EIO ("0": forever).
@@ -196,6 +198,7 @@ impl Default for CacheConfig {
             max_dirty: Size(4 << 30),
             memory: Size(512 << 20),
             disk: Size(10 << 30),
+            readahead: Size(32 << 20),
             flush_interval: Dur(Duration::from_secs(5)),
             dirty_wait_timeout: Dur(Duration::ZERO),
         }
@@ -638,6 +641,17 @@ impl Config {
         if self.cache.memory.0 < 16 << 20 {
             return bad("cache.memory", format!("must be at least 16MiB, got {}", self.cache.memory));
         }
+        if self.cache.readahead.0 > self.cache.memory.0 / 4 {
+            // Chunks fetched ahead wait in the memory cache; a window larger
+            // than a fraction of it would evict them before they are read.
+            return bad(
+                "cache.readahead",
+                format!(
+                    "must be at most a quarter of cache.memory ({}), got {}",
+                    self.cache.memory, self.cache.readahead
+                ),
+            );
+        }
         if self.cache.flush_interval.0 < Duration::from_millis(10)
             || self.cache.flush_interval.0 > Duration::from_secs(3600)
         {
@@ -687,6 +701,7 @@ kind = "local"            # or "s3"
 max_dirty = "{max_dirty}"          # writers wait while this much is unflushed
 memory = "{memory}"          # chunks kept in memory for reads
 disk = "{disk}"             # disk cache for a remote backend
+readahead = "{readahead}"        # fetched ahead of sequential readers, remote backend
 flush_interval = "{flush}"      # dirty data older than this is flushed
 dirty_wait_timeout = "0"   # "0": writers wait for space forever
 
@@ -730,6 +745,7 @@ ro = false
             max_dirty = d.cache.max_dirty,
             memory = d.cache.memory,
             disk = d.cache.disk,
+            readahead = d.cache.readahead,
             flush = humantime::format_duration(d.cache.flush_interval.0),
             block = d.storage.block_size,
             pack = d.storage.pack_size,

@@ -55,5 +55,12 @@ fn fio_verify_and_restart(extra: &str, drop_cache: bool) {
     daemon.remount_all();
     let report = fio(&mp, true);
     assert!(!report.contains("verify failed"), "{report}");
+    let ahead = daemon.status()["activity"]["readahead_fetches"].as_u64().expect("readahead_fetches");
+    if drop_cache {
+        // The sequential file came back from the bucket with GETs ahead of the reader.
+        assert!(ahead > 100, "only {ahead} chunks were read ahead");
+    } else {
+        assert_eq!(ahead, 0, "the local backend reads no chunk ahead");
+    }
     daemon.assert_fsck_clean();
 }

@@ -415,11 +415,12 @@ fn print_status(v: &Value) {
         a["write_waits"]
     );
     println!(
-        "reads     {} from memory, {} from disk cache, {} from backend ({})",
+        "reads     {} from memory, {} from disk cache, {} from backend ({}, {} of them read ahead)",
         a["cache_mem_hits"],
         a["cache_disk_hits"],
         a["backend_reads"],
-        b(&a["backend_read_bytes"])
+        b(&a["backend_read_bytes"]),
+        a["readahead_fetches"]
     );
     if let Some(addr) = v["nfs_listen"].as_str() {
         println!(

@@ -180,6 +180,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         mem_cache: config.cache.memory.0,
         // The local backend is a local disk already; a cache would copy it.
         disk_cache: if remote { config.cache.disk.0 } else { 0 },
+        // Local packs read fast enough one chunk at a time behind the
+        // kernel's own read-ahead; a remote backend needs GETs in parallel.
+        readahead: if remote { config.cache.readahead.0 } else { 0 },
         data,
         block_size: config.storage.block_size.0 as u32,
         space_probe,

@@ -62,6 +62,8 @@ pub struct Activity {
     pub cache_mem_hits: u64,
     /// Chunk reads served from the disk cache.
     pub cache_disk_hits: u64,
+    /// Chunks fetched ahead of sequential readers.
+    pub readahead_fetches: u64,
     /// Chunk reads from the backend.
     pub backend_reads: u64,
     /// Bytes read from the backend.
@@ -132,7 +134,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
     let logical = rtx.counter(counter::LOGICAL_BYTES).map_err(err)?;
     let wal = store.wal.stats();
     let s = &store.stats;
-    let c = &store.chunks.stats;
+    let c = store.chunks.stats();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -187,6 +189,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             write_waits: get(&s.write_waits),
             cache_mem_hits: get(&c.mem_hits),
             cache_disk_hits: get(&c.disk_hits),
+            readahead_fetches: get(&c.readahead_fetches),
             backend_reads: get(&c.backend_reads),
             backend_read_bytes: get(&c.backend_bytes),
         },

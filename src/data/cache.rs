@@ -3,19 +3,19 @@
 //! from the disk cache or the backend is checked against its hash, so a
 //! truncated body or a flipped bit is an error, never wrong data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{BackendError, ObjectBackend};
 use crate::chunk::ChunkId;
 use crate::chunk::pack::pack_key;
-use crate::meta::ChunkEntry;
+use crate::meta::{ChunkEntry, Ino};
 
 /// Errors reading a chunk.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,10 @@ pub struct CacheStats {
     pub backend_reads: AtomicU64,
     /// Bytes read from the backend.
     pub backend_bytes: AtomicU64,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_fetches: AtomicU64,
+    /// Reads that waited for a chunk being fetched ahead.
+    pub readahead_hits: AtomicU64,
 }
 
 /// Chunk files in a local directory, bounded in total size; the least
@@ -168,6 +172,10 @@ impl DiskCache {
     fn bytes(&self) -> u64 {
         self.state.lock().total
     }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.state.lock().entries.contains_key(id)
+    }
 }
 
 fn parse_hex_id(s: &str) -> Option<ChunkId> {
@@ -181,81 +189,21 @@ fn parse_hex_id(s: &str) -> Option<ChunkId> {
     Some(ChunkId(out))
 }
 
-/// Chunk reads through the caches.
-pub struct ChunkReader {
+/// What the readers and the read-ahead threads share.
+struct Io {
     backend: Arc<dyn ObjectBackend>,
     mem: moka::sync::Cache<ChunkId, Bytes>,
     disk: Option<DiskCache>,
-    /// Packs read since the last checkpoint, with the time (Unix seconds);
-    /// the checkpoint records it as the pack's last read (tiering input).
-    touched: Mutex<HashMap<u64, u64>>,
-    /// Counters.
-    pub stats: CacheStats,
+    stats: CacheStats,
+    /// Chunks a read-ahead thread is fetching: a reader that needs one waits
+    /// for it instead of fetching it a second time.
+    fetching: Mutex<HashSet<ChunkId>>,
+    landed: Condvar,
 }
 
-impl std::fmt::Debug for ChunkReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkReader").field("backend", &self.backend).finish()
-    }
-}
-
-impl ChunkReader {
-    /// A reader over `backend` with `mem_bytes` of memory cache and, if
-    /// `disk` is given, a disk cache of that directory and size.
-    pub fn new(
-        backend: Arc<dyn ObjectBackend>,
-        mem_bytes: u64,
-        disk: Option<(PathBuf, u64)>,
-    ) -> std::io::Result<ChunkReader> {
-        let mem = moka::sync::Cache::builder()
-            .max_capacity(mem_bytes)
-            .weigher(|_k: &ChunkId, v: &Bytes| (v.len() as u32).max(64))
-            .build();
-        let disk = match disk {
-            Some((dir, limit)) if limit > 0 => Some(DiskCache::open(dir, limit)?),
-            _ => None,
-        };
-        Ok(ChunkReader { backend, mem, disk, touched: Mutex::new(HashMap::new()), stats: CacheStats::default() })
-    }
-
-    /// The backend below the caches.
-    pub fn backend(&self) -> &Arc<dyn ObjectBackend> {
-        &self.backend
-    }
-
-    /// The chunk's plain bytes. Counts as a read of its pack, from whichever
-    /// cache it comes.
-    pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        self.touch(entry.pack);
-        if let Some(b) = self.mem.get(id) {
-            self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b);
-        }
-        if let Some(disk) = &self.disk
-            && let Some(b) = disk.get(id)
-        {
-            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-            self.mem.insert(*id, b.clone());
-            return Ok(b);
-        }
-        let data = self.fetch(id, entry)?;
-        if let Some(disk) = &self.disk {
-            disk.insert(id, &data);
-        }
-        self.mem.insert(*id, data.clone());
-        Ok(data)
-    }
-
-    /// Keeps a chunk just uploaded in the disk cache (remote backends), so
-    /// recently written data reads locally, even while the backend is down.
-    pub fn keep_uploaded(&self, id: &ChunkId, data: &[u8]) {
-        if let Some(disk) = &self.disk {
-            disk.insert(id, data);
-        }
-    }
-
+impl Io {
     /// Reads from the backend, bypassing the caches, and verifies the bytes.
-    pub fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+    fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
         let key = pack_key(entry.pack);
         let range = entry.offset..entry.offset + entry.stored_len as u64;
         // A short or damaged body is retried a few times before it is
@@ -273,6 +221,201 @@ impl ChunkReader {
         Err(last.unwrap_or(ChunkError::Corrupt { id: *id, pack: entry.pack }))
     }
 
+    /// Fetches a chunk and keeps it in both caches.
+    fn fill(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+        let data = self.fetch(id, entry)?;
+        if let Some(disk) = &self.disk {
+            disk.insert(id, &data);
+        }
+        self.mem.insert(*id, data.clone());
+        Ok(data)
+    }
+
+    /// Waits while a read-ahead thread fetches `id`; true if it did.
+    fn wait_fetching(&self, id: &ChunkId) -> bool {
+        let mut fetching = self.fetching.lock();
+        let mut waited = false;
+        while fetching.contains(id) {
+            self.landed.wait(&mut fetching);
+            waited = true;
+        }
+        waited
+    }
+}
+
+/// Where a sequential reader of one inode has got to.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// Last block read.
+    last: u64,
+    /// Last block already asked for ahead.
+    ahead_to: u64,
+    /// Sequential reads in a row (the window doubles with each).
+    run: u32,
+}
+
+/// Chunk reads through the caches.
+pub struct ChunkReader {
+    io: Arc<Io>,
+    /// Read-ahead: bytes fetched ahead of a sequential reader, the queue of
+    /// the threads fetching them, and each inode's reading position.
+    readahead: u64,
+    ahead: Option<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>>,
+    streams: Mutex<HashMap<Ino, Stream>>,
+    /// Packs read since the last checkpoint, with the time (Unix seconds);
+    /// the checkpoint records it as the pack's last read (tiering input).
+    touched: Mutex<HashMap<u64, u64>>,
+}
+
+impl std::fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader").field("backend", &self.io.backend).finish()
+    }
+}
+
+/// Streams remembered for read-ahead; past this many the table starts over.
+const MAX_STREAMS: usize = 4096;
+
+impl ChunkReader {
+    /// A reader over `backend` with `mem_bytes` of memory cache and, if
+    /// `disk` is given, a disk cache of that directory and size. With
+    /// `readahead` > 0, sequential readers get up to that many bytes fetched
+    /// ahead of them, in parallel, by a few threads.
+    pub fn new(
+        backend: Arc<dyn ObjectBackend>,
+        mem_bytes: u64,
+        disk: Option<(PathBuf, u64)>,
+        readahead: u64,
+    ) -> std::io::Result<ChunkReader> {
+        let mem = moka::sync::Cache::builder()
+            .max_capacity(mem_bytes)
+            .weigher(|_k: &ChunkId, v: &Bytes| (v.len() as u32).max(64))
+            .build();
+        let disk = match disk {
+            Some((dir, limit)) if limit > 0 => Some(DiskCache::open(dir, limit)?),
+            _ => None,
+        };
+        let io = Arc::new(Io {
+            backend,
+            mem,
+            disk,
+            stats: CacheStats::default(),
+            fetching: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
+        });
+        let ahead = if readahead > 0 { Some(spawn_readahead(&io, READAHEAD_THREADS)?) } else { None };
+        Ok(ChunkReader {
+            io,
+            readahead,
+            ahead,
+            streams: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The backend below the caches.
+    pub fn backend(&self) -> &Arc<dyn ObjectBackend> {
+        &self.io.backend
+    }
+
+    /// Read counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.io.stats
+    }
+
+    /// The chunk's plain bytes. Counts as a read of its pack, from whichever
+    /// cache it comes.
+    pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+        self.touch(entry.pack);
+        let io = &*self.io;
+        if let Some(b) = io.mem.get(id) {
+            io.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        if io.wait_fetching(id)
+            && let Some(b) = io.mem.get(id)
+        {
+            io.stats.readahead_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        if let Some(disk) = &io.disk
+            && let Some(b) = disk.get(id)
+        {
+            io.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+            io.mem.insert(*id, b.clone());
+            return Ok(b);
+        }
+        io.fill(id, entry)
+    }
+
+    /// Keeps a chunk just uploaded in the disk cache (remote backends), so
+    /// recently written data reads locally, even while the backend is down.
+    pub fn keep_uploaded(&self, id: &ChunkId, data: &[u8]) {
+        if let Some(disk) = &self.io.disk {
+            disk.insert(id, data);
+        }
+    }
+
+    /// Reads from the backend, bypassing the caches, and verifies the bytes.
+    pub fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+        self.io.fetch(id, entry)
+    }
+
+    /// Notes a read of blocks `first..=last` of `ino` (blocks of `block_size`
+    /// bytes) and returns the blocks to fetch ahead, if the reads of this
+    /// inode are sequential and read-ahead is on. The window starts at two
+    /// blocks and doubles with each sequential read up to `readahead` bytes;
+    /// blocks already asked for are not asked for again.
+    pub fn sequential(&self, ino: Ino, first: u64, last: u64, block_size: u64) -> Option<std::ops::Range<u64>> {
+        self.ahead.as_ref()?;
+        let max_window = (self.readahead / block_size.max(1)).max(1);
+        let mut streams = self.streams.lock();
+        if streams.len() >= MAX_STREAMS && !streams.contains_key(&ino) {
+            streams.clear();
+        }
+        let st = streams.entry(ino).or_insert(Stream { last: u64::MAX, ahead_to: 0, run: 0 });
+        // In order: the next block, the same block again (reads smaller than
+        // a block), or the first block of a file not read before. Parallel
+        // readers of one stream arrive a little out of order; that is
+        // tolerated within the window.
+        let in_order = if st.last == u64::MAX {
+            first == 0
+        } else {
+            first <= st.last.saturating_add(1) && first.saturating_add(max_window) >= st.last
+        };
+        if !in_order {
+            *st = Stream { last, ahead_to: last, run: 0 };
+            return None;
+        }
+        st.run = st.run.saturating_add(1);
+        st.last = if st.last == u64::MAX { last } else { st.last.max(last) };
+        let window = max_window.min(1u64 << st.run.min(20));
+        let from = st.ahead_to.max(st.last).saturating_add(1);
+        let to = st.last.saturating_add(window);
+        if from > to {
+            return None;
+        }
+        st.ahead_to = to;
+        Some(from..to + 1)
+    }
+
+    /// Asks the read-ahead threads for a chunk, unless it is cached or on
+    /// its way already. Never blocks: with the queue full it is skipped.
+    pub fn prefetch(&self, id: ChunkId, entry: ChunkEntry) {
+        let Some(ahead) = &self.ahead else { return };
+        let io = &*self.io;
+        if io.mem.contains_key(&id) || io.disk.as_ref().is_some_and(|d| d.contains(&id)) {
+            return;
+        }
+        if !io.fetching.lock().insert(id) {
+            return;
+        }
+        if ahead.try_send((id, entry)).is_err() {
+            io.fetching.lock().remove(&id);
+            io.landed.notify_all();
+        }
+    }
+
     fn touch(&self, pack: u64) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut t = self.touched.lock();
@@ -288,15 +431,46 @@ impl ChunkReader {
 
     /// Bytes held by the memory cache and the disk cache.
     pub fn cached_bytes(&self) -> (u64, u64) {
-        self.mem.run_pending_tasks();
-        (self.mem.weighted_size(), self.disk.as_ref().map_or(0, |d| d.bytes()))
+        self.io.mem.run_pending_tasks();
+        (self.io.mem.weighted_size(), self.io.disk.as_ref().map_or(0, |d| d.bytes()))
     }
 
     /// Drops every memory-cached chunk (tests use this to force backend reads).
     pub fn clear_memory(&self) {
-        self.mem.invalidate_all();
-        self.mem.run_pending_tasks();
+        self.io.mem.invalidate_all();
+        self.io.mem.run_pending_tasks();
     }
+}
+
+/// Threads fetching ahead: enough to keep several ranged GETs in flight.
+const READAHEAD_THREADS: usize = 8;
+
+/// Starts the read-ahead threads; they end when the reader (the sender) goes.
+fn spawn_readahead(
+    io: &Arc<Io>,
+    threads: usize,
+) -> std::io::Result<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(ChunkId, ChunkEntry)>(1024);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..threads {
+        let (io, rx) = (io.clone(), rx.clone());
+        std::thread::Builder::new().name(format!("storfs-ahead-{i}")).spawn(move || {
+            loop {
+                let job = rx.lock().recv();
+                let Ok((id, entry)) = job else { return };
+                match io.fill(&id, &entry) {
+                    Ok(_) => {
+                        io.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The reader that needs it fetches it itself and reports.
+                    Err(e) => tracing::debug!(chunk = %id, error = %e, "read-ahead fetch failed"),
+                }
+                io.fetching.lock().remove(&id);
+                io.landed.notify_all();
+            }
+        })?;
+    }
+    Ok(tx)
 }
 
 #[cfg(test)]
@@ -330,7 +504,7 @@ mod tests {
             ));
         }
         fault.put(&pack_key(7), pb.finish(), PutOptions::default()).expect("put");
-        let reader = ChunkReader::new(Arc::new(fault), 1 << 20, disk).expect("reader");
+        let reader = ChunkReader::new(Arc::new(fault), 1 << 20, disk, 0).expect("reader");
         (reader, handle, chunks)
     }
 
@@ -341,7 +515,7 @@ mod tests {
         for (id, e) in &chunks {
             assert_eq!(ChunkId::of(&r.get(id, e).expect("get")), *id);
         }
-        assert_eq!(r.stats.backend_reads.load(Ordering::Relaxed), 4);
+        assert_eq!(r.stats().backend_reads.load(Ordering::Relaxed), 4);
         // With the backend down, memory and then disk still serve.
         handle.set_outage(true);
         for (id, e) in &chunks {
@@ -351,7 +525,7 @@ mod tests {
         for (id, e) in &chunks {
             r.get(id, e).expect("disk hit");
         }
-        assert_eq!(r.stats.disk_hits.load(Ordering::Relaxed), 4);
+        assert_eq!(r.stats().disk_hits.load(Ordering::Relaxed), 4);
     }
 
     #[test]
@@ -362,6 +536,72 @@ mod tests {
         assert!(matches!(r.get(id, e), Err(ChunkError::Corrupt { .. })));
         handle.set_truncate_rate(0.0);
         assert_eq!(ChunkId::of(&r.get(id, e).expect("get")), *id);
+    }
+
+    #[test]
+    fn sequential_reads_get_a_growing_window_and_jumps_reset_it() {
+        let r = ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 8 << 20).expect("reader");
+        let bs = 1 << 20;
+        // Blocks of 1 MiB, an 8 MiB window: 2, 4, 8 blocks ahead, never twice.
+        assert_eq!(r.sequential(1, 0, 0, bs), Some(1..3));
+        assert_eq!(r.sequential(1, 1, 1, bs), Some(3..6));
+        assert_eq!(r.sequential(1, 2, 2, bs), Some(6..11));
+        assert_eq!(r.sequential(1, 2, 2, bs), None, "same block again: window already asked for");
+        assert_eq!(r.sequential(1, 3, 3, bs), Some(11..12));
+        // Another inode has its own stream; a file read from the middle
+        // starts none until it goes on in order.
+        assert_eq!(r.sequential(2, 40, 40, bs), None);
+        assert_eq!(r.sequential(2, 41, 41, bs), Some(42..44));
+        // A jump resets the stream.
+        assert_eq!(r.sequential(1, 100, 100, bs), None);
+        assert_eq!(r.sequential(1, 101, 101, bs), Some(102..104));
+        // Off: nothing ever.
+        let off = ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 0).expect("reader");
+        assert_eq!(off.sequential(1, 0, 0, bs), None);
+    }
+
+    #[test]
+    fn prefetched_chunks_are_fetched_once_and_served_from_memory() {
+        let (fault, handle) = FaultBackend::new(Arc::new(MemoryBackend::new()));
+        let mut pb = PackBuilder::new();
+        let mut chunks = Vec::new();
+        for i in 0..16u8 {
+            let data = vec![i + 1; 4096];
+            let id = ChunkId::of(&data);
+            let e = pb.add(id, &data);
+            let entry = ChunkEntry {
+                pack: 9,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                flags: 0,
+                refs: 1,
+            };
+            chunks.push((id, entry));
+        }
+        fault.put(&pack_key(9), pb.finish(), PutOptions::default()).expect("put");
+        handle.set_latency(std::time::Duration::from_millis(30));
+        let r = ChunkReader::new(Arc::new(fault), 1 << 20, None, 1 << 20).expect("reader");
+        for (id, e) in &chunks {
+            r.prefetch(*id, *e);
+        }
+        // Readers racing the read-ahead threads wait for them or find the
+        // chunk cached; no chunk is fetched twice.
+        for (id, e) in &chunks {
+            assert_eq!(ChunkId::of(&r.get(id, e).expect("get")), *id);
+        }
+        let s = r.stats();
+        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 16, "each chunk fetched once");
+        assert_eq!(s.readahead_fetches.load(Ordering::Relaxed), 16);
+        assert_eq!(
+            s.readahead_hits.load(Ordering::Relaxed) + s.mem_hits.load(Ordering::Relaxed),
+            16,
+            "every read served by the read-ahead"
+        );
+        // Cached chunks are not asked for again.
+        r.prefetch(chunks[0].0, chunks[0].1);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 16);
     }
 
     #[test]

@@ -320,6 +320,9 @@ impl Store {
         }
         let bs = block_size as u64;
         let (first, last) = (off / bs, (end - 1) / bs);
+        if let Some(ahead) = self.chunks.sequential(ino, first, last, bs) {
+            self.prefetch(ino, ahead)?;
+        }
         let mut attempt = 0;
         loop {
             let plan = self.read_plan(ino, first, last, off, end, bs)?;
@@ -334,6 +337,17 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Starts fetching the stored chunks of blocks `blocks` of `ino`.
+    fn prefetch(&self, ino: Ino, blocks: std::ops::Range<u64>) -> Result<()> {
+        let rtx = self.meta.read()?;
+        for (_, r) in rtx.blocks(ino, blocks)? {
+            if let Some(entry) = rtx.chunk(&r.chunk)? {
+                self.chunks.prefetch(r.chunk, entry);
+            }
+        }
+        Ok(())
     }
 
     fn read_plan(&self, ino: Ino, first: u64, last: u64, off: u64, end: u64, bs: u64) -> Result<Vec<BlockPlan>> {

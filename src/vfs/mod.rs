@@ -51,6 +51,8 @@ pub struct VfsOptions {
     pub mem_cache: u64,
     /// Disk cache size in bytes (0: none).
     pub disk_cache: u64,
+    /// Bytes fetched ahead of sequential readers, in parallel (0: none).
+    pub readahead: u64,
     /// Data path tunables.
     pub data: DataOptions,
     /// Block size of new file systems.
@@ -64,13 +66,14 @@ pub struct VfsOptions {
 
 impl VfsOptions {
     /// Options with built-in defaults: 512 MiB memory cache, no disk cache,
-    /// default data-path tunables, 1 MiB blocks.
+    /// no read-ahead, default data-path tunables, 1 MiB blocks.
     pub fn new(state_dir: PathBuf, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
         VfsOptions {
             state_dir,
             backend,
             mem_cache: 512 << 20,
             disk_cache: 0,
+            readahead: 0,
             data: DataOptions::default(),
             block_size: 1 << 20,
             space_probe: None,
@@ -151,8 +154,8 @@ impl Vfs {
             tx.commit()?;
         }
         let disk = (opts.disk_cache > 0).then(|| (opts.state_dir.join("cache"), opts.disk_cache));
-        let chunks =
-            ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk).map_err(|e| VfsError::Io(e.into()))?;
+        let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk, opts.readahead)
+            .map_err(|e| VfsError::Io(e.into()))?;
         let background = opts.data.background_flush;
         let store = Arc::new(Store::new(meta, wal, cells, pending, chunks, opts.data));
         let vfs = Arc::new(Vfs {
