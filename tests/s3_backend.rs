@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::s3::S3Server;
 use storfs::backend::{ObjectBackend, PutOptions, StorageClass, conformance};
 
-/// Multipart uploads (above the 16 MiB threshold) with parts in parallel,
+/// Multipart uploads (above the test backend's 16 MiB threshold) with parts in parallel,
 /// read back whole and by ranges across part boundaries, with their class.
 fn multipart(b: &dyn ObjectBackend) {
     let data: Vec<u8> = (0..(40u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();

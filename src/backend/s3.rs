@@ -63,8 +63,11 @@ impl S3Options {
             endpoint: None,
             path_style: false,
             request_timeout: Duration::from_secs(30),
-            multipart_threshold: 16 << 20,
-            part_size: 8 << 20,
+            // A pack (32 MiB by default, a little more when its last block
+            // runs over) goes up as one PUT: one request per pack is what
+            // S3 bills; only larger objects pay for parts.
+            multipart_threshold: 64 << 20,
+            part_size: 16 << 20,
             parallel_parts: 4,
             static_credentials: None,
         }

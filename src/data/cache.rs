@@ -262,6 +262,8 @@ pub struct ChunkReader {
     readahead: u64,
     ahead: Option<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>>,
     streams: Mutex<HashMap<Ino, Stream>>,
+    /// Queue of the thread copying uploaded chunks into the disk cache.
+    keeper: Option<std::sync::mpsc::SyncSender<(ChunkId, Bytes)>>,
     /// Packs read since the last checkpoint, with the time (Unix seconds);
     /// the checkpoint records it as the pack's last read (tiering input).
     touched: Mutex<HashMap<u64, u64>>,
@@ -304,10 +306,12 @@ impl ChunkReader {
             landed: Condvar::new(),
         });
         let ahead = if readahead > 0 { Some(spawn_readahead(&io, READAHEAD_THREADS)?) } else { None };
+        let keeper = if io.disk.is_some() { Some(spawn_keeper(&io)?) } else { None };
         Ok(ChunkReader {
             io,
             readahead,
             ahead,
+            keeper,
             streams: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
         })
@@ -348,11 +352,16 @@ impl ChunkReader {
         io.fill(id, entry)
     }
 
-    /// Keeps a chunk just uploaded in the disk cache (remote backends), so
-    /// recently written data reads locally, even while the backend is down.
-    pub fn keep_uploaded(&self, id: &ChunkId, data: &[u8]) {
-        if let Some(disk) = &self.io.disk {
-            disk.insert(id, data);
+    /// Keeps a chunk just uploaded to a remote backend (one with a disk
+    /// cache), so recently written data reads locally, even while the
+    /// backend is down. A background thread copies it into the disk cache
+    /// when a CPU is free; with that thread behind, the copy is skipped and
+    /// the chunk reads from the backend when needed. The flusher never
+    /// waits for it (copying every uploaded byte again in line cost a third
+    /// of the upload rate on 2 cores).
+    pub fn keep_uploaded(&self, id: &ChunkId, data: Bytes) {
+        if let Some(keeper) = &self.keeper {
+            let _ = keeper.try_send((*id, data));
         }
     }
 
@@ -439,6 +448,36 @@ impl ChunkReader {
     pub fn clear_memory(&self) {
         self.io.mem.invalidate_all();
         self.io.mem.run_pending_tasks();
+    }
+}
+
+/// Uploaded chunks waiting for the disk cache; past this the copy is skipped.
+const KEEP_QUEUE: usize = 64;
+
+/// Starts the thread copying uploaded chunks into the disk cache; it ends
+/// when the reader (the sender) goes.
+fn spawn_keeper(io: &Arc<Io>) -> std::io::Result<std::sync::mpsc::SyncSender<(ChunkId, Bytes)>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(ChunkId, Bytes)>(KEEP_QUEUE);
+    let io = io.clone();
+    std::thread::Builder::new().name("storfs-keep".into()).spawn(move || {
+        run_when_idle();
+        for (id, data) in rx {
+            if let Some(disk) = &io.disk {
+                disk.insert(&id, &data);
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+/// Moves the calling thread to SCHED_IDLE: it runs only on CPUs nothing
+/// else wants, so copying into the cache never slows the data path.
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a syscall on the calling thread (pid 0) reading a valid local.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cache copies run at normal priority");
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::cells::Cell;
 use super::{DataError, Result, Store};
 use crate::backend::{PutOptions, StorageClass};
 use crate::chunk::pack::{PackBuilder, PackIndexEntry, pack_key};
@@ -57,89 +58,133 @@ fn trimmed_len(buf: &[u8]) -> usize {
     buf[..end].iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
 }
 
+/// Packs uploading at once while the flusher assembles the next.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
+/// Waits for one pack's upload and commit; its buffer comes back for reuse.
+fn join_upload(upload: Option<std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>>) -> Result<Vec<u8>> {
+    match upload.map(|h| h.join()) {
+        Some(Ok(r)) => r,
+        Some(Err(_)) => Err(DataError::Corrupt("a pack upload thread panicked".into())),
+        None => Ok(Vec::new()),
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Store {
-    /// Flushes every block dirty at the start of the cycle.
+    /// Flushes every block dirty at the start of the cycle. Full packs go
+    /// up on their own threads, [`UPLOADS_IN_FLIGHT`] at a time, while the
+    /// next one is assembled; each commits its blocks once it has landed.
+    /// A block is in one pack per cycle, so the commits are independent.
     pub fn flush_cycle(&self) -> Result<()> {
         self.check_poisoned()?;
         let cut = self.wal.stats().last_lsn;
         let started = Instant::now();
-        let mut batch = Batch::new(cut, Vec::with_capacity(self.opts.pack_target + (2 << 20)));
-        for cell in self.cells.dirty() {
-            let (generation, blocks) = {
-                let g = cell.lock();
-                let blocks: Vec<_> = g
-                    .blocks
-                    .iter()
-                    .filter_map(|(b, db)| {
-                        let p = db.pieces_upto(cut);
-                        (!p.is_empty()).then_some((*b, p))
-                    })
-                    .collect();
-                (g.generation, blocks)
+        std::thread::scope(|scope| {
+            let mut uploads = std::collections::VecDeque::new();
+            let mut buffers: Vec<Vec<u8>> = Vec::new();
+            let mut ship = |batch: &mut Batch| -> Result<()> {
+                if uploads.len() >= UPLOADS_IN_FLIGHT {
+                    buffers.push(join_upload(uploads.pop_front())?);
+                }
+                let buffer = buffers.pop().unwrap_or_else(|| Vec::with_capacity(self.opts.pack_target + (2 << 20)));
+                let full = std::mem::replace(batch, Batch::new(cut, buffer));
+                uploads.push_back(scope.spawn(move || self.commit_batch(full)));
+                Ok(())
             };
-            if blocks.is_empty() {
-                continue;
+            let mut batch = Batch::new(cut, Vec::with_capacity(self.opts.pack_target + (2 << 20)));
+            for cell in self.cells.dirty() {
+                self.stage_cell(&cell, cut, &mut batch, &mut ship)?;
             }
-            let Some(inode) = self.inode(cell.ino)? else {
-                // Writes to an inode deleted since: nothing to keep.
-                super::drop_dirty(&mut cell.lock());
-                continue;
-            };
-            let bs = inode.block_size as usize;
-            let rtx = self.meta.read()?;
-            for (blk, pieces) in blocks {
-                let base = match rtx.block(cell.ino, blk)? {
-                    Some(b) => {
-                        let entry = rtx.chunk(&b.chunk)?.ok_or_else(|| {
-                            DataError::Corrupt(format!(
-                                "inode {} block {blk} refers to missing chunk {}",
-                                cell.ino, b.chunk
-                            ))
-                        })?;
-                        Some((b, entry))
-                    }
-                    None => None,
-                };
-                // Only as much of the block as holds data: past the base and
-                // the last piece it is zeros anyway.
-                let extent = pieces
-                    .iter()
-                    .map(|p| (p.off + p.len) as usize)
-                    .chain(base.iter().map(|(b, _)| b.len as usize))
-                    .max()
-                    .unwrap_or(0)
-                    .min(bs);
-                // The block is assembled in place at the end of the pack.
-                let base_data = match &base {
-                    Some((b, entry)) => Some((self.chunks.get(&b.chunk, entry)?, b.len as usize)),
-                    None => None,
-                };
-                let buf = batch.pack.stage(extent);
-                if let Some((data, len)) = base_data {
-                    let n = data.len().min(len).min(extent);
-                    buf[..n].copy_from_slice(&data[..n]);
-                }
-                for p in &pieces {
-                    p.copy_into(buf, 0)?;
-                }
-                self.add_to_batch(&mut batch, &rtx, cell.ino, blk, generation)?;
-                if batch.pack.len() >= self.opts.pack_target {
-                    let spare = self.commit_batch(std::mem::replace(&mut batch, Batch::new(cut, Vec::new())))?;
-                    batch = Batch::new(cut, spare);
-                }
+            if !batch.items.is_empty() {
+                self.commit_batch(batch)?;
             }
-        }
-        if !batch.items.is_empty() {
-            self.commit_batch(batch)?;
-        }
+            while !uploads.is_empty() {
+                join_upload(uploads.pop_front())?;
+            }
+            Ok::<(), DataError>(())
+        })?;
         let still_dirty = !self.cells.dirty().is_empty();
         self.clock.reset(still_dirty.then_some(started));
         self.cells.evict_idle();
         self.stats.flush_cycles.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds the cell's blocks dirty at or below `cut` to the batch, handing
+    /// each full pack to `ship`.
+    fn stage_cell(
+        &self,
+        cell: &Cell,
+        cut: u64,
+        batch: &mut Batch,
+        ship: &mut dyn FnMut(&mut Batch) -> Result<()>,
+    ) -> Result<()> {
+        let (generation, blocks) = {
+            let g = cell.lock();
+            let blocks: Vec<_> = g
+                .blocks
+                .iter()
+                .filter_map(|(b, db)| {
+                    let p = db.pieces_upto(cut);
+                    (!p.is_empty()).then_some((*b, p))
+                })
+                .collect();
+            (g.generation, blocks)
+        };
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let Some(inode) = self.inode(cell.ino)? else {
+            // Writes to an inode deleted since: nothing to keep.
+            super::drop_dirty(&mut cell.lock());
+            return Ok(());
+        };
+        let bs = inode.block_size as usize;
+        let rtx = self.meta.read()?;
+        for (blk, pieces) in blocks {
+            let base = match rtx.block(cell.ino, blk)? {
+                Some(b) => {
+                    let entry = rtx.chunk(&b.chunk)?.ok_or_else(|| {
+                        DataError::Corrupt(format!(
+                            "inode {} block {blk} refers to missing chunk {}",
+                            cell.ino, b.chunk
+                        ))
+                    })?;
+                    Some((b, entry))
+                }
+                None => None,
+            };
+            // Only as much of the block as holds data: past the base and
+            // the last piece it is zeros anyway.
+            let extent = pieces
+                .iter()
+                .map(|p| (p.off + p.len) as usize)
+                .chain(base.iter().map(|(b, _)| b.len as usize))
+                .max()
+                .unwrap_or(0)
+                .min(bs);
+            // The block is assembled in place at the end of the pack.
+            let base_data = match &base {
+                Some((b, entry)) => Some((self.chunks.get(&b.chunk, entry)?, b.len as usize)),
+                None => None,
+            };
+            let buf = batch.pack.stage(extent);
+            if let Some((data, len)) = base_data {
+                let n = data.len().min(len).min(extent);
+                buf[..n].copy_from_slice(&data[..n]);
+            }
+            for p in &pieces {
+                p.copy_into(buf, 0)?;
+            }
+            self.add_to_batch(batch, &rtx, cell.ino, blk, generation)?;
+            if batch.pack.len() >= self.opts.pack_target {
+                ship(batch)?;
+            }
+        }
         Ok(())
     }
 
@@ -194,6 +239,7 @@ impl Store {
     fn commit_batch(&self, batch: Batch) -> Result<Vec<u8>> {
         let Batch { cut, pack, new_chunks, items } = batch;
         let mut spare = Vec::new();
+        let mut uploaded = None;
         let pack_id = if pack.is_empty() {
             None
         } else {
@@ -205,15 +251,7 @@ impl Store {
                 self.inflight.lock().remove(&id);
                 return Err(e);
             }
-            for (cid, e) in &new_chunks {
-                let start = e.offset as usize;
-                if let Some(data) = bytes.get(start..start + e.stored_len as usize) {
-                    self.chunks.keep_uploaded(cid, data);
-                }
-            }
-            if let Ok(b) = bytes.try_into_mut() {
-                spare = Vec::from(b);
-            }
+            uploaded = Some(bytes);
             Some((id, size))
         };
         let result = self.commit_items(cut, pack_id, &new_chunks, &items);
@@ -221,8 +259,22 @@ impl Store {
             self.inflight.lock().remove(&id);
         }
         result?;
-        self.stats.chunks_written.fetch_add(new_chunks.len() as u64, Ordering::Relaxed);
+        // Writers may go on now; then the chunks go into the disk cache.
         self.notify_space();
+        if let Some(bytes) = uploaded {
+            for (cid, e) in &new_chunks {
+                let range = e.offset as usize..(e.offset + e.stored_len as u64) as usize;
+                if range.end <= bytes.len() {
+                    self.chunks.keep_uploaded(cid, bytes.slice(range));
+                }
+            }
+            // Chunks queued for the disk cache hold slices of the buffer;
+            // then it is not reused.
+            if let Ok(b) = bytes.try_into_mut() {
+                spare = Vec::from(b);
+            }
+        }
+        self.stats.chunks_written.fetch_add(new_chunks.len() as u64, Ordering::Relaxed);
         Ok(spare)
     }
 

@@ -115,6 +115,9 @@ impl S3Server {
         o.prefix = prefix.into();
         o.request_timeout = Duration::from_secs(10);
         o.static_credentials = Some((ACCESS_KEY.into(), SECRET_KEY.into()));
+        // Small parts, so the 40 MiB test object goes up in five of them.
+        o.multipart_threshold = 16 << 20;
+        o.part_size = 8 << 20;
         S3Backend::open(o, Arc::new(BackendStats::default())).expect("S3 backend")
     }
 
