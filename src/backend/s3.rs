@@ -215,6 +215,12 @@ impl S3Backend {
         format!("{}{key}", self.opts.prefix)
     }
 
+    /// What a request's future owns: client, bucket, full key, and the key
+    /// as the caller named it (for errors and results).
+    fn request(&self, key: &str) -> (Client, String, String, String) {
+        (self.client.clone(), self.opts.bucket.clone(), self.full_key(key), key.to_string())
+    }
+
     /// Runs `fut` on the backend's runtime and waits for it from this thread.
     fn run<T: Send + 'static>(
         &self,
@@ -363,8 +369,7 @@ impl ObjectBackend for S3Backend {
             self.head(key)?;
             return Ok(Bytes::new());
         }
-        let (client, bucket, full, rel) =
-            (self.client.clone(), self.opts.bucket.clone(), self.full_key(key), key.to_string());
+        let (client, bucket, full, rel) = self.request(key);
         self.run(async move {
             let out = client
                 .get_object()
@@ -395,8 +400,7 @@ impl ObjectBackend for S3Backend {
     }
 
     fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        let (client, bucket, full, rel) =
-            (self.client.clone(), self.opts.bucket.clone(), self.full_key(key), key.to_string());
+        let (client, bucket, full, rel) = self.request(key);
         self.run(async move {
             let out =
                 client.get_object().bucket(bucket).key(&full).send().await.map_err(|e| classify("get", &rel, e))?;
@@ -406,8 +410,7 @@ impl ObjectBackend for S3Backend {
     }
 
     fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        let (client, bucket, full, rel) =
-            (self.client.clone(), self.opts.bucket.clone(), self.full_key(key), key.to_string());
+        let (client, bucket, full, rel) = self.request(key);
         self.run(async move {
             let out =
                 client.head_object().bucket(bucket).key(&full).send().await.map_err(|e| classify("head", &rel, e))?;
@@ -421,8 +424,7 @@ impl ObjectBackend for S3Backend {
     }
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
-        let (client, bucket, full, rel) =
-            (self.client.clone(), self.opts.bucket.clone(), self.full_key(key), key.to_string());
+        let (client, bucket, full, rel) = self.request(key);
         self.run(async move {
             match client.delete_object().bucket(bucket).key(&full).send().await {
                 Ok(_) => Ok(()),
@@ -435,8 +437,7 @@ impl ObjectBackend for S3Backend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, BackendError> {
-        let (client, bucket, full, rel) =
-            (self.client.clone(), self.opts.bucket.clone(), self.full_key(prefix), prefix.to_string());
+        let (client, bucket, full, rel) = self.request(prefix);
         let strip = self.opts.prefix.len();
         self.run(async move {
             let mut out = Vec::new();
