@@ -365,11 +365,6 @@ impl ChunkReader {
         }
     }
 
-    /// Reads from the backend, bypassing the caches, and verifies the bytes.
-    pub fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        self.io.fetch(id, entry)
-    }
-
     /// Notes a read of blocks `first..=last` of `ino` (blocks of `block_size`
     /// bytes) and returns the blocks to fetch ahead, if the reads of this
     /// inode are sequential and read-ahead is on. The window starts at two
