@@ -6,6 +6,10 @@
 # Needs root: the end-to-end tests mount file systems.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Every test writes only inside its own scratch directory: the checkout must
+# look the same after the suite as before it (on CI: clean).
+git_status() { git -c safe.directory="$PWD" status --porcelain --untracked-files=all; }
+tree_before=$(git_status)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/test.sh: run as root (the end-to-end tests mount file systems)" >&2
@@ -70,4 +74,11 @@ echo "== fuzz NBD sessions (handshake, options, requests) for 60 s"
 mkdir -p fuzz/corpus/nbd_session
 (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_session corpus/nbd_session seeds/nbd_session \
   -- -max_total_time=60 2>&1 | tail -1)
+echo "== the checkout is as clean as before"
+tree_after=$(git_status)
+if [ "$tree_after" != "$tree_before" ]; then
+  echo "the test suite changed the checkout (every test must write only in its scratch directory):" >&2
+  diff <(echo "$tree_before") <(echo "$tree_after") >&2 || true
+  exit 1
+fi
 echo "== all tests passed"

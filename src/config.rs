@@ -247,6 +247,12 @@ pub struct ControlConfig {
     pub socket: PathBuf,
 }
 
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: default_socket() }
+    }
+}
+
 /// A client network: CIDR ("10.0.0.0/8") or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Net(pub ipnet::IpNet);
@@ -431,6 +437,7 @@ impl Default for FuseConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// State directory: metadata, write-ahead log, caches, local packs.
+    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Object store.
     #[serde(default)]
@@ -445,6 +452,7 @@ pub struct Config {
     #[serde(default)]
     pub gc: GcConfig,
     /// Control socket.
+    #[serde(default)]
     pub control: ControlConfig,
     /// FUSE mounts.
     #[serde(default)]
@@ -526,7 +534,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             storage: StorageConfig::default(),
             gc: GcConfig::default(),
-            control: ControlConfig { socket: default_socket() },
+            control: ControlConfig::default(),
             fuse: FuseConfig::default(),
             nfs: NfsConfig::default(),
             nbd: NbdConfig::default(),
@@ -679,8 +687,9 @@ impl Config {
     pub fn template() -> String {
         let d = Config::default();
         format!(
-            r#"# storfs configuration. Every key is optional except data_dir and
-# [control] socket; the values below are the built-in defaults.
+            r#"# storfs configuration. Every key is optional; the values below are the
+# built-in defaults (data_dir and the socket: those of the user who ran
+# `storfs init`).
 
 # State: metadata store, write-ahead log, caches, and local packs.
 data_dir = "{data_dir}"
@@ -779,6 +788,13 @@ mod tests {
     fn template_parses_to_the_defaults() {
         let c = parse(&Config::template()).expect("template");
         assert_eq!(c, Config::default());
+    }
+
+    /// A file with only the keys an operator changes (the README's
+    /// snippets) takes the built-in defaults for the rest.
+    #[test]
+    fn every_key_has_a_default() {
+        assert_eq!(parse("").expect("empty config"), Config::default());
     }
 
     #[test]

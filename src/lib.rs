@@ -2,7 +2,7 @@
 //! hosts, on local disks or S3, behind a write-back cache.
 //!
 //! Layers, top to bottom (ARCHITECTURE.md has the codemap and invariants):
-//! protocol frontends ([`fuse`]) → [`vfs`] (POSIX core) → [`data`]
+//! protocol frontends ([`fuse`], [`nfs`], [`nbd`]) → [`vfs`] (POSIX core) → [`data`]
 //! (write-back cache, WAL, flusher, read cache) → [`chunk`] (packs,
 //! refcounts) → [`backend`] (object storage) and [`meta`] (redb).
 

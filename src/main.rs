@@ -18,7 +18,7 @@ fn main() {
         return;
     }
     let cli = cli::Cli::parse();
-    if matches!(cli.cmd, cli::Command::Serve) {
+    if matches!(cli.cmd, cli::Command::Serve { check: false }) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("STORFS_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=warn,fuser::mnt=error"));
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -12,7 +12,15 @@ fn fio(dir: &Path, verify_only: bool) -> String {
     let fio = require_tool("fio");
     let mut cmd = Command::new(fio);
     cmd.arg(format!("--directory={}", dir.display()))
-        .args(["--ioengine=psync", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--group_reporting"])
+        // No verify state file in the working directory (the checkout).
+        .args([
+            "--verify_state_save=0",
+            "--ioengine=psync",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--group_reporting",
+        ])
         .args(["--name=sequential", "--rw=write", "--bs=1M", "--size=512M"])
         .args(["--name=random", "--rw=randwrite", "--bsrange=4k-128k", "--size=512M", "--end_fsync=1"]);
     if verify_only {

@@ -11,8 +11,9 @@
 //!
 //! `offset` points at the chunk's data, so a chunk is one ranged read. Each
 //! chunk also has its header in line, so a pack can be walked front to back
-//! even if its index is lost; the index lets GC, fsck and recovery read
-//! what a pack holds with one small read of its tail.
+//! even if its index is lost; the index says what a pack holds with one
+//! small read of its tail (the metadata's chunk table is what the daemon
+//! reads; tests use the index to check packs from outside).
 
 use bytes::Bytes;
 
@@ -179,7 +180,8 @@ pub fn parse_trailer(trailer: &[u8], pack_size: u64) -> Result<(u64, u32), Decod
     if d.raw(4)? != TRAILER_MAGIC {
         return Err(DecodeError("pack trailer magic missing".into()));
     }
-    if index_offset < MAGIC.len() as u64 || index_offset + TRAILER_LEN > pack_size {
+    // The offset comes from the object: a sum that wraps must not pass.
+    if index_offset < MAGIC.len() as u64 || index_offset.checked_add(TRAILER_LEN).is_none_or(|end| end > pack_size) {
         return Err(DecodeError(format!("pack index offset {index_offset} out of range")));
     }
     Ok((index_offset, crc))
@@ -204,7 +206,9 @@ pub fn parse_index(index: &[u8], crc: u32, pack_size: u64) -> Result<Vec<PackInd
             raw_len: d.u32()?,
             flags: d.u8()?,
         };
-        if e.offset < (MAGIC.len() + CHUNK_HEADER_LEN) as u64 || e.offset + e.stored_len as u64 > pack_size {
+        if e.offset < (MAGIC.len() + CHUNK_HEADER_LEN) as u64
+            || e.offset.checked_add(u64::from(e.stored_len)).is_none_or(|end| end > pack_size)
+        {
             return Err(DecodeError(format!("pack index entry for {} out of range", e.id)));
         }
         out.push(e);
@@ -267,6 +271,30 @@ mod tests {
         flipped[n - 20] ^= 1;
         assert!(read_index(&flipped).is_err());
         assert!(read_index(&[0u8; 64]).is_err());
+    }
+
+    /// Offsets near u64::MAX once wrapped past the bounds check and then
+    /// panicked slicing the pack.
+    #[test]
+    fn offsets_that_would_wrap_are_errors() {
+        let mut b = PackBuilder::new();
+        b.add(ChunkId::of(b"x"), b"x");
+        let good = b.finish().to_vec();
+        let n = good.len();
+        let mut trailer = good[n - TRAILER_LEN as usize..].to_vec();
+        trailer[..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        assert!(parse_trailer(&trailer, n as u64).is_err());
+        let mut pack = good.clone();
+        pack[n - TRAILER_LEN as usize..n - 8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        assert!(read_index(&pack).is_err());
+
+        // An index entry whose offset + length wraps: re-sealed with a
+        // valid crc, so only the range check can refuse it.
+        let (index_offset, _) = parse_trailer(&good[n - TRAILER_LEN as usize..], n as u64).expect("trailer");
+        let mut index = good[index_offset as usize..n - TRAILER_LEN as usize].to_vec();
+        index[4 + 32..4 + 40].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let crc = crc32c::crc32c(&index);
+        assert!(parse_index(&index, crc, n as u64).is_err());
     }
 
     #[test]

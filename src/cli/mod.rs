@@ -29,7 +29,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground.
-    Serve,
+    Serve {
+        /// Only load and validate the configuration, print it is valid, and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print the default configuration.
     Init,
     /// Manage file systems.
@@ -211,8 +215,13 @@ impl Cli {
     /// Runs the command; returns the process exit code.
     pub fn run(self) -> anyhow::Result<i32> {
         match &self.cmd {
-            Command::Serve => {
+            Command::Serve { check } => {
                 let config = Config::load(self.config.as_deref())?;
+                if *check {
+                    let from = self.config.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string());
+                    println!("configuration is valid ({from})");
+                    return Ok(0);
+                }
                 crate::daemon::serve(config)?;
             }
             Command::Init => print!("{}", Config::template()),

@@ -26,8 +26,6 @@ pub struct CellData {
     pub generation: u64,
     /// Open handles (FUSE); an unlinked inode lives until this drops to 0.
     pub open: u32,
-    /// Last block read, for sequential read-ahead.
-    pub last_read_block: Option<u64>,
 }
 
 /// One inode's cell.

@@ -395,7 +395,8 @@ impl PackEntry {
     }
 }
 
-/// A named file system (and later, the reserved volume namespace).
+/// A named file system, or the reserved `.volumes` file system that holds
+/// the block volumes as files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsRecord {
     /// Small id, part of NFS file handles.
