@@ -239,6 +239,28 @@ impl Default for GcConfig {
     }
 }
 
+/// `[limits]`: what clients can make the daemon hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Request and reply bytes held for NFS and NBD clients at once, daemon-wide.
+    pub buffered: Size,
+    /// The same for one client address.
+    pub buffered_per_client: Size,
+    /// A request that started arriving must be complete within this.
+    pub request_timeout: Dur,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            buffered: Size(512 << 20),
+            buffered_per_client: Size(128 << 20),
+            request_timeout: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
 /// `[control]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,6 +355,12 @@ pub struct NfsConfig {
     pub default_export: ExportConfig,
     /// Options by file system name.
     pub exports: std::collections::BTreeMap<String, ExportConfig>,
+    /// Connections at once, from all clients.
+    pub max_connections: usize,
+    /// Connections at once from one client address.
+    pub max_connections_per_client: usize,
+    /// A connection with no call for this long is closed (clients reconnect).
+    pub idle_timeout: Dur,
 }
 
 impl Default for NfsConfig {
@@ -342,6 +370,9 @@ impl Default for NfsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2049)),
             default_export: ExportConfig::default(),
             exports: Default::default(),
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            idle_timeout: Dur(Duration::from_secs(360)),
         }
     }
 }
@@ -368,6 +399,12 @@ pub struct NbdConfig {
     pub default_volume: VolumeConfig,
     /// Options by volume name.
     pub volumes: std::collections::BTreeMap<String, VolumeConfig>,
+    /// Connections at once, from all clients.
+    pub max_connections: usize,
+    /// Connections at once from one client address.
+    pub max_connections_per_client: usize,
+    /// The option haggling must be over within this.
+    pub handshake_timeout: Dur,
 }
 
 impl Default for NbdConfig {
@@ -377,6 +414,9 @@ impl Default for NbdConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 10809)),
             default_volume: VolumeConfig::default(),
             volumes: Default::default(),
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            handshake_timeout: Dur(Duration::from_secs(10)),
         }
     }
 }
@@ -463,6 +503,9 @@ pub struct Config {
     /// NBD server.
     #[serde(default)]
     pub nbd: NbdConfig,
+    /// Bounds on what clients can make the daemon hold.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -538,6 +581,7 @@ impl Default for Config {
             fuse: FuseConfig::default(),
             nfs: NfsConfig::default(),
             nbd: NbdConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -668,6 +712,35 @@ impl Config {
         if !(0.0..1.0).contains(&self.gc.repack_threshold) {
             return bad("gc.repack_threshold", format!("must be in [0, 1), got {}", self.gc.repack_threshold));
         }
+        for (key, n) in [
+            ("nfs.max_connections", self.nfs.max_connections),
+            ("nfs.max_connections_per_client", self.nfs.max_connections_per_client),
+            ("nbd.max_connections", self.nbd.max_connections),
+            ("nbd.max_connections_per_client", self.nbd.max_connections_per_client),
+        ] {
+            if !(1..=65536).contains(&n) {
+                return bad(key, format!("must be between 1 and 65536, got {n}"));
+            }
+        }
+        let l = &self.limits;
+        if l.buffered.0 < 64 << 20 {
+            return bad("limits.buffered", format!("must be at least 64MiB (one largest request), got {}", l.buffered));
+        }
+        if l.buffered_per_client.0 < 32 << 20 || l.buffered_per_client.0 > l.buffered.0 {
+            return bad(
+                "limits.buffered_per_client",
+                format!("must be at least 32MiB and at most limits.buffered, got {}", l.buffered_per_client),
+            );
+        }
+        for (key, d) in [
+            ("limits.request_timeout", l.request_timeout.0),
+            ("nbd.handshake_timeout", self.nbd.handshake_timeout.0),
+            ("nfs.idle_timeout", self.nfs.idle_timeout.0),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, "must be at least 1s".into());
+            }
+        }
         if !(1..=256).contains(&self.fuse.threads) {
             return bad("fuse.threads", format!("must be between 1 and 256, got {}", self.fuse.threads));
         }
@@ -733,6 +806,9 @@ attr_timeout = "{attr}"
 [nfs]
 enabled = true
 listen = "{nfs}"            # NFSv3, MOUNT and portmapper GETPORT
+max_connections = {nfs_max}
+max_connections_per_client = {nfs_per}   # further connections from the address are closed at once
+idle_timeout = "{nfs_idle}"        # a connection with no call this long is closed; clients reconnect
 
 [nfs.default_export]        # every file system /<name>, unless [nfs.exports.<name>] says otherwise
 clients = [{clients}]
@@ -745,10 +821,18 @@ anongid = 65534
 [nbd]
 enabled = true
 listen = "{nbd}"            # block volumes: nbd-client HOST PORT /dev/nbd0 -N <volume>
+max_connections = {nbd_max}
+max_connections_per_client = {nbd_per}
+handshake_timeout = "{nbd_hs}"    # a connection that has not attached by then is closed
 
 [nbd.default_volume]        # every volume, unless [nbd.volumes.<name>] says otherwise
 clients = [{clients}]
 ro = false
+
+[limits]                    # what NFS and NBD clients can make the daemon hold
+buffered = "{buffered}"          # request and reply bytes in memory, all clients
+buffered_per_client = "{buffered_client}"  # the same for one client address
+request_timeout = "{req_timeout}"      # a request that started arriving must be complete by then
 "#,
             data_dir = d.data_dir.display(),
             max_dirty = d.cache.max_dirty,
@@ -768,6 +852,15 @@ ro = false
             clients =
                 d.nfs.default_export.clients.iter().map(|n| format!("\"{}\"", n.0)).collect::<Vec<_>>().join(", "),
             nbd = d.nbd.listen,
+            nfs_max = d.nfs.max_connections,
+            nfs_per = d.nfs.max_connections_per_client,
+            nfs_idle = humantime::format_duration(d.nfs.idle_timeout.0),
+            nbd_max = d.nbd.max_connections,
+            nbd_per = d.nbd.max_connections_per_client,
+            nbd_hs = humantime::format_duration(d.nbd.handshake_timeout.0),
+            buffered = d.limits.buffered,
+            buffered_client = d.limits.buffered_per_client,
+            req_timeout = humantime::format_duration(d.limits.request_timeout.0),
         )
     }
 }
@@ -795,6 +888,16 @@ mod tests {
     #[test]
     fn every_key_has_a_default() {
         assert_eq!(parse("").expect("empty config"), Config::default());
+    }
+
+    /// The shipped config is what `storfs init` prints for root, so it
+    /// cannot fall behind the keys (regenerate: `storfs init > systemd/storfs.toml`).
+    #[test]
+    fn shipped_example_is_the_template() {
+        let for_root = Config::template()
+            .replace(&default_data_dir().display().to_string(), "/var/lib/storfs")
+            .replace(&default_socket().display().to_string(), "/run/storfs/storfs.sock");
+        assert_eq!(include_str!("../systemd/storfs.toml"), for_root);
     }
 
     #[test]

@@ -47,6 +47,32 @@ fn invalid_config_is_refused_with_the_key_named() {
     assert_clear_error(&missing, "/nonexistent/storfs.toml");
 }
 
+/// A port in use stops the start before any server says it is ready.
+#[test]
+fn a_port_in_use_is_refused_before_anything_is_ready() {
+    let s = Scratch::new("port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let toml = format!(
+        "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n[nfs]\nlisten = \"127.0.0.1:0\"\n[nbd]\nlisten = \"127.0.0.1:{port}\"\n",
+        s.path.join("data").display(),
+        s.path.join("s.sock").display()
+    );
+    let cfg = s.path.join("c.toml");
+    std::fs::write(&cfg, toml).expect("config");
+    let out = Command::new(storfs_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .env("STORFS_LOG", "info")
+        .output()
+        .expect("run storfs");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("nbd.listen 127.0.0.1:{port} cannot be bound")), "{err}");
+    assert!(!err.contains("server ready") && !err.contains("daemon ready"), "nothing is announced as ready: {err}");
+}
+
 #[test]
 fn unwritable_data_dir_is_a_clear_error() {
     require_root_and_fuse();

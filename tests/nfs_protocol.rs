@@ -184,6 +184,7 @@ struct Fattr {
     mode: u32,
     uid: u32,
     size: u64,
+    used: u64,
     fileid: u64,
     ctime: (u32, u32),
 }
@@ -195,14 +196,14 @@ fn fattr(r: &mut Reader<'_>) -> Fattr {
     let uid = r.u32().expect("uid");
     let _gid = r.u32().expect("gid");
     let size = r.u64().expect("size");
-    let _used = r.u64().expect("used");
+    let used = r.u64().expect("used");
     let _rdev = (r.u32().expect("maj"), r.u32().expect("min"));
     let _fsid = r.u64().expect("fsid");
     let fileid = r.u64().expect("fileid");
     let _atime = (r.u32().expect("s"), r.u32().expect("ns"));
     let _mtime = (r.u32().expect("s"), r.u32().expect("ns"));
     let ctime = (r.u32().expect("s"), r.u32().expect("ns"));
-    Fattr { mode, uid, size, fileid, ctime }
+    Fattr { mode, uid, size, used, fileid, ctime }
 }
 
 fn skip_post_attr(r: &mut Reader<'_>) {
@@ -542,4 +543,24 @@ proptest! {
 
 thread_local! {
     static FX: Fx = Fx::new(Exports::default());
+}
+
+/// fattr3 `used` counts the bytes the file stores, not its size: a 10 GiB
+/// file with 4 KiB written holds 4 KiB, before and after the flush.
+#[test]
+fn used_counts_stored_bytes_not_the_size() {
+    let fx = Fx::new(Exports::default());
+    let root = fx.root();
+    let fh = fx.create(&root, "sparse", &rpc::root()).expect("create");
+    let ino = fx.getattr(&fh).expect("getattr").fileid;
+    let set = storfs::vfs::SetAttr { size: Some(10 << 30), ..Default::default() };
+    fx.vfs.setattr(&Creds::root(), ino, &set).expect("truncate to 10 GiB");
+    let a = fx.getattr(&fh).expect("getattr");
+    assert_eq!((a.size, a.used), (10 << 30, 0), "a hole stores nothing");
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251 + 1) as u8).collect();
+    assert_eq!(write(&fx, &fh, 5 << 20, &data, 2).0, OK);
+    assert_eq!(fx.getattr(&fh).expect("getattr").used, 4096, "dirty data counts");
+    fx.vfs.flush().expect("flush");
+    assert_eq!(fx.getattr(&fh).expect("getattr").used, 4096, "flushed data counts the same");
+    assert_eq!(fx.getattr(&fh).expect("getattr").size, 10 << 30);
 }

@@ -13,12 +13,14 @@ use libfuzzer_sys::fuzz_target;
 use storfs::backend::memory::MemoryBackend;
 use storfs::data::DataOptions;
 use storfs::nbd::{Policy, Server, proto, server};
+use storfs::net::{Budget, Connections, Limits};
 use storfs::vfs::{Vfs, VfsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
     server: Arc<Server>,
+    conns: Arc<Connections>,
 }
 
 fn fixture() -> &'static Fixture {
@@ -32,7 +34,8 @@ fn fixture() -> &'static Fixture {
         let vfs = Vfs::open(opts).expect("open");
         vfs.create_volume("vol", 1 << 20, 4096, true).expect("volume");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
-        Fixture { rt, server: Server::new(vfs, Policy::default()) }
+        let conns = Connections::new(Limits::default(), Budget::new(256 << 20, 128 << 20));
+        Fixture { rt, server: Server::new(vfs, Policy::default()), conns }
     })
 }
 
@@ -48,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
         let (mut client, srv) = tokio::io::duplex(1 << 20);
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let session = tokio::spawn(server::session(f.server.clone(), srv, peer, stopped));
+        let slot = f.conns.admit(peer.ip()).expect("one connection at a time fits the limits");
+        let timeout = std::time::Duration::from_secs(5);
+        let session = tokio::spawn(server::session(f.server.clone(), srv, peer, slot, timeout, stopped));
         let _ = client.write_all(&input).await;
         let _ = client.shutdown().await;
         let mut sink = Vec::new();

@@ -186,6 +186,23 @@ impl BackendError {
         matches!(self, BackendError::Transient { .. })
     }
 
+    /// True when the cause is a full disk or quota (local backend), which
+    /// only freeing space fixes.
+    pub fn is_no_space(&self) -> bool {
+        let source = match self {
+            BackendError::Transient { source, .. } | BackendError::Permanent { source, .. } => source,
+            _ => return false,
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// Classifies an I/O error of a local file operation.
     pub fn from_io(op: &'static str, key: &str, err: std::io::Error) -> BackendError {
         let key = key.to_string();

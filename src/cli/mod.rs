@@ -138,6 +138,12 @@ pub enum VolumeCommand {
         /// Name.
         name: String,
     },
+    /// Detach a volume from the host that has it attached: its NBD
+    /// connections are closed (for a host that stopped answering).
+    Detach {
+        /// Name.
+        name: String,
+    },
     /// Grow a volume.
     Resize {
         /// Name.
@@ -189,6 +195,13 @@ impl Cli {
             VolumeCommand::Delete { name } => {
                 self.call(&Request::VolumeDelete { name: name.clone() })?;
                 println!("deleted volume {name}");
+            }
+            VolumeCommand::Detach { name } => {
+                let v = self.call(&Request::VolumeDetach { name: name.clone() })?;
+                match v["connections"].as_u64().unwrap_or(0) {
+                    0 => println!("volume {name} was not attached"),
+                    n => println!("detached volume {name} ({n} connections closed)"),
+                }
             }
             VolumeCommand::Resize { name, size } => {
                 self.call(&Request::VolumeResize { name: name.clone(), size: size.0 })?;

@@ -4,18 +4,33 @@
 //! → {"cmd":"fs_create","name":"projects"}\n
 //! ← {"ok":true,"result":{...}}\n      or      {"ok":false,"error":"..."}\n
 //! ```
+//!
+//! Bounds: connections are tasks on the network runtime while their
+//! request arrives, which must be whole within [`REQUEST_DEADLINE`]; at
+//! most [`MAX_READING`] may be arriving at once, and a new connection
+//! beyond that closes the one that has been arriving longest, so idle or
+//! trickling connections can never keep a real request out. Requests run
+//! on their own threads, [`MAX_RUNNING`] at once.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
-const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_REQUEST: usize = 64 * 1024;
+/// Connections whose request is still arriving, at most.
+pub const MAX_READING: usize = 1024;
+/// Requests running at once; more wait their turn.
+pub const MAX_RUNNING: usize = 16;
+/// The whole request line must arrive within this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A command for the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +65,11 @@ pub enum Request {
     VolumeList,
     /// Delete a volume and its data.
     VolumeDelete {
+        /// Name.
+        name: String,
+    },
+    /// End every NBD connection attached to a volume.
+    VolumeDetach {
         /// Name.
         name: String,
     },
@@ -116,42 +136,122 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// Accepts connections until the process ends, one thread per connection.
-pub fn serve(listener: UnixListener, handler: Handler) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let handler = handler.clone();
-        let spawned = std::thread::Builder::new().name("storfs-control".into()).spawn(move || answer(conn, handler));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a control thread");
+/// Serves the socket until the runtime stops (see the module doc for the
+/// bounds). `listener` must be the one [`bind`] made.
+pub async fn serve(listener: UnixListener, handler: Handler) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "control socket unusable");
+        return;
+    }
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "control socket unusable");
+            return;
         }
+    };
+    let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING));
+    // Connections still reading, oldest first, each with its stop flag.
+    let reading: Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, storfs::net::Cancel)>>> = Arc::default();
+    let mut next_id = 0u64;
+    loop {
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let stop = storfs::net::Cancel::default();
+        {
+            let mut r = reading.lock();
+            if r.len() >= MAX_READING
+                && let Some((_, oldest)) = r.pop_front()
+            {
+                oldest.cancel();
+            }
+            r.push_back((id, stop.clone()));
+        }
+        let (handler, running, reading) = (handler.clone(), running.clone(), reading.clone());
+        tokio::spawn(async move {
+            let req = tokio::select! {
+                r = tokio::time::timeout(REQUEST_DEADLINE, read_request(conn)) => r,
+                _ = stop.cancelled() => {
+                    return;
+                }
+            };
+            reading.lock().retain(|(i, _)| *i != id);
+            let (conn, line) = match req {
+                Err(_) => return,
+                Ok(Err(_)) => return,
+                Ok(Ok(x)) => x,
+            };
+            let response = match line {
+                Err(e) => Response { ok: false, error: Some(e), result: serde_json::Value::Null },
+                Ok(line) => {
+                    let Ok(_turn) = running.acquire_owned().await else { return };
+                    match tokio::task::spawn_blocking(move || respond(&line, &handler)).await {
+                        Ok(r) => r,
+                        Err(e) => Response {
+                            ok: false,
+                            error: Some(format!("the request failed inside the daemon: {e}")),
+                            result: serde_json::Value::Null,
+                        },
+                    }
+                }
+            };
+            let mut conn = conn;
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn.write_all(&reply_line(&response))).await;
+        });
     }
 }
 
-fn answer(conn: UnixStream, handler: Handler) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = String::new();
-    let read = BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line);
-    let response = match read {
-        Err(e) => {
-            Response { ok: false, error: Some(format!("cannot read request: {e}")), result: serde_json::Value::Null }
-        }
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Err(e) => {
-                Response { ok: false, error: Some(format!("malformed request: {e}")), result: serde_json::Value::Null }
-            }
-            Ok(req) => {
-                tracing::debug!(?req, "control request");
-                match handler(req) {
-                    Ok(result) => Response { ok: true, error: None, result },
-                    Err(e) => Response { ok: false, error: Some(e), result: serde_json::Value::Null },
-                }
-            }
-        },
-    };
-    let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+fn reply_line(r: &Response) -> Vec<u8> {
+    let mut out = serde_json::to_vec(r).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     out.push(b'\n');
-    let _ = (&conn).write_all(&out);
+    out
+}
+
+/// Reads one request line of at most [`MAX_REQUEST`] bytes. The outer
+/// error: the connection is gone; the inner one is the answer to give.
+async fn read_request(
+    mut conn: tokio::net::UnixStream,
+) -> std::io::Result<(tokio::net::UnixStream, Result<String, String>)> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().position(|b| *b == b'\n') {
+            line.truncate(end);
+            break;
+        }
+        if line.len() > MAX_REQUEST {
+            return Ok((conn, Err(format!("request too long (the limit is {} KiB)", MAX_REQUEST / 1024))));
+        }
+    }
+    Ok((conn, String::from_utf8(line).map_err(|_| "malformed request: not UTF-8".to_string())))
+}
+
+fn respond(line: &str, handler: &Handler) -> Response {
+    match serde_json::from_str::<Request>(line) {
+        Err(e) => {
+            Response { ok: false, error: Some(format!("malformed request: {e}")), result: serde_json::Value::Null }
+        }
+        Ok(req) => {
+            tracing::debug!(?req, "control request");
+            match handler(req) {
+                Ok(result) => Response { ok: true, error: None, result },
+                Err(e) => Response { ok: false, error: Some(e), result: serde_json::Value::Null },
+            }
+        }
+    }
 }
 
 /// Sends one request to the daemon at `socket` and returns its result.
@@ -195,7 +295,8 @@ mod tests {
             Request::FsCreate { name } if name == "bad" => Err("no".into()),
             other => Ok(serde_json::to_value(other).expect("json")),
         });
-        std::thread::spawn(move || serve(listener, handler));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        rt.spawn(serve(listener, handler));
         let r = call(&sock, &Request::FsCreate { name: "x".into() }).expect("call");
         assert_eq!(r["name"], "x");
         assert_eq!(call(&sock, &Request::FsCreate { name: "bad".into() }), Err("no".into()));
@@ -208,7 +309,7 @@ mod tests {
         conn.write_all(&vec![b'x'; 100_000]).expect("write");
         let mut reply = String::new();
         BufReader::new(&conn).read_line(&mut reply).expect("read");
-        assert!(reply.contains("\"ok\":false"), "{reply}");
+        assert!(reply.contains("\"ok\":false") && reply.contains("request too long"), "{reply}");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Daemon {
     nbd: Option<Arc<storfs::nbd::Server>>,
     nbd_addr: Option<std::net::SocketAddr>,
     backend_stats: Arc<BackendStats>,
+    nfs_conns: Arc<storfs::net::Connections>,
+    nbd_conns: Arc<storfs::net::Connections>,
+    budget: Arc<storfs::net::Budget>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -173,6 +176,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         dirty_wait_timeout: (!config.cache.dirty_wait_timeout.0.is_zero()).then_some(config.cache.dirty_wait_timeout.0),
         repack_threshold: config.gc.repack_threshold,
         background_flush: true,
+        // Set by the store from where the packs really are.
+        packs_on_log_disk: false,
     };
     let vfs = Vfs::open(VfsOptions {
         state_dir: config.data_dir.join("state"),
@@ -204,33 +209,60 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the network runtime")?;
     let (stop_net, net_stopped) = tokio::sync::watch::channel(false);
-    let nfs_addr = if config.nfs.enabled {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(config.nfs.listen))
-            .with_context(|| format!("nfs.listen {} cannot be bound", config.nfs.listen))?;
-        let addr = listener.local_addr()?;
-        let server = storfs::nfs::Server::new(vfs.clone(), config.nfs.exports(), addr.port());
-        runtime.spawn(storfs::nfs::server::serve(server, listener, net_stopped.clone()));
-        tracing::info!(listen = %addr, "NFSv3 server ready");
-        Some(addr)
-    } else {
-        None
-    };
-
-    let (nbd, nbd_addr) = if config.nbd.enabled {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(config.nbd.listen))
-            .with_context(|| format!("nbd.listen {} cannot be bound", config.nbd.listen))?;
-        let addr = listener.local_addr()?;
-        let server = storfs::nbd::Server::new(vfs.clone(), config.nbd.policy());
-        runtime.spawn(storfs::nbd::server::serve(server.clone(), listener, net_stopped.clone()));
-        tracing::info!(listen = %addr, "NBD server ready");
-        (Some(server), Some(addr))
-    } else {
-        (None, None)
-    };
-
+    // Every listener is bound before any is announced or served, so a port
+    // in use stops the start with nothing claimed to be ready.
+    let bind =
+        |enabled: bool, addr: std::net::SocketAddr, key: &str| -> anyhow::Result<Option<tokio::net::TcpListener>> {
+            if !enabled {
+                return Ok(None);
+            }
+            let l = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("{key} {addr} cannot be bound"))?;
+            Ok(Some(l))
+        };
+    let nfs_listener = bind(config.nfs.enabled, config.nfs.listen, "nfs.listen")?;
+    let nbd_listener = bind(config.nbd.enabled, config.nbd.listen, "nbd.listen")?;
     let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
+
+    let budget = storfs::net::Budget::new(config.limits.buffered.0, config.limits.buffered_per_client.0);
+    let (nfs_max, nbd_max) = connection_caps(&config);
+    let limits = |max_connections, max_per_client| storfs::net::Limits {
+        max_connections,
+        max_per_client,
+        request_timeout: config.limits.request_timeout.0,
+    };
+    let nfs_conns = storfs::net::Connections::new(
+        limits(nfs_max, config.nfs.max_connections_per_client.min(nfs_max)),
+        budget.clone(),
+    );
+    let nbd_conns = storfs::net::Connections::new(
+        limits(nbd_max, config.nbd.max_connections_per_client.min(nbd_max)),
+        budget.clone(),
+    );
+    let nfs_addr = match nfs_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let server = storfs::nfs::Server::new(vfs.clone(), config.nfs.exports(), addr.port());
+            let idle = config.nfs.idle_timeout.0;
+            runtime.spawn(storfs::nfs::server::serve(server, l, nfs_conns.clone(), idle, net_stopped.clone()));
+            tracing::info!(listen = %addr, "NFSv3 server ready");
+            Some(addr)
+        }
+        None => None,
+    };
+    let (nbd, nbd_addr) = match nbd_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let server = storfs::nbd::Server::new(vfs.clone(), config.nbd.policy());
+            let hs = config.nbd.handshake_timeout.0;
+            runtime.spawn(storfs::nbd::server::serve(server.clone(), l, nbd_conns.clone(), hs, net_stopped.clone()));
+            tracing::info!(listen = %addr, "NBD server ready");
+            (Some(server), Some(addr))
+        }
+        None => (None, None),
+    };
+
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         vfs: vfs.clone(),
@@ -241,10 +273,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nbd,
         nbd_addr,
         backend_stats,
+        nfs_conns,
+        nbd_conns,
+        budget,
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req| d.handle(req));
-    std::thread::Builder::new().name("storfs-control".into()).spawn(move || control::serve(listener, handler))?;
+    runtime.spawn(control::serve(listener, handler));
     spawn_gc_timer(&daemon)?;
 
     tracing::info!(
@@ -273,6 +308,38 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     vfs.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors kept for the daemon's own files (log segments, metadata,
+/// packs, caches, FUSE, the control socket), which clients can never take.
+const RESERVED_FDS: u64 = 1024;
+
+/// The NFS and NBD connection limits that fit the descriptor limit: the
+/// soft limit is raised to the hard one, and if the configured limits and
+/// the reserve still do not fit, the limits shrink (with a warning), so a
+/// flood of connections can never starve the log or the flusher of
+/// descriptors.
+fn connection_caps(config: &Config) -> (usize, usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
+    }
+    let room = soft.saturating_sub(RESERVED_FDS).max(64) as usize;
+    let nfs = if config.nfs.enabled { config.nfs.max_connections } else { 0 };
+    let nbd = if config.nbd.enabled { config.nbd.max_connections } else { 0 };
+    if nfs + nbd <= room {
+        return (nfs.max(1), nbd.max(1));
+    }
+    let scale = |n: usize| (n * room / (nfs + nbd)).max(1);
+    tracing::warn!(
+        descriptors = soft,
+        reserved = RESERVED_FDS,
+        nfs_max_connections = scale(nfs),
+        nbd_max_connections = scale(nbd),
+        "connection limits lowered to fit the descriptor limit (raise LimitNOFILE to keep them)"
+    );
+    (scale(nfs), scale(nbd))
 }
 
 fn spawn_gc_timer(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
@@ -354,6 +421,11 @@ impl Daemon {
                 }
                 self.vfs.delete_volume(&name).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?;
                 Ok(serde_json::Value::Null)
+            }
+            Request::VolumeDetach { name } => {
+                self.vfs.volume(&name).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?;
+                let n = self.nbd.as_ref().map_or(0, |s| s.detach(&name));
+                Ok(serde_json::json!({ "connections": n }))
             }
             Request::VolumeResize { name, size } => {
                 json(self.vfs.resize_volume(&name, size).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?)

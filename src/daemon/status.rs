@@ -98,6 +98,30 @@ pub struct UploadQueue {
     pub metadata_shipped_seq: u64,
 }
 
+/// Connections of one network server.
+#[derive(Debug, Serialize)]
+pub struct ServerClients {
+    /// Open now.
+    pub connections: usize,
+    /// Refused at a connection limit since the start.
+    pub refused: u64,
+    /// Connections allowed at once (all clients, one client).
+    pub max_connections: usize,
+    /// Connections allowed from one client address.
+    pub max_connections_per_client: usize,
+}
+
+/// Network clients and what they hold.
+#[derive(Debug, Serialize)]
+pub struct Clients {
+    /// NFS connections.
+    pub nfs: ServerClients,
+    /// NBD connections.
+    pub nbd: ServerClients,
+    /// Request and reply bytes clients may still make the daemon hold.
+    pub buffered_free_bytes: u64,
+}
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -123,6 +147,8 @@ pub struct Status {
     pub nfs_listen: Option<String>,
     /// Address of the NBD server, if it runs.
     pub nbd_listen: Option<String>,
+    /// Network clients.
+    pub clients: Clients,
 }
 
 pub fn collect(d: &Daemon) -> Result<Status, String> {
@@ -196,5 +222,14 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),
         nbd_listen: d.nbd_addr.map(|a| a.to_string()),
+        clients: {
+            let of = |c: &storfs::net::Connections| ServerClients {
+                connections: c.open(),
+                refused: c.refused(),
+                max_connections: c.limits().max_connections,
+                max_connections_per_client: c.limits().max_per_client,
+            };
+            Clients { nfs: of(&d.nfs_conns), nbd: of(&d.nbd_conns), buffered_free_bytes: d.budget.available_bytes() }
+        },
     })
 }

@@ -7,25 +7,113 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::dirty::DirtyBlock;
+use super::dirty::{DirtyBlock, Piece};
 use crate::meta::{Ino, Inode};
 
 const SHARDS: usize = 64;
 
-/// Mutable state of one inode's data.
+/// Mutable state of one inode's data. Dirty blocks change only through
+/// its methods, which keep the store-wide count of dirty bytes (what the
+/// flusher still has to pack) exact.
 #[derive(Debug, Default)]
 pub struct CellData {
     /// Dirty blocks by block number.
-    pub blocks: BTreeMap<u64, DirtyBlock>,
+    blocks: BTreeMap<u64, DirtyBlock>,
     /// Bumped whenever blocks are dropped (truncate, hole punch, purge), so a
     /// flush that read the old blocks knows not to commit them.
     pub generation: u64,
     /// Open handles (FUSE); an unlinked inode lives until this drops to 0.
     pub open: u32,
+    /// Dirty bytes of every cell of the store (shared).
+    dirty_total: Arc<AtomicU64>,
+}
+
+impl CellData {
+    fn account(&self, before: u64, after: u64) {
+        if after >= before {
+            self.dirty_total.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.dirty_total.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a piece to block `blk` over whatever was there.
+    pub fn insert_piece(&mut self, blk: u64, piece: Piece) {
+        let delta = self.blocks.entry(blk).or_default().insert(piece);
+        if delta >= 0 {
+            self.dirty_total.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.dirty_total.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// The dirty block `blk`, if any.
+    pub fn block(&self, blk: u64) -> Option<&DirtyBlock> {
+        self.blocks.get(&blk)
+    }
+
+    /// Every dirty block, in block order.
+    pub fn blocks(&self) -> impl Iterator<Item = (u64, &DirtyBlock)> {
+        self.blocks.iter().map(|(b, d)| (*b, d))
+    }
+
+    /// Dirty blocks with numbers in `range`, in block order.
+    pub fn blocks_in(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = (u64, &DirtyBlock)> {
+        self.blocks.range(range).map(|(b, d)| (*b, d))
+    }
+
+    /// True when nothing is dirty.
+    pub fn is_clean(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Dirty bytes of this inode.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.blocks.values().map(DirtyBlock::bytes).sum()
+    }
+
+    /// Drops the pieces of `blk` written at or below `lsn` (now flushed).
+    pub fn remove_upto(&mut self, blk: u64, lsn: u64) {
+        if let Some(db) = self.blocks.get_mut(&blk) {
+            let removed = db.remove_upto(lsn);
+            if db.is_empty() {
+                self.blocks.remove(&blk);
+            }
+            self.dirty_total.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every dirty block numbered `keep` or above.
+    pub fn drop_from(&mut self, keep: u64) {
+        let dropped: Vec<u64> = self.blocks.range(keep..).map(|(b, _)| *b).collect();
+        let mut bytes = 0;
+        for b in dropped {
+            bytes += self.blocks.remove(&b).map_or(0, |d| d.bytes());
+        }
+        self.dirty_total.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Drops the bytes of block `blk` at or after block offset `off`.
+    pub fn truncate_block(&mut self, blk: u64, off: u32) {
+        if let Some(db) = self.blocks.get_mut(&blk) {
+            let before = db.bytes();
+            db.truncate(off);
+            let after = db.bytes();
+            self.account(before, after);
+        }
+    }
+
+    /// Drops every dirty block.
+    pub fn clear(&mut self) {
+        let bytes = self.dirty_bytes();
+        self.blocks.clear();
+        self.dirty_total.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 /// One inode's cell.
@@ -47,11 +135,12 @@ impl Cell {
 #[derive(Debug)]
 pub struct Cells {
     shards: Vec<Mutex<HashMap<Ino, Arc<Cell>>>>,
+    dirty_total: Arc<AtomicU64>,
 }
 
 impl Default for Cells {
     fn default() -> Self {
-        Cells { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Cells { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), dirty_total: Arc::default() }
     }
 }
 
@@ -65,7 +154,10 @@ impl Cells {
         self.shard(ino)
             .lock()
             .entry(ino)
-            .or_insert_with(|| Arc::new(Cell { ino, state: Mutex::new(CellData::default()) }))
+            .or_insert_with(|| {
+                let data = CellData { dirty_total: self.dirty_total.clone(), ..CellData::default() };
+                Arc::new(Cell { ino, state: Mutex::new(data) })
+            })
             .clone()
     }
 
@@ -88,22 +180,15 @@ impl Cells {
         let mut out: Vec<Arc<Cell>> = Vec::new();
         for shard in &self.shards {
             let cells: Vec<Arc<Cell>> = shard.lock().values().cloned().collect();
-            out.extend(cells.into_iter().filter(|c| !c.lock().blocks.is_empty()));
+            out.extend(cells.into_iter().filter(|c| !c.lock().is_clean()));
         }
         out.sort_by_key(|c| c.ino);
         out
     }
 
-    /// Total dirty bytes (scans every cell).
+    /// Total dirty bytes: what the flusher has yet to pack.
     pub fn dirty_bytes(&self) -> u64 {
-        let mut total = 0;
-        for shard in &self.shards {
-            let cells: Vec<Arc<Cell>> = shard.lock().values().cloned().collect();
-            for c in cells {
-                total += c.lock().blocks.values().map(|b| b.bytes()).sum::<u64>();
-            }
-        }
-        total
+        self.dirty_total.load(Ordering::Relaxed)
     }
 
     /// Forgets cells nobody holds that have no dirty blocks and no opens.
@@ -114,7 +199,7 @@ impl Cells {
                     return true;
                 }
                 let st = c.lock();
-                !st.blocks.is_empty() || st.open > 0
+                !st.is_clean() || st.open > 0
             });
         }
     }

@@ -146,6 +146,16 @@ impl DirtyBlock {
         self.pieces.iter().filter_map(|p| p.clip(from, to)).collect()
     }
 
+    /// Bytes of written data in the block (zeroed ranges not counted).
+    pub fn written_bytes(&self) -> u64 {
+        self.pieces.iter().filter(|p| matches!(p.src, Src::Wal { .. })).map(|p| p.len as u64).sum()
+    }
+
+    /// End of the last written byte in the block (0 when only zeros were written).
+    pub fn written_end(&self) -> u32 {
+        self.pieces.iter().filter(|p| matches!(p.src, Src::Wal { .. })).map(Piece::end).max().unwrap_or(0)
+    }
+
     /// Dirty bytes in the block.
     pub fn bytes(&self) -> u64 {
         self.pieces.iter().map(|p| p.len as u64).sum()
@@ -207,15 +217,10 @@ pub fn zero_range(
     let bases: HashMap<u64, BlockRef> = meta.blocks(ino, first.0..last.0 + 1)?.into_iter().collect();
     for (blk, boff, blen) in all {
         let base = bases.get(&blk);
-        if base.is_some_and(|b| b.flushed_lsn >= lsn) || (base.is_none() && !cd.blocks.contains_key(&blk)) {
+        if base.is_some_and(|b| b.flushed_lsn >= lsn) || (base.is_none() && cd.block(blk).is_none()) {
             continue;
         }
-        cd.blocks.entry(blk).or_default().insert(Piece {
-            off: boff,
-            len: blen,
-            src: Src::Zero { seg: seg.clone() },
-            lsn,
-        });
+        cd.insert_piece(blk, Piece { off: boff, len: blen, src: Src::Zero { seg: seg.clone() }, lsn });
     }
     Ok(())
 }
@@ -234,15 +239,9 @@ pub fn truncate_dirty(
 ) -> Result<(), MetaError> {
     let bs64 = bs as u64;
     cd.generation += 1;
-    let keep = size.div_ceil(bs64);
-    let dropped: Vec<u64> = cd.blocks.range(keep..).map(|(b, _)| *b).collect();
-    for b in dropped {
-        cd.blocks.remove(&b);
-    }
+    cd.drop_from(size.div_ceil(bs64));
     if !size.is_multiple_of(bs64) {
-        if let Some(db) = cd.blocks.get_mut(&(size / bs64)) {
-            db.truncate((size % bs64) as u32);
-        }
+        cd.truncate_block(size / bs64, (size % bs64) as u32);
         zero_range(cd, ino, bs, size, bs64 - size % bs64, lsn, seg, meta)?;
     }
     Ok(())
@@ -251,7 +250,7 @@ pub fn truncate_dirty(
 /// Drops every dirty block of a deleted inode.
 pub fn drop_dirty(cd: &mut CellData) {
     cd.generation += 1;
-    cd.blocks.clear();
+    cd.clear();
 }
 
 #[cfg(test)]

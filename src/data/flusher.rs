@@ -126,11 +126,10 @@ impl Store {
         let (generation, blocks) = {
             let g = cell.lock();
             let blocks: Vec<_> = g
-                .blocks
-                .iter()
+                .blocks()
                 .filter_map(|(b, db)| {
                     let p = db.pieces_upto(cut);
-                    (!p.is_empty()).then_some((*b, p))
+                    (!p.is_empty()).then_some((b, p))
                 })
                 .collect();
             (g.generation, blocks)
@@ -209,8 +208,22 @@ impl Store {
         Ok(())
     }
 
-    /// Uploads a pack, retrying until it lands or the flusher is stopped.
-    fn upload(&self, id: u64, bytes: Bytes) -> Result<()> {
+    /// Whether committing any of `items` would still change something: a
+    /// pack whose blocks were all truncated or deleted since is not worth
+    /// waiting for.
+    fn any_current(&self, items: &[Item]) -> bool {
+        items.iter().any(|i| {
+            self.cells.peek(i.ino).is_some_and(|c| c.lock().generation == i.generation)
+                && self.inode(i.ino).ok().flatten().is_some()
+        })
+    }
+
+    /// Uploads a pack, retrying transient failures until it lands. Gives up
+    /// (the cycle fails, and the next one stages what is still dirty) when
+    /// the flusher is stopping, the local disk is full (only freeing space
+    /// helps; a later cycle may pack less), or nothing in the pack is
+    /// wanted any more.
+    fn upload(&self, id: u64, bytes: Bytes, items: &[Item]) -> Result<()> {
         let key = pack_key(id);
         let mut delay = Duration::from_millis(50);
         loop {
@@ -223,7 +236,7 @@ impl Store {
                 }
                 Err(e) => {
                     self.stats.upload_retries.fetch_add(1, Ordering::Relaxed);
-                    if self.flush_stopping() {
+                    if self.flush_stopping() || e.is_no_space() || !self.any_current(items) {
                         return Err(e.into());
                     }
                     tracing::warn!(pack = %key, error = %e, retry_in = ?delay, "pack upload failed; dirty data stays in the WAL");
@@ -247,7 +260,7 @@ impl Store {
             self.inflight.lock().insert(id);
             let bytes = pack.finish();
             let size = bytes.len() as u64;
-            if let Err(e) = self.upload(id, bytes.clone()) {
+            if let Err(e) = self.upload(id, bytes.clone(), &items) {
                 self.inflight.lock().remove(&id);
                 return Err(e);
             }
@@ -351,14 +364,9 @@ impl Store {
             tx.put_pack(pid, &pack)?;
         }
         tx.commit()?;
+        self.usage.changed(committed.iter().map(|(gi, _)| guards[*gi].0));
         for (gi, blk) in committed {
-            let g = &mut guards[gi].1;
-            if let Some(db) = g.blocks.get_mut(&blk) {
-                db.remove_upto(cut);
-                if db.is_empty() {
-                    g.blocks.remove(&blk);
-                }
-            }
+            guards[gi].1.remove_upto(blk, cut);
         }
         Ok(())
     }
@@ -415,6 +423,7 @@ impl Store {
     }
 
     fn flusher_loop(self: &Arc<Store>) {
+        let mut backoff = Duration::from_millis(500);
         loop {
             let (want, shutdown) = {
                 let mut f = self.flush.lock();
@@ -429,14 +438,20 @@ impl Store {
             let pressure = wal.bytes >= self.opts.max_dirty / 4;
             let old = self.clock.age().is_some_and(|a| a >= self.opts.flush_interval);
             let result = if asked || pressure || old || shutdown {
-                self.flush_cycle().and_then(|()| self.checkpoint())
+                // The checkpoint runs even when the flush failed: data of
+                // files deleted meanwhile was dropped, and only a checkpoint
+                // gives its log segments back (on a full disk, the space
+                // the next flush needs).
+                let flushed = self.flush_cycle();
+                let checkpointed = self.checkpoint();
+                flushed.and(checkpointed)
             } else if last_cp.elapsed() >= self.opts.checkpoint_interval && wal.last_lsn > last_cp_lsn {
                 self.checkpoint()
             } else {
                 Ok(())
             };
             if let Err(e) = &result {
-                tracing::warn!(error = %e, "flush failed; will retry");
+                tracing::warn!(error = %e, retry_in = ?backoff, "flush failed; will retry");
             }
             {
                 let mut f = self.flush.lock();
@@ -448,7 +463,15 @@ impl Store {
                 return;
             }
             if result.is_err() {
-                std::thread::sleep(Duration::from_millis(500));
+                // Asking again (storfs flush, a writer waiting for space)
+                // retries at once; otherwise failures back off.
+                let mut f = self.flush.lock();
+                if f.requested == f.done {
+                    self.flush_cv.wait_for(&mut f, backoff);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            } else {
+                backoff = Duration::from_millis(500);
             }
         }
     }

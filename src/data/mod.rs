@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod gc;
 pub mod record;
 pub mod ship;
+pub mod usage;
 pub mod wal;
 
 use std::collections::HashSet;
@@ -52,6 +53,10 @@ pub struct DataOptions {
     pub repack_threshold: f64,
     /// Whether the background flusher runs (tests drive it by hand when off).
     pub background_flush: bool,
+    /// Packs are written to the disk that holds the WAL (the local backend
+    /// on the same file system): data writes then leave room to pack every
+    /// dirty byte, so a full disk can always drain.
+    pub packs_on_log_disk: bool,
 }
 
 impl Default for DataOptions {
@@ -65,6 +70,7 @@ impl Default for DataOptions {
             dirty_wait_timeout: None,
             repack_threshold: 0.5,
             background_flush: true,
+            packs_on_log_disk: false,
         }
     }
 }
@@ -93,9 +99,11 @@ pub enum DataError {
     /// Writers waited longer than the configured dirty-wait timeout.
     #[error("dirty cache full for longer than {0:?} (backend not keeping up)")]
     DirtyTimeout(Duration),
-    /// The cache disk is down to its reserve; data writes are refused so
-    /// metadata commits and checkpoints can still run and free space.
-    #[error("cache disk full (less than {reserve} bytes free)")]
+    /// The cache disk is down to its reserve (plus, when packs are written
+    /// to the same disk, the room to pack what is dirty); data writes are
+    /// refused so flushes, metadata commits and checkpoints can still run
+    /// and free space.
+    #[error("cache disk full (data writes keep {reserve} bytes and the room to flush dirty data free)")]
     CacheFull {
         /// Reserve kept free.
         reserve: u64,
@@ -173,16 +181,18 @@ impl SpaceGuard {
         Self::probe(&self.dir).is_some_and(|(free, reserve)| free >= reserve + bytes)
     }
 
-    /// Fails when writing `need` more bytes would cut into the reserve.
-    fn check(&self, need: u64) -> Result<()> {
+    /// Fails when writing `need` more bytes would cut into the reserve, or
+    /// into the `owed` bytes the flusher still needs to pack what is dirty.
+    fn check(&self, need: u64, owed: u64) -> Result<()> {
         let mut st = self.state.lock();
         let stale = st.checked.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
-        if (stale || st.free.saturating_sub(st.since) < st.reserve + need)
+        let short = |st: &SpaceState| st.free.saturating_sub(st.since) < st.reserve + need + owed;
+        if (stale || short(&st))
             && let Some((free, reserve)) = Self::probe(&self.dir)
         {
             *st = SpaceState { checked: Some(Instant::now()), free, reserve, since: 0 };
         }
-        if st.free.saturating_sub(st.since) < st.reserve + need {
+        if short(&st) {
             return Err(DataError::CacheFull { reserve: st.reserve });
         }
         st.since += need;
@@ -221,6 +231,8 @@ pub struct Store {
     pub inflight: Mutex<HashSet<u64>>,
     /// Serializes GC, repack and fsck.
     pub maintenance: Mutex<()>,
+    /// Bytes each file stores, for `st_blocks` (dropped on block-map commits).
+    pub usage: usage::UsageCache,
     flush: Mutex<FlushCtl>,
     flush_cv: Condvar,
     space: Mutex<()>,
@@ -271,6 +283,7 @@ impl Store {
             stats: DataStats::default(),
             inflight: Mutex::new(HashSet::new()),
             maintenance: Mutex::new(()),
+            usage: usage::UsageCache::default(),
             flush: Mutex::new(FlushCtl::default()),
             flush_cv: Condvar::new(),
             space: Mutex::new(()),
@@ -363,8 +376,7 @@ impl Store {
             let blk_start = blk * bs;
             let from = (off.max(blk_start) - blk_start) as u32;
             let to = (end.min(blk_start + bs) - blk_start) as u32;
-            let pieces =
-                guard.as_ref().and_then(|g| g.blocks.get(&blk)).map(|b| b.pieces_in(from, to)).unwrap_or_default();
+            let pieces = guard.as_ref().and_then(|g| g.block(blk)).map(|b| b.pieces_in(from, to)).unwrap_or_default();
             while bases.peek().is_some_and(|(b, _)| *b < blk) {
                 bases.next();
             }
@@ -435,7 +447,8 @@ impl Store {
         data: &[u8],
     ) -> Result<u64> {
         self.check_poisoned()?;
-        if let Err(e) = self.space_guard.check(data.len() as u64 + 64) {
+        let owed = if self.opts.packs_on_log_disk { self.cells.dirty_bytes() } else { 0 };
+        if let Err(e) = self.space_guard.check(data.len() as u64 + 64, owed) {
             // Flushing and checkpointing is what gives the space back.
             self.request_flush();
             return Err(e);
@@ -445,7 +458,7 @@ impl Store {
         for (blk, boff, blen) in dirty::spans(off, data.len() as u64, bs) {
             let src_pos = a.data_pos + (blk * bs as u64 + boff as u64 - off);
             let piece = Piece { off: boff, len: blen, src: Src::Wal { seg: a.seg.clone(), pos: src_pos }, lsn: a.lsn };
-            cd.blocks.entry(blk).or_default().insert(piece);
+            cd.insert_piece(blk, piece);
         }
         self.clock.touch();
         Ok(a.lsn)

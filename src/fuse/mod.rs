@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::meta::{FileKind, Ino};
@@ -49,6 +49,7 @@ pub fn errno(e: &VfsError) -> Errno {
         VfsError::Stale => libc::ESTALE,
         VfsError::Raced => libc::EAGAIN,
         VfsError::NotSync => libc::EAGAIN,
+        VfsError::NoData => libc::ENXIO,
         VfsError::Io(_) => libc::EIO,
     };
     Errno::from_i32(code)
@@ -566,6 +567,24 @@ impl Filesystem for FuseFs {
                 FopenFlags::empty(),
             ),
             Err(e) => reply.error(fail("create", &e)),
+        }
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel handles the other kinds itself),
+    /// so `cp --sparse`, `tar -S` and qemu-img skip holes.
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _span = span("lseek", ino);
+        let want = match whence {
+            libc::SEEK_DATA => crate::data::usage::Seek::Data,
+            libc::SEEK_HOLE => crate::data::usage::Seek::Hole,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let Ok(off) = u64::try_from(offset) else {
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        };
+        match self.vfs.seek(self.ino(ino), off, want) {
+            Ok(at) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
+            Err(e) => reply.error(fail("lseek", &e)),
         }
     }
 

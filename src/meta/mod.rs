@@ -241,6 +241,10 @@ pub trait MetaRead {
     fn block(&self, ino: Ino, block: u64) -> Result<Option<BlockRef>>;
     /// Block-map entries of `ino` with block numbers in `range`.
     fn blocks(&self, ino: Ino, range: std::ops::Range<u64>) -> Result<Vec<(u64, BlockRef)>>;
+    /// Bytes the block-map entries of `ino` hold (the sum of their lengths).
+    fn block_bytes(&self, ino: Ino) -> Result<u64>;
+    /// The first block-map entry of `ino` at or after block `from`.
+    fn next_block(&self, ino: Ino, from: u64) -> Result<Option<(u64, BlockRef)>>;
     /// One chunk-index entry.
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkEntry>>;
     /// One pack.
@@ -375,6 +379,26 @@ macro_rules! impl_meta_read {
                     out.push((k.value().1, BlockRef::decode(v.value())?));
                 }
                 Ok(out)
+            }
+
+            fn block_bytes(&self, ino: Ino) -> Result<u64> {
+                let t = self.tx.open_table(BLOCKS)?;
+                let mut total = 0;
+                for item in t.range((ino, 0)..=(ino, u64::MAX))? {
+                    total += u64::from(BlockRef::decode(item?.1.value())?.len);
+                }
+                Ok(total)
+            }
+
+            fn next_block(&self, ino: Ino, from: u64) -> Result<Option<(u64, BlockRef)>> {
+                let t = self.tx.open_table(BLOCKS)?;
+                match t.range((ino, from)..=(ino, u64::MAX))?.next() {
+                    Some(item) => {
+                        let (k, v) = item?;
+                        Ok(Some((k.value().1, BlockRef::decode(v.value())?)))
+                    }
+                    None => Ok(None),
+                }
             }
 
             fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkEntry>> {

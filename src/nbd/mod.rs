@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
-use crate::net::{allowed, canonical, loopback};
+use crate::net::{Cancel, allowed, canonical, loopback};
 use crate::vfs::Vfs;
 
 /// Who may attach a volume, and how.
@@ -57,13 +57,18 @@ impl Policy {
     }
 }
 
+/// The host a volume is attached by, and its open connections (by id,
+/// with the flag that ends each).
+type Attached = (IpAddr, Vec<(u64, Cancel)>);
+
 /// Everything the NBD connections share.
 #[derive(Debug)]
 pub struct Server {
     vfs: Arc<Vfs>,
     policy: Policy,
-    /// Volume name → (host attached, its open connections).
-    attached: Mutex<HashMap<String, (IpAddr, usize)>>,
+    /// By volume name.
+    attached: Mutex<HashMap<String, Attached>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// One connection's hold on a volume; dropping it detaches.
@@ -71,14 +76,17 @@ pub struct Server {
 pub struct Attachment {
     server: Arc<Server>,
     name: String,
+    id: u64,
+    /// Set when an operator detaches the volume: the session ends.
+    pub cancel: Cancel,
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut a = self.server.attached.lock();
-        if let Some((_, n)) = a.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some((_, conns)) = a.get_mut(&self.name) {
+            conns.retain(|(id, _)| *id != self.id);
+            if conns.is_empty() {
                 a.remove(&self.name);
             }
         }
@@ -88,7 +96,7 @@ impl Drop for Attachment {
 impl Server {
     /// A server for the volumes of `vfs`.
     pub fn new(vfs: Arc<Vfs>, policy: Policy) -> Arc<Server> {
-        Arc::new(Server { vfs, policy, attached: Mutex::new(HashMap::new()) })
+        Arc::new(Server { vfs, policy, attached: Mutex::new(HashMap::new()), next_id: Default::default() })
     }
 
     /// Attaches volume `name` for a connection from `ip`: as EBS, a volume is
@@ -96,19 +104,34 @@ impl Server {
     /// unless it was created multi-attach.
     pub fn attach(self: &Arc<Server>, name: &str, ip: IpAddr, multi_attach: bool) -> Result<Attachment, String> {
         let ip = canonical(ip);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cancel = Cancel::default();
         let mut a = self.attached.lock();
         match a.get_mut(name) {
-            Some((host, n)) if *host == ip || multi_attach => *n += 1,
+            Some((host, conns)) if *host == ip || multi_attach => conns.push((id, cancel.clone())),
             Some((host, _)) => {
                 return Err(format!(
-                    "volume {name:?} is attached by {host}; detach it there first, or create the volume with --multi-attach"
+                    "volume {name:?} is attached by {host}; detach it there first (or `storfs volume detach {name}`), or create the volume with --multi-attach"
                 ));
             }
             None => {
-                a.insert(name.to_string(), (ip, 1));
+                a.insert(name.to_string(), (ip, vec![(id, cancel.clone())]));
             }
         }
-        Ok(Attachment { server: self.clone(), name: name.to_string() })
+        Ok(Attachment { server: self.clone(), name: name.to_string(), id, cancel })
+    }
+
+    /// Ends every connection attached to volume `name` (an operator taking
+    /// the volume from a host that stopped answering); returns how many.
+    /// Writes they had acknowledged are in the log; the rest is lost to
+    /// them, as when the host loses the disk.
+    pub fn detach(&self, name: &str) -> usize {
+        let a = self.attached.lock();
+        let Some((_, conns)) = a.get(name) else { return 0 };
+        for (_, c) in conns {
+            c.cancel();
+        }
+        conns.len()
     }
 
     /// The host a volume is attached by, if any.

@@ -1,17 +1,29 @@
 //! NBD over TCP: the fixed newstyle handshake, then transmission. Requests
 //! are read in order and executed concurrently on the blocking pool (up to
 //! [`MAX_IN_FLIGHT`] per connection); replies go back as each completes.
+//!
+//! Bounds (docs/SEMANTICS.md, Limits): the handshake must finish within its
+//! timeout; a request's payload is read as it arrives, within the request
+//! timeout, and only once the connection (64 MiB), its client and the
+//! daemon ([`crate::net::Budget`]) have room for it (a READ's room is its
+//! reply); a reply the client does not take within a minute, a reset
+//! connection, or an operator's `storfs volume detach` cancels every
+//! request of the session that has not started, at once.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::proto::{self as p, Request};
 use super::{Attachment, Server};
+use crate::net::{ClientSlot, Connections};
 use crate::vfs::{Creds, VfsError};
 
 /// Requests one connection may have executing at once; more wait unread.
@@ -22,13 +34,21 @@ const PAYLOAD_UNIT: u32 = 64 * 1024;
 const MAX_PAYLOAD_UNITS: u32 = (64 << 20) / PAYLOAD_UNIT;
 /// Preferred request size announced in NBD_INFO_BLOCK_SIZE.
 const PREFERRED_BLOCK: u32 = 4096;
+/// How long a reply may wait for the client to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    crate::net::accept_loop(listener, shutdown, |sock, peer, stop| {
+pub async fn serve(
+    server: Arc<Server>,
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    handshake_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::net::accept_loop(listener, conns, shutdown, |sock, peer, slot, stop| {
         let server = server.clone();
         async move {
-            if let Err(e) = session(server, sock, peer, stop).await {
+            if let Err(e) = session(server, sock, peer, slot, handshake_timeout, stop).await {
                 tracing::debug!(%peer, error = %e, "NBD connection closed");
             }
         }
@@ -44,77 +64,161 @@ struct Export {
     read_only: bool,
     structured: bool,
     base_allocation: bool,
-    _attachment: Attachment,
+    attachment: Attachment,
 }
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// How the transmission phase ended.
+enum End {
+    /// NBD_CMD_DISC: requests in flight are answered first.
+    Disc,
+    /// The daemon is stopping: requests in flight are answered first.
+    Shutdown,
+    /// The client is gone, broke the protocol, was too slow, stopped taking
+    /// replies or was detached: nothing more is done for it.
+    Dropped(io::Error),
+}
+
+/// Reads a WRITE payload of `len` bytes as they arrive, by the deadline.
+async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize, deadline: Instant) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let start = buf.len();
+        // Grows with what arrived (at most doubling), never past `len`.
+        buf.resize(len.min((start * 2).max(64 * 1024)), 0);
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut buf[start..])).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "write payload not complete within the request timeout")
+        })??;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.truncate(start + n);
+    }
+    Ok(buf)
+}
+
 /// One client session over `sock` (a TCP connection, or any byte stream in
-/// the fuzz target): handshake, then requests until DISC, EOF, an error or
-/// `shutdown`.
+/// the fuzz target): handshake, then requests until DISC, EOF, an error,
+/// cancellation or `shutdown`. Returns once every request task it started
+/// has ended.
 pub async fn session<S>(
     server: Arc<Server>,
     mut sock: S,
     peer: SocketAddr,
+    slot: ClientSlot,
+    handshake_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(export) = handshake(&server, &mut sock, peer.ip()).await? else { return Ok(()) };
-    let export = Arc::new(export);
+    let export = match tokio::time::timeout(handshake_timeout, handshake(&server, &mut sock, peer.ip())).await {
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake not finished in time")),
+        Ok(r) => match r? {
+            Some(e) => Arc::new(e),
+            None => return Ok(()),
+        },
+    };
+    let cancel = export.attachment.cancel.clone();
+    let request_timeout = slot.limits().request_timeout;
     let (rd, wr) = tokio::io::split(sock);
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
-    let writer = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, wr)));
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let writer = Arc::new(Mutex::new(wr));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let payload_room = Arc::new(Semaphore::new(MAX_PAYLOAD_UNITS as usize));
-    loop {
+    let mut tasks = JoinSet::new();
+    let end = loop {
+        while tasks.try_join_next().is_some() {}
         let mut head = [0u8; p::REQUEST_LEN];
         tokio::select! {
-            r = rd.read_exact(&mut head) => { r?; }
-            _ = shutdown.changed() => break,
+            r = rd.read_exact(&mut head) => if let Err(e) = r { break End::Dropped(e) },
+            _ = shutdown.changed() => break End::Shutdown,
+            _ = cancel.cancelled() => break End::Dropped(io::Error::other("session cancelled")),
         }
-        let req = p::request(&head).map_err(|e| invalid(e.0))?;
+        let req = match p::request(&head) {
+            Ok(r) => r,
+            Err(e) => break End::Dropped(invalid(e.0)),
+        };
         if req.kind == p::CMD_DISC {
-            break;
+            break End::Disc;
         }
         // The payload must be consumed to stay in step; one larger than any
         // request may be cannot be, safely.
         if req.kind == p::CMD_WRITE && req.length > p::MAX_PAYLOAD {
-            return Err(invalid("write larger than the maximum payload"));
+            break End::Dropped(invalid("write larger than the maximum payload"));
         }
-        let units = match req.kind {
-            p::CMD_READ | p::CMD_WRITE => req.length.min(p::MAX_PAYLOAD).div_ceil(PAYLOAD_UNIT).max(1),
+        let bytes = match req.kind {
+            p::CMD_READ | p::CMD_WRITE => req.length.min(p::MAX_PAYLOAD),
             _ => 0,
         };
-        let Ok(room) = payload_room.clone().acquire_many_owned(units).await else { break };
-        let mut payload = Vec::new();
-        if req.kind == p::CMD_WRITE {
-            payload.resize(req.length as usize, 0);
-            rd.read_exact(&mut payload).await?;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let (server, export, writer) = (server.clone(), export.clone(), writer.clone());
-        tokio::spawn(async move {
+        let deadline = Instant::now() + request_timeout;
+        let room = async {
+            let own = payload_room.clone().acquire_many_owned(bytes.div_ceil(PAYLOAD_UNIT).max(1)).await.ok()?;
+            let shared = slot.budget().reserve(&slot, bytes as usize).await?;
+            Some((own, shared))
+        };
+        let room = tokio::select! {
+            r = room => match r { Some(r) => r, None => break End::Shutdown },
+            _ = cancel.cancelled() => break End::Dropped(io::Error::other("session cancelled")),
+        };
+        let payload = if req.kind == p::CMD_WRITE {
+            match read_payload(&mut rd, req.length as usize, deadline).await {
+                Ok(p) => p,
+                Err(e) => break End::Dropped(e),
+            }
+        } else {
+            Vec::new()
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else { break End::Shutdown };
+        let (server, export, writer, cancel) = (server.clone(), export.clone(), writer.clone(), cancel.clone());
+        tasks.spawn(async move {
             let vfs = server.vfs.clone();
-            let reply = tokio::task::spawn_blocking(move || execute(&vfs, &export, &req, &payload)).await;
+            let skip = cancel.clone();
+            let reply = tokio::task::spawn_blocking(move || {
+                // Queued work of a session that ended is not done.
+                (!skip.is_cancelled()).then(|| execute(&vfs, &export, &req, &payload))
+            })
+            .await;
             match reply {
-                Ok(bytes) => {
+                Ok(Some(bytes)) => {
                     let mut w = writer.lock().await;
-                    if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
-                        tracing::debug!(%peer, "NBD reply not delivered: connection closed");
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, w.write_all(&bytes)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        tracing::debug!(%peer, "NBD reply not delivered: connection closed or not read");
+                        cancel.cancel();
                     }
                 }
+                Ok(None) => {}
+                Err(e) if e.is_cancelled() => {}
                 Err(e) => tracing::error!(%peer, error = %e, "NBD request panicked"),
             }
             drop((permit, room));
         });
+    };
+    let result = match end {
+        End::Disc | End::Shutdown => {
+            // Requests in flight finish and are answered before closing.
+            while tasks.join_next().await.is_some() {}
+            let _ = writer.lock().await.shutdown().await;
+            Ok(())
+        }
+        End::Dropped(e) => {
+            cancel.cancel();
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            Err(e)
+        }
+    };
+    // A request already running on the blocking pool holds the export: the
+    // attachment is released only once it is done, so no write of this
+    // session can land after another host attached.
+    while Arc::strong_count(&export) > 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // Let requests in flight finish and answer before closing.
-    let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
-    Ok(())
+    result
 }
 
 /// Option haggling. Returns the export to serve, or `None` when the client
@@ -292,7 +396,7 @@ fn open_export(
         read_only: server.policy.options(name).read_only,
         structured,
         base_allocation,
-        _attachment: attachment,
+        attachment,
     })
 }
 
@@ -473,7 +577,7 @@ mod tests {
             read_only: false,
             structured: false,
             base_allocation: false,
-            _attachment: server.attach("vol", ip, false).expect("attach"),
+            attachment: server.attach("vol", ip, false).expect("attach"),
         };
         let ok = |offset: u64| p::simple_reply(offset, 0).to_vec();
         // Power cuts: the log as synced, the metadata as last committed.

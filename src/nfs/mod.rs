@@ -27,6 +27,15 @@ pub use ops::{IO_MAX, nfsstat};
 use proto::{MOUNT_PROG, NFS_PROG, PORTMAP_PROG};
 use rpc::AcceptStat;
 
+/// What the transport needs to know of a call before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPlan {
+    /// It may wait on the disk or the backend: run it off the connection's task.
+    pub may_block: bool,
+    /// Largest reply it can produce.
+    pub reply_bytes: usize,
+}
+
 /// Everything the NFS procedures share.
 pub struct Server {
     vfs: Arc<Vfs>,
@@ -61,21 +70,34 @@ impl Server {
         })
     }
 
-    /// Whether answering `record` may wait on the disk or the backend:
-    /// COMMIT, FILE_SYNC/DATA_SYNC writes, reads, directory listings, and
-    /// writes while the dirty cache is full. Everything else touches only
-    /// memory and the page cache. Unparsable records are cheap to refuse.
-    pub fn may_block(&self, record: &[u8]) -> bool {
-        let Ok(call) = rpc::parse_call(record) else { return false };
+    /// How to run `record`: whether answering it may wait on the disk or
+    /// the backend (COMMIT, FILE_SYNC/DATA_SYNC writes, reads, directory
+    /// listings, and writes while the dirty cache is full; everything else
+    /// touches only memory and the page cache), and how large its reply
+    /// can be. Unparsable records are cheap to refuse.
+    pub fn plan(&self, record: &[u8]) -> CallPlan {
+        let small = CallPlan { may_block: false, reply_bytes: 4096 };
+        let Ok(call) = rpc::parse_call(record) else { return small };
         if call.prog != NFS_PROG {
-            return false;
+            return small;
         }
+        let listing = |n: u32| CallPlan { may_block: true, reply_bytes: (n.min(ops::IO_MAX) as usize).max(4096) };
         match proto::decode(call.proc_, call.args) {
-            Ok(proto::Args::Write { stable, .. }) => stable != proto::UNSTABLE || self.vfs.dirty_full(),
-            Ok(proto::Args::Commit { .. } | proto::Args::Read { .. }) => true,
-            Ok(proto::Args::Readdir { .. } | proto::Args::Readdirplus { .. }) => true,
-            _ => false,
+            Ok(proto::Args::Write { stable, .. }) => {
+                CallPlan { may_block: stable != proto::UNSTABLE || self.vfs.dirty_full(), ..small }
+            }
+            Ok(proto::Args::Commit { .. }) => CallPlan { may_block: true, ..small },
+            Ok(proto::Args::Read { count, .. }) => listing(count),
+            Ok(proto::Args::Readdir { count, .. }) => listing(count),
+            Ok(proto::Args::Readdirplus { maxcount, .. }) => listing(maxcount),
+            _ => small,
         }
+    }
+
+    /// Whether any export admits a client at `ip` (others are not served
+    /// at all: their connections close at once).
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.exports.defaults.allows(ip) || self.exports.per_fs.values().any(|e| e.allows(ip))
     }
 
     /// Answers one RPC record from `peer`: the reply to send, if any.

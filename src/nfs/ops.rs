@@ -47,6 +47,8 @@ pub fn nfsstat(e: &VfsError) -> Nfsstat {
         VfsError::Busy(_) => Nfsstat::Acces,
         VfsError::Stale => Nfsstat::Stale,
         VfsError::NotSync => Nfsstat::NotSync,
+        // NFSv3 has no seek; nothing produces this over NFS.
+        VfsError::NoData => Nfsstat::Inval,
         VfsError::Raced => Nfsstat::Jukebox,
         VfsError::Io(_) => Nfsstat::Io,
     }

@@ -339,7 +339,7 @@ pub fn put_time(w: &mut Writer, t: &Timestamp) {
 pub fn put_fattr(w: &mut Writer, a: &Attr, fsid: u64) {
     let i = &a.inode;
     w.u32(ftype(i.kind)).u32(i.mode & 0o7777).u32(i.nlink).u32(i.uid).u32(i.gid);
-    w.u64(i.size).u64(a.blocks() * 512);
+    w.u64(i.size).u64(a.used);
     w.u32(libc::major(i.rdev)).u32(libc::minor(i.rdev));
     w.u64(fsid).u64(a.ino);
     put_time(w, &i.atime);

@@ -368,12 +368,7 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                     continue;
                 }
                 let pos = item.data_pos + (blk * inode.block_size as u64 + boff as u64 - offset);
-                cd.blocks.entry(blk).or_default().insert(Piece {
-                    off: boff,
-                    len: blen,
-                    src: Src::Wal { seg: item.seg.clone(), pos },
-                    lsn,
-                });
+                cd.insert_piece(blk, Piece { off: boff, len: blen, src: Src::Wal { seg: item.seg.clone(), pos }, lsn });
             }
         }
         Record::Zero { ino, offset, len, time } => {

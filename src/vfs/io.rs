@@ -103,6 +103,15 @@ impl Vfs {
         Ok(())
     }
 
+    /// `lseek` with SEEK_DATA or SEEK_HOLE: the first offset at or after
+    /// `off` that holds data, or that lies in a hole (the end of the file
+    /// is one).
+    pub fn seek(&self, ino: Ino, off: u64, want: crate::data::usage::Seek) -> Result<u64> {
+        let a = self.getattr(ino)?;
+        regular_file(&a.inode, "seek in a special file")?;
+        self.store.seek(ino, a.inode.size, a.inode.block_size, off, want)?.ok_or(VfsError::NoData)
+    }
+
     /// Makes `[off, off+len)` read as zeros without changing the size
     /// (hole punch; the freed blocks become holes at the next flush).
     pub fn zero(&self, ino: Ino, off: u64, len: u64) -> Result<()> {

@@ -113,6 +113,17 @@ impl Locked<'_> {
     }
 }
 
+/// Whether two directories sit on one file system (so space taken by one
+/// is missing for the other).
+fn same_file_system(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        // Unknown: assume the worst, that they compete for space.
+        _ => true,
+    }
+}
+
 /// Checks a single path component.
 pub(crate) fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
@@ -126,8 +137,11 @@ pub(crate) fn check_name(name: &[u8]) -> Result<()> {
 
 impl Vfs {
     /// Opens the state directory, replays the WAL, and starts the flusher.
-    pub fn open(opts: VfsOptions) -> Result<Arc<Vfs>> {
+    pub fn open(mut opts: VfsOptions) -> Result<Arc<Vfs>> {
         std::fs::create_dir_all(&opts.state_dir).map_err(|e| VfsError::Io(e.into()))?;
+        if let Some(packs) = &opts.space_probe {
+            opts.data.packs_on_log_disk = same_file_system(packs, &opts.state_dir);
+        }
         let meta = MetaStore::open(&opts.state_dir.join("meta.redb"))?;
         let cells = Cells::default();
         let pending = Pending::default();
@@ -254,6 +268,8 @@ impl Vfs {
         for ino in out.touched.iter().chain(&out.purged) {
             self.store.pending.remove(*ino);
         }
+        // Truncations and purges change block maps.
+        self.store.usage.changed(out.touched.iter().chain(&out.purged).copied());
         for ino in &out.purged {
             if let Some(cd) = locked.get_mut(*ino) {
                 drop_dirty(cd);

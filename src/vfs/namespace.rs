@@ -20,7 +20,11 @@ impl Vfs {
     /// Attributes of an inode.
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
-        Ok(Attr { ino, inode })
+        let used = match inode.kind {
+            FileKind::File => self.store.usage(ino, inode.size)?,
+            _ => inode.size,
+        };
+        Ok(Attr { ino, inode, used })
     }
 
     /// Looks `name` up in directory `parent`.

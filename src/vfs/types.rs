@@ -54,13 +54,15 @@ pub struct Attr {
     pub ino: Ino,
     /// Attributes.
     pub inode: Inode,
+    /// Bytes the file stores (holes excluded; see `Store::usage`); the
+    /// size for anything but regular files.
+    pub used: u64,
 }
 
 impl Attr {
-    /// Allocated size in 512-byte units (an estimate: holes and dedup are
-    /// not visible to the caller).
+    /// Allocated size in 512-byte units (`st_blocks`).
     pub fn blocks(&self) -> u64 {
-        self.inode.size.div_ceil(512)
+        self.used.div_ceil(512)
     }
 }
 
@@ -248,6 +250,10 @@ pub enum VfsError {
     /// ESTALE: the inode no longer exists.
     #[error("stale file handle")]
     Stale,
+    /// ENXIO: no data at or after the offset (SEEK_DATA), or an offset
+    /// past the end of the file.
+    #[error("no data past the offset")]
+    NoData,
     /// A SETATTR guard did not match the current ctime.
     #[error("attributes changed since the client read them")]
     NotSync,

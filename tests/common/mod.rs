@@ -230,6 +230,11 @@ impl Daemon {
         }
     }
 
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
@@ -253,6 +258,28 @@ impl Daemon {
     /// Runs a CLI command against this daemon.
     pub fn cli_raw(&self, args: &[&str]) -> Output {
         Command::new(storfs_bin()).arg("--socket").arg(&self.socket).args(args).output().expect("run storfs")
+    }
+
+    /// Runs a CLI command that must finish within `limit` (it is killed and
+    /// the test fails otherwise); returns its output, success or not.
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = Command::new(storfs_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run storfs");
+        let start = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!("storfs {args:?} did not finish within {limit:?}; daemon log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.
