@@ -89,10 +89,11 @@ impl Serialize for Dur {
 }
 
 /// Which object store holds the packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Pack files in local directories.
+    #[default]
     Local,
     /// An S3 bucket.
     S3,
@@ -102,7 +103,8 @@ pub enum BackendKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Which backend.
+    /// Which backend (`local` when absent).
+    #[serde(default)]
     pub kind: BackendKind,
     /// Local backend: directory of Standard packs (default `<data_dir>/objects/standard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,9 +130,13 @@ pub struct BackendConfig {
     /// S3: longest time one request attempt may take.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
-    /// S3: how often a full metadata snapshot replaces the log of changes.
-    #[serde(default = "default_snapshot_interval")]
-    pub snapshot_interval: Dur,
+    /// S3: how often a full metadata image replaces the log of changes.
+    #[serde(default = "default_image_interval")]
+    pub image_interval: Dur,
+    /// The old name of `image_interval` (before user snapshots took the
+    /// word): still read, with a warning.
+    #[serde(default, skip_serializing)]
+    pub snapshot_interval: Option<Dur>,
 }
 
 fn default_region() -> String {
@@ -141,7 +147,7 @@ fn default_request_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-fn default_snapshot_interval() -> Dur {
+fn default_image_interval() -> Dur {
     Dur(Duration::from_secs(3600))
 }
 
@@ -157,7 +163,8 @@ impl Default for BackendConfig {
             endpoint: None,
             path_style: false,
             request_timeout: default_request_timeout(),
-            snapshot_interval: default_snapshot_interval(),
+            image_interval: default_image_interval(),
+            snapshot_interval: None,
         }
     }
 }
@@ -596,7 +603,14 @@ impl Config {
         };
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let c = Config::parse(&text, path)?;
+        let mut c = Config::parse(&text, path)?;
+        if let Some(old) = c.backend.snapshot_interval.take() {
+            tracing::warn!(
+                config = %path.display(),
+                "backend.snapshot_interval is now backend.image_interval (snapshots are the user's now); please rename it"
+            );
+            c.backend.image_interval = old;
+        }
         c.validate(path)?;
         Ok(c)
     }
@@ -654,8 +668,8 @@ impl Config {
             if b.request_timeout.0 < Duration::from_secs(1) {
                 return bad("backend.request_timeout", "must be at least 1s".into());
             }
-            if b.snapshot_interval.0 < Duration::from_secs(1) {
-                return bad("backend.snapshot_interval", "must be at least 1s".into());
+            if b.image_interval.0 < Duration::from_secs(1) {
+                return bad("backend.image_interval", "must be at least 1s".into());
             }
         }
         for (key, p) in [("backend.path", &self.backend.path), ("backend.ia_path", &self.backend.ia_path)] {
@@ -777,7 +791,7 @@ kind = "local"            # or "s3"
 # endpoint = "https://s3.example.com"  # s3: any S3-compatible service
 # path_style = false        # s3: bucket in the path (most non-AWS servers)
 # request_timeout = "30s"   # s3: one attempt of one request
-# snapshot_interval = "1h"  # s3: full metadata snapshot; changes ship at every checkpoint
+# image_interval = "1h"     # s3: full metadata image; changes ship at every checkpoint
 
 [cache]
 max_dirty = "{max_dirty}"          # writers wait while this much is unflushed
@@ -898,6 +912,17 @@ mod tests {
             .replace(&default_data_dir().display().to_string(), "/var/lib/storfs")
             .replace(&default_socket().display().to_string(), "/run/storfs/storfs.sock");
         assert_eq!(include_str!("../systemd/storfs.toml"), for_root);
+    }
+
+    /// The key's old name still works (with a warning in the log).
+    #[test]
+    fn the_old_name_of_image_interval_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[backend]\nsnapshot_interval = \"10m\"\n").expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        assert_eq!(c.backend.image_interval, Dur(Duration::from_secs(600)));
+        assert_eq!(c.backend.snapshot_interval, None);
     }
 
     #[test]

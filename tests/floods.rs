@@ -21,6 +21,14 @@ use storfs::nbd::proto as p;
 
 const FLOODER: &str = "127.0.0.2";
 
+/// The floods run one at a time: together they would need more
+/// descriptors than this process may have (and would measure each other).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn proc_field(pid: u32, name: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
@@ -55,10 +63,21 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// The flooding client needs many descriptors of its own.
-fn raise_nofile() {
+/// Raises this process's descriptor limit to its hard limit and returns how
+/// many of `wanted` flood connections fit under it (with room for the test's
+/// own files). A machine that allows too few to exceed the daemon's
+/// per-client limit many times over cannot run the flood: that fails.
+fn raise_nofile(wanted: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    let fits = usize::try_from(hard).unwrap_or(usize::MAX).saturating_sub(512);
+    let n = wanted.min(fits);
+    assert!(n >= wanted.min(2000), "descriptor hard limit {hard} is too low for a flood of {wanted}");
+    if n < wanted {
+        eprintln!("descriptor hard limit {hard}: flooding with {n} connections instead of {wanted}");
+    }
+    n
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -128,7 +147,8 @@ fn assert_clean_stop(mut d: Daemon) {
 /// 3,000 connections each announcing a 1 MiB record and sending nothing.
 #[test]
 fn nfs_record_marks_with_no_record() {
-    raise_nofile();
+    let _serial = one_at_a_time();
+    let n = raise_nofile(3000);
     let s = Scratch::new("fl-nfs");
     let d = Daemon::start(&s.path, "[limits]\nrequest_timeout = \"3s\"\n");
     let (pid, port) = (d.pid(), nfs_port(&d));
@@ -144,7 +164,7 @@ fn nfs_record_marks_with_no_record() {
     let before = held(pid);
     let rt = runtime();
     let flood = rt.block_on(async {
-        let mut conns = connect_many(FLOODER, port, 3000, None).await;
+        let mut conns = connect_many(FLOODER, port, n, None).await;
         for c in &mut conns {
             use tokio::io::AsyncWriteExt;
             let _ = c.write_all(&(0x8000_0000u32 | (1 << 20)).to_be_bytes()).await;
@@ -239,7 +259,8 @@ fn request_bytes(kind: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
 /// and once they are gone it stops working for them at once.
 #[test]
 fn nbd_reads_whose_replies_are_never_read() {
-    raise_nofile();
+    let _serial = one_at_a_time();
+    raise_nofile(100);
     let s = Scratch::new("fl-nbdr");
     let (d, port) = nbd_daemon(&s);
     let pid = d.pid();
@@ -298,7 +319,8 @@ fn nbd_reads_whose_replies_are_never_read() {
 /// 40 connections each sending a 32 MiB WRITE header and no payload.
 #[test]
 fn nbd_write_headers_without_payload() {
-    raise_nofile();
+    let _serial = one_at_a_time();
+    raise_nofile(100);
     let s = Scratch::new("fl-nbdw");
     let (d, port) = nbd_daemon(&s);
     let pid = d.pid();
@@ -334,7 +356,8 @@ fn nbd_write_headers_without_payload() {
 /// keeps most of it for itself).
 #[test]
 fn nbd_connections_that_never_answer_the_greeting() {
-    raise_nofile();
+    let _serial = one_at_a_time();
+    let n = raise_nofile(15_000);
     let s = Scratch::new("fl-nbdg");
     let (d, port) = nbd_daemon(&s);
     let pid = d.pid();
@@ -342,7 +365,7 @@ fn nbd_connections_that_never_answer_the_greeting() {
     let usual = latency(&mut probe);
     let before = held(pid);
     let rt = runtime();
-    let conns = rt.block_on(connect_many(FLOODER, port, 15_000, None));
+    let conns = rt.block_on(connect_many(FLOODER, port, n, None));
     std::thread::sleep(Duration::from_millis(500));
     let during = held(pid);
     let slow = latency(&mut probe);
@@ -367,6 +390,7 @@ fn nbd_connections_that_never_answer_the_greeting() {
 /// volume stays attached to a hung instance) until an operator detaches it.
 #[test]
 fn a_stalled_attachment_is_released_by_volume_detach() {
+    let _serial = one_at_a_time();
     let s = Scratch::new("fl-stall");
     let (d, port) = nbd_daemon(&s);
     d.cli(&["volume", "create", "solo", "--size", "16MiB"]);
@@ -390,7 +414,8 @@ fn a_stalled_attachment_is_released_by_volume_detach() {
 /// 5,000 idle control connections and one sending a byte every 2 s.
 #[test]
 fn control_socket_idle_and_trickling_connections() {
-    raise_nofile();
+    let _serial = one_at_a_time();
+    let n = raise_nofile(5000);
     let s = Scratch::new("fl-ctl");
     let d = Daemon::start(&s.path, "");
     let pid = d.pid();
@@ -403,7 +428,7 @@ fn control_socket_idle_and_trickling_connections() {
     };
     let usual = latency(|| status(&d.socket));
     let before = held(pid);
-    let idle: Vec<UnixStream> = (0..5000).map(|_| UnixStream::connect(&d.socket).expect("connect")).collect();
+    let idle: Vec<UnixStream> = (0..n).map(|_| UnixStream::connect(&d.socket).expect("connect")).collect();
     let mut trickle = UnixStream::connect(&d.socket).expect("connect");
     std::thread::sleep(Duration::from_millis(500));
     let during = held(pid);
@@ -441,6 +466,7 @@ fn control_socket_idle_and_trickling_connections() {
 /// of it is read.
 #[test]
 fn nfs_connections_from_addresses_no_export_admits_close_at_once() {
+    let _serial = one_at_a_time();
     let s = Scratch::new("fl-nfsx");
     let d =
         Daemon::start(&s.path, "[nfs]\nlisten = \"127.0.0.1:0\"\n[nfs.default_export]\nclients = [\"127.0.0.1/32\"]\n");

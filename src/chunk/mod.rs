@@ -42,22 +42,50 @@ impl fmt::Debug for ChunkId {
     }
 }
 
-use crate::meta::{BlockRef, MetaError, MetaRead, WriteTx, counter};
+use crate::meta::{BlockRef, Ino, MetaError, MetaRead, WriteTx, counter};
 
-/// Drops one block-map reference to a chunk: its refcount falls, and when
-/// it reaches zero the chunk leaves the index and its pack's live bytes
-/// shrink (GC later deletes or repacks the pack).
-pub fn unref_block(tx: &WriteTx, b: &BlockRef) -> Result<(), MetaError> {
-    tx.add_counter(counter::LOGICAL_BYTES, -(b.len as i64))?;
-    let Some(mut c) = tx.chunk(&b.chunk)? else {
-        tracing::error!(chunk = %b.chunk, "block referred to a chunk missing from the index");
+/// The one way a block-map entry changes. Writes `new` (`None`: a hole)
+/// as block `blk` of `ino`, born at epoch `born`, and moves the references:
+/// the new chunk (whose index entry must exist) gains one; the old one
+/// loses its own unless a snapshot keeps the old version (then the version
+/// moved to history and still refers to it). The logical-bytes counter
+/// follows the live block map.
+pub fn set_block(tx: &WriteTx, ino: Ino, blk: u64, new: Option<&BlockRef>, born: u64) -> Result<(), MetaError> {
+    if let Some(b) = new {
+        let mut c = tx.chunk(&b.chunk)?.ok_or_else(|| {
+            MetaError::Object(format!(
+                "block {blk} of inode {ino} would refer to chunk {}, which is not indexed",
+                b.chunk
+            ))
+        })?;
+        c.refs += 1;
+        tx.put_chunk(&b.chunk, &c)?;
+        tx.add_counter(counter::LOGICAL_BYTES, i64::from(b.len))?;
+    }
+    if let Some(old) = tx.write_block(ino, blk, new, born)?
+        && !old.row.tomb
+    {
+        let b = BlockRef::decode(&old.row.body)?;
+        tx.add_counter(counter::LOGICAL_BYTES, -i64::from(b.len))?;
+        if !old.kept {
+            release_chunk(tx, &b.chunk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops one reference to a chunk: when none is left it leaves the index
+/// and its pack's live bytes shrink (GC later deletes or repacks the pack).
+pub fn release_chunk(tx: &WriteTx, id: &ChunkId) -> Result<(), MetaError> {
+    let Some(mut c) = tx.chunk(id)? else {
+        tracing::error!(chunk = %id, "a block referred to a chunk missing from the index");
         return Ok(());
     };
     c.refs = c.refs.saturating_sub(1);
     if c.refs > 0 {
-        return tx.put_chunk(&b.chunk, &c);
+        return tx.put_chunk(id, &c);
     }
-    tx.del_chunk(&b.chunk)?;
+    tx.del_chunk(id)?;
     tx.add_counter(counter::STORED_BYTES, -(c.stored_len as i64))?;
     if let Some(mut p) = tx.pack(c.pack)? {
         p.live_bytes = p.live_bytes.saturating_sub(c.stored_len as u64);

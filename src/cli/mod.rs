@@ -48,6 +48,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: VolumeCommand,
     },
+    /// Snapshots of volumes and file systems (instant, incremental).
+    Snapshot {
+        /// What to do with snapshots.
+        #[command(subcommand)]
+        cmd: SnapshotCommand,
+    },
     /// Mount a file system locally (served by the daemon through FUSE).
     Mount {
         /// Directory to mount on.
@@ -89,6 +95,83 @@ pub enum Command {
     },
 }
 
+/// Which volume or file system a snapshot command is about.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// A block volume.
+    #[arg(long)]
+    volume: Option<String>,
+    /// A file system.
+    #[arg(long)]
+    fs: Option<String>,
+}
+
+/// Snapshot subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (instant; holds every write acknowledged before it).
+    Create {
+        /// Of which volume or file system.
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Snapshot name.
+        name: String,
+    },
+    /// List snapshots, with what deleting each would free.
+    List {
+        /// Only this volume's.
+        #[arg(long, conflicts_with = "fs")]
+        volume: Option<String>,
+        /// Only this file system's.
+        #[arg(long)]
+        fs: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (its space is reclaimed in the background).
+    Delete {
+        /// Of which volume or file system.
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Snapshot name.
+        name: String,
+    },
+    /// The byte ranges of a volume that changed between two snapshots, or
+    /// between a snapshot and the live volume.
+    Diff {
+        /// The volume.
+        #[arg(long)]
+        volume: String,
+        /// The earlier snapshot.
+        from: String,
+        /// The later snapshot (default: the live volume).
+        to: Option<String>,
+        /// Print JSON: [{"offset": bytes, "length": bytes}, ...].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a volume snapshot (or what changed since --from) to stdout.
+    Export {
+        /// The volume.
+        #[arg(long)]
+        volume: String,
+        /// Snapshot name.
+        name: String,
+        /// An earlier snapshot: write only the blocks changed since it.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Recreate a snapshot from a stream on stdin: a full stream makes a new
+    /// volume; an incremental one applies to the volume holding its base.
+    Import {
+        /// The volume to create (or to apply an incremental stream to).
+        #[arg(long)]
+        volume: String,
+    },
+}
+
 /// File system subcommands.
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
@@ -96,6 +179,9 @@ pub enum FsCommand {
     Create {
         /// Name.
         name: String,
+        /// Make it a clone of a snapshot: FS@SNAPSHOT (instant, writable, independent).
+        #[arg(long)]
+        from_snapshot: Option<String>,
     },
     /// List file systems.
     List {
@@ -117,9 +203,12 @@ pub enum VolumeCommand {
     Create {
         /// Name.
         name: String,
-        /// Size, e.g. 20GiB.
+        /// Size, e.g. 20GiB (with --from-snapshot: grow the clone to it).
+        #[arg(long, required_unless_present = "from_snapshot")]
+        size: Option<Size>,
+        /// Make it a clone of a snapshot: VOLUME@SNAPSHOT (instant, writable, independent).
         #[arg(long)]
-        size: Size,
+        from_snapshot: Option<String>,
         /// Block size: the unit of dedup and of the block map.
         #[arg(long, default_value = "256KiB")]
         block_size: Size,
@@ -169,12 +258,21 @@ fn human(n: u64) -> String {
 impl Cli {
     fn volume(&self, cmd: &VolumeCommand) -> anyhow::Result<()> {
         match cmd {
-            VolumeCommand::Create { name, size, block_size, multi_attach } => {
+            VolumeCommand::Create { name, size, from_snapshot, block_size, multi_attach } => {
                 let block_size = u32::try_from(block_size.0).map_err(|_| anyhow!("--block-size is too large"))?;
-                let req =
-                    Request::VolumeCreate { name: name.clone(), size: size.0, block_size, multi_attach: *multi_attach };
-                self.call(&req)?;
-                println!("created volume {name} ({})", human(size.0));
+                let req = Request::VolumeCreate {
+                    name: name.clone(),
+                    size: size.map_or(0, |s| s.0),
+                    block_size,
+                    multi_attach: *multi_attach,
+                    from_snapshot: from_snapshot.clone(),
+                };
+                let v = self.call(&req)?;
+                let size = human(v["size"].as_u64().unwrap_or(0));
+                match from_snapshot {
+                    Some(f) => println!("created volume {name} ({size}) from snapshot {f}"),
+                    None => println!("created volume {name} ({size})"),
+                }
             }
             VolumeCommand::List { json } => {
                 let v = self.call(&Request::VolumeList)?;
@@ -206,6 +304,94 @@ impl Cli {
             VolumeCommand::Resize { name, size } => {
                 self.call(&Request::VolumeResize { name: name.clone(), size: size.0 })?;
                 println!("volume {name} is now {}", human(size.0));
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, cmd: &SnapshotCommand) -> anyhow::Result<()> {
+        match cmd {
+            SnapshotCommand::Create { source, name } => {
+                let v = self.call(&Request::SnapshotCreate {
+                    volume: source.volume.clone(),
+                    fs: source.fs.clone(),
+                    name: name.clone(),
+                })?;
+                println!(
+                    "created snapshot {name} of {} {}",
+                    v["kind"].as_str().unwrap_or("?"),
+                    v["source"].as_str().unwrap_or("?")
+                );
+            }
+            SnapshotCommand::List { volume, fs, json } => {
+                let v = self.call(&Request::SnapshotList { volume: volume.clone(), fs: fs.clone() })?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for s in v.as_array().into_iter().flatten() {
+                        let state = if s["state"] == "ready" {
+                            String::new()
+                        } else {
+                            format!("  ({})", s["state"].as_str().unwrap_or("?"))
+                        };
+                        println!(
+                            "{}@{}  {}  created {}  exclusive {}{}{state}",
+                            s["source"].as_str().unwrap_or("?"),
+                            s["name"].as_str().unwrap_or("?"),
+                            s["kind"].as_str().unwrap_or("?"),
+                            s["created"],
+                            human(s["exclusive_bytes"].as_u64().unwrap_or(0)),
+                            match s["clones"].as_u64().unwrap_or(0) {
+                                0 => String::new(),
+                                n => format!("  {n} clone(s)"),
+                            }
+                        );
+                    }
+                }
+            }
+            SnapshotCommand::Delete { source, name } => {
+                self.call(&Request::SnapshotDelete {
+                    volume: source.volume.clone(),
+                    fs: source.fs.clone(),
+                    name: name.clone(),
+                })?;
+                println!("deleted snapshot {name}");
+            }
+            SnapshotCommand::Diff { volume, from, to, json } => {
+                let v =
+                    self.call(&Request::SnapshotDiff { volume: volume.clone(), from: from.clone(), to: to.clone() })?;
+                if *json {
+                    println!("{}", serde_json::to_string(&v)?);
+                } else {
+                    for e in v.as_array().into_iter().flatten() {
+                        println!("{} {}", e["offset"], e["length"]);
+                    }
+                }
+            }
+            SnapshotCommand::Export { volume, name, from } => {
+                let req = Request::SnapshotExport { volume: volume.clone(), name: name.clone(), from: from.clone() };
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let v = control::call_stream_out(&self.socket()?, &req, &mut out).map_err(|e| anyhow!(e))?;
+                eprintln!(
+                    "exported {} blocks ({}) in a {} stream",
+                    v["blocks"],
+                    human(v["bytes"].as_u64().unwrap_or(0)),
+                    human(v["stream_bytes"].as_u64().unwrap_or(0))
+                );
+            }
+            SnapshotCommand::Import { volume } => {
+                let req = Request::SnapshotImport { volume: volume.clone() };
+                let stdin = std::io::stdin();
+                let mut input = stdin.lock();
+                let v = control::call_stream_in(&self.socket()?, &req, &mut input).map_err(|e| anyhow!(e))?;
+                println!(
+                    "imported snapshot {} into volume {volume}: {} blocks ({}){}",
+                    v["snapshot"].as_str().unwrap_or("?"),
+                    v["blocks"],
+                    human(v["bytes"].as_u64().unwrap_or(0)),
+                    if v["incremental"] == true { ", incremental" } else { "" }
+                );
             }
         }
         Ok(())
@@ -243,9 +429,12 @@ impl Cli {
                 crate::daemon::recover_from_bucket(&config)?;
             }
             Command::Fs { cmd } => match cmd {
-                FsCommand::Create { name } => {
-                    self.call(&Request::FsCreate { name: name.clone() })?;
-                    println!("created file system {name}");
+                FsCommand::Create { name, from_snapshot } => {
+                    self.call(&Request::FsCreate { name: name.clone(), from_snapshot: from_snapshot.clone() })?;
+                    match from_snapshot {
+                        Some(f) => println!("created file system {name} from snapshot {f}"),
+                        None => println!("created file system {name}"),
+                    }
                 }
                 FsCommand::List { json } => {
                     let v = self.call(&Request::FsList)?;
@@ -267,6 +456,7 @@ impl Cli {
                 }
             },
             Command::Volume { cmd } => self.volume(cmd)?,
+            Command::Snapshot { cmd } => self.snapshot(cmd)?,
             Command::Mount { mountpoint, fs } => {
                 let abs = absolute(mountpoint)?;
                 self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone() })?;
@@ -443,6 +633,15 @@ fn print_status(v: &Value) {
         a["backend_reads"],
         b(&a["backend_read_bytes"]),
         a["readahead_fetches"]
+    );
+    let sn = &v["snapshots"];
+    println!(
+        "snapshots {} ({} of volumes), {} held only by them; {} being deleted, {} reclaim jobs",
+        sn["count"],
+        sn["volume_snapshots"],
+        b(&sn["exclusive_bytes"]),
+        sn["deleting"],
+        sn["reclaim_jobs"]
     );
     if let Some(addr) = v["nfs_listen"].as_str() {
         println!(

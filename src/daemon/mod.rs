@@ -116,7 +116,7 @@ fn open_backend(
 }
 
 /// `storfs recover --from-bucket`: rebuilds `<data_dir>/state/meta.redb`
-/// from the newest metadata snapshot in the bucket and the logs after it.
+/// from the newest metadata image in the bucket and the logs after it.
 /// Dirty data that never reached the bucket is gone with the old disk; the
 /// disk cache starts empty.
 pub fn recover_from_bucket(config: &Config) -> anyhow::Result<()> {
@@ -142,9 +142,9 @@ pub fn recover_from_bucket(config: &Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("cannot recover from prefix {:?} of the bucket: {e}", config.backend.prefix))?;
     std::fs::rename(&tmp, state.join("meta.redb")).context("cannot move the rebuilt metadata into place")?;
     println!(
-        "recovered {} from snapshot #{:x} and {} log objects: {} file systems, {} inodes",
+        "recovered {} from metadata image #{:x} and {} log objects: {} file systems, {} inodes",
         state.join("meta.redb").display(),
-        r.snapshot,
+        r.image,
         r.logs,
         r.filesystems,
         r.inodes
@@ -191,7 +191,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         data,
         block_size: config.storage.block_size.0 as u32,
         space_probe,
-        ship_snapshot_interval: remote.then_some(config.backend.snapshot_interval.0),
+        ship_image_interval: remote.then_some(config.backend.image_interval.0),
     })
     .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if vfs.filesystem(DEFAULT_FS).is_err() {
@@ -278,7 +278,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         budget,
     });
     let d = daemon.clone();
-    let handler: control::Handler = Arc::new(move |req| d.handle(req));
+    let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
     runtime.spawn(control::serve(listener, handler));
     spawn_gc_timer(&daemon)?;
 
@@ -375,17 +375,100 @@ fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
+/// Splits "SOURCE@SNAPSHOT".
+fn split_snapshot(s: &str) -> Result<(&str, &str), String> {
+    s.split_once('@')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| format!("--from-snapshot wants SOURCE@SNAPSHOT (e.g. vol1@nightly), got {s:?}"))
+}
+
+/// The source a snapshot request names, and how to say it in errors.
+fn snapshot_source<'a>(
+    volume: &'a Option<String>,
+    fs: &'a Option<String>,
+) -> Result<(storfs::vfs::Source<'a>, String), String> {
+    match (volume, fs) {
+        (Some(v), None) => Ok((storfs::vfs::Source::Volume(v), format!("volume {v:?}"))),
+        (None, Some(f)) => Ok((storfs::vfs::Source::Fs(f), format!("file system {f:?}"))),
+        (None, None) => Err("name the source: --volume NAME or --fs NAME".into()),
+        (Some(_), Some(_)) => Err("--volume and --fs exclude each other".into()),
+    }
+}
+
 impl Daemon {
-    fn handle(&self, req: Request) -> Result<serde_json::Value, String> {
+    fn handle(&self, req: Request, ch: &mut control::Channel) -> Result<serde_json::Value, String> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err("the daemon is stopping".into());
         }
         match req {
             Request::Status => json(status::collect(self)?),
-            Request::FsCreate { name } => {
+            Request::FsCreate { name, from_snapshot: None } => {
                 let info =
                     self.vfs.create_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
                 json(info)
+            }
+            Request::FsCreate { name, from_snapshot: Some(from) } => {
+                let (src, snap) = split_snapshot(&from)?;
+                if self.vfs.filesystem(&name).is_ok() {
+                    return Err(format!("file system {name:?}: already exists"));
+                }
+                let info = self.vfs.clone_filesystem(&name, src, snap).map_err(|e| match e {
+                    VfsError::NotFound => format!("no snapshot {snap:?} of file system {src:?}"),
+                    e => vfs_err(&format!("file system {name:?}"), e),
+                })?;
+                json(info)
+            }
+            Request::SnapshotCreate { volume, fs, name } => {
+                let (src, what) = snapshot_source(&volume, &fs)?;
+                let info = self.vfs.create_snapshot(src, &name).map_err(|e| match e {
+                    VfsError::Exists => format!("snapshot {name:?} of {what}: already exists"),
+                    VfsError::NotFound => format!("{what}: not found"),
+                    e => vfs_err(&format!("snapshot {name:?} of {what}"), e),
+                })?;
+                json(info)
+            }
+            Request::SnapshotList { volume, fs } => {
+                let src = match (&volume, &fs) {
+                    (None, None) => None,
+                    _ => Some(snapshot_source(&volume, &fs)?.0),
+                };
+                json(self.vfs.snapshots(src).map_err(|e| e.to_string())?)
+            }
+            Request::SnapshotDelete { volume, fs, name } => {
+                let (src, what) = snapshot_source(&volume, &fs)?;
+                self.vfs.delete_snapshot(src, &name).map_err(|e| match e {
+                    VfsError::NotFound => format!("no snapshot {name:?} of {what}"),
+                    e => vfs_err(&format!("snapshot {name:?} of {what}"), e),
+                })?;
+                Ok(serde_json::Value::Null)
+            }
+            Request::SnapshotDiff { volume, from, to } => {
+                let d = self.vfs.snapshot_diff(&volume, &from, to.as_deref()).map_err(|e| match e {
+                    VfsError::NotFound => {
+                        format!(
+                            "no snapshot {from:?}{} of volume {volume:?}",
+                            to.as_ref().map(|t| format!(" or {t:?}")).unwrap_or_default()
+                        )
+                    }
+                    e => vfs_err(&format!("volume {volume:?}"), e),
+                })?;
+                json(d)
+            }
+            Request::SnapshotExport { volume, name, from } => {
+                let r = self.vfs.export_snapshot(&volume, &name, from.as_deref(), ch).map_err(|e| match e {
+                    VfsError::NotFound => format!("no snapshot {name:?} of volume {volume:?}"),
+                    e => vfs_err(&format!("snapshot {name:?} of volume {volume:?}"), e),
+                })?;
+                json(r)
+            }
+            Request::SnapshotImport { volume } => {
+                let (h, r) = self.vfs.import_snapshot(&volume, ch).map_err(|e| match e {
+                    VfsError::Exists => format!("volume {volume:?}: already exists (a full stream makes a new volume)"),
+                    VfsError::NotFound => format!("volume {volume:?}: not found (an incremental stream applies to it)"),
+                    e => vfs_err(&format!("import into volume {volume:?}"), e),
+                })?;
+                Ok(serde_json::json!({"snapshot": h.name, "uuid": storfs::vfs::snapshot::uuid_hex(&h.uuid),
+                    "incremental": h.base.is_some(), "blocks": r.blocks, "bytes": r.bytes, "stream_bytes": r.stream_bytes}))
             }
             Request::FsList => {
                 let mounts = self.mounts.list();
@@ -410,9 +493,24 @@ impl Daemon {
                 self.vfs.delete_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
                 Ok(serde_json::Value::Null)
             }
-            Request::VolumeCreate { name, size, block_size, multi_attach } => {
+            Request::VolumeCreate { name, size, block_size, multi_attach, from_snapshot: None } => {
                 let what = format!("volume {name:?}");
                 json(self.vfs.create_volume(&name, size, block_size, multi_attach).map_err(|e| vfs_err(&what, e))?)
+            }
+            Request::VolumeCreate { name, size, from_snapshot: Some(from), .. } => {
+                let (src, snap) = split_snapshot(&from)?;
+                if self.vfs.volume(&name).is_ok() {
+                    return Err(format!("volume {name:?}: already exists"));
+                }
+                let what = format!("volume {name:?}");
+                let v = self.vfs.clone_volume(&name, src, snap).map_err(|e| match e {
+                    VfsError::NotFound => format!("no snapshot {snap:?} of volume {src:?}"),
+                    e => vfs_err(&what, e),
+                })?;
+                if size > v.size {
+                    return json(self.vfs.resize_volume(&name, size).map_err(|e| vfs_err(&what, e))?);
+                }
+                json(v)
             }
             Request::VolumeList => json(self.vfs.volumes().map_err(|e| e.to_string())?),
             Request::VolumeDelete { name } => {

@@ -112,7 +112,7 @@ impl Mounts {
         config.acl = SessionACL::All;
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
-        let fuse = FuseFs::new(vfs.clone(), info.root, cfg.attr_timeout.0);
+        let fuse = FuseFs::new(vfs.clone(), info.root, info.id, cfg.attr_timeout.0);
         let session =
             fuser::Session::from_fd(fuse, dev, SessionACL::All, config).and_then(|s| s.spawn()).map_err(|e| {
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);

@@ -111,6 +111,23 @@ pub struct ServerClients {
     pub max_connections_per_client: usize,
 }
 
+/// Snapshots and the background work of deleting them.
+#[derive(Debug, Serialize)]
+pub struct Snapshots {
+    /// Snapshots (whole ones, of volumes and file systems).
+    pub count: usize,
+    /// Of them, of volumes.
+    pub volume_snapshots: usize,
+    /// Bytes only snapshots hold: what deleting all of them would free.
+    pub exclusive_bytes: u64,
+    /// Snapshots being deleted (their data reclaimed in the background).
+    pub deleting: usize,
+    /// Reclaim jobs waiting.
+    pub reclaim_jobs: usize,
+    /// Row versions reclaimed since start.
+    pub reclaimed_rows: u64,
+}
+
 /// Network clients and what they hold.
 #[derive(Debug, Serialize)]
 pub struct Clients {
@@ -149,6 +166,8 @@ pub struct Status {
     pub nbd_listen: Option<String>,
     /// Network clients.
     pub clients: Clients,
+    /// Snapshots.
+    pub snapshots: Snapshots,
 }
 
 pub fn collect(d: &Daemon) -> Result<Status, String> {
@@ -230,6 +249,22 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
                 max_connections_per_client: c.limits().max_per_client,
             };
             Clients { nfs: of(&d.nfs_conns), nbd: of(&d.nbd_conns), buffered_free_bytes: d.budget.available_bytes() }
+        },
+        snapshots: {
+            let all = rtx.snapshots().map_err(err)?;
+            let whole: Vec<_> = all.iter().filter(|s| s.state != storfs::meta::SNAPSHOT_DELETING).collect();
+            let mut exclusive = 0;
+            for s in &whole {
+                exclusive += d.vfs.exclusive_bytes(s).map_err(|e| e.to_string())?;
+            }
+            Snapshots {
+                count: whole.len(),
+                volume_snapshots: whole.iter().filter(|s| storfs::meta::Scope(s.scope).volume_ino().is_some()).count(),
+                exclusive_bytes: exclusive,
+                deleting: all.len() - whole.len(),
+                reclaim_jobs: rtx.reclaim_jobs().map_err(err)?.len(),
+                reclaimed_rows: d.vfs.store().reclaim_stats.rows.load(Ordering::Relaxed),
+            }
         },
     })
 }

@@ -42,9 +42,11 @@ impl CellData {
         }
     }
 
-    /// Adds a piece to block `blk` over whatever was there.
-    pub fn insert_piece(&mut self, blk: u64, piece: Piece) {
-        let delta = self.blocks.entry(blk).or_default().insert(piece);
+    /// Adds a piece to block `blk` over whatever was there. `boundary`: the
+    /// WAL position of the latest snapshot of the inode's scope taken before
+    /// the piece (what was dirty before it is kept apart for it).
+    pub fn insert_piece(&mut self, blk: u64, piece: Piece, boundary: Option<u64>) {
+        let delta = self.blocks.entry(blk).or_default().insert(piece, boundary);
         if delta >= 0 {
             self.dirty_total.fetch_add(delta as u64, Ordering::Relaxed);
         } else {
@@ -70,6 +72,12 @@ impl CellData {
     /// True when nothing is dirty.
     pub fn is_clean(&self) -> bool {
         self.blocks.is_empty()
+    }
+
+    /// Whether anything dirty was written at or below `lsn` (data a
+    /// snapshot taken there holds, which dropping would lose).
+    pub fn has_upto(&self, lsn: u64) -> bool {
+        self.blocks.values().any(|b| b.has_upto(lsn))
     }
 
     /// Dirty bytes of this inode.

@@ -9,7 +9,7 @@
 //! then are those pieces dropped. A block truncated or deleted meanwhile
 //! (its cell generation changed) is left for the next cycle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -18,10 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::cells::Cell;
+use super::dirty::Piece;
 use super::{DataError, Result, Store};
 use crate::backend::{PutOptions, StorageClass};
 use crate::chunk::pack::{PackBuilder, PackIndexEntry, pack_key};
-use crate::chunk::{ChunkId, unref_block};
+use crate::chunk::{ChunkId, set_block};
 use crate::meta::{BlockRef, ChunkEntry, Ino, MetaRead, PackEntry, ReadTx, counter};
 
 /// One block's new content, waiting for its pack to be committed.
@@ -30,6 +31,8 @@ struct Item {
     blk: u64,
     generation: u64,
     content: Option<(ChunkId, u32)>,
+    /// Epoch the version is born in (that of the snapshot its data belongs to).
+    born: u64,
 }
 
 struct Batch {
@@ -115,7 +118,10 @@ impl Store {
     }
 
     /// Adds the cell's blocks dirty at or below `cut` to the batch, handing
-    /// each full pack to `ship`.
+    /// each full pack to `ship`. A block with data frozen for a snapshot
+    /// becomes one version per layer (oldest first), each born in the epoch
+    /// its data belongs to; all versions of a block go into one pack, so
+    /// they commit together and in order.
     fn stage_cell(
         &self,
         cell: &Cell,
@@ -128,8 +134,8 @@ impl Store {
             let blocks: Vec<_> = g
                 .blocks()
                 .filter_map(|(b, db)| {
-                    let p = db.pieces_upto(cut);
-                    (!p.is_empty()).then_some((b, p))
+                    let layers = db.layers_upto(cut);
+                    (!layers.is_empty()).then_some((b, layers))
                 })
                 .collect();
             (g.generation, blocks)
@@ -143,8 +149,11 @@ impl Store {
             return Ok(());
         };
         let bs = inode.block_size as usize;
+        let reg = self.meta.registry();
+        let scope = reg.scope_of(cell.ino, inode.fs_id);
+        let born_of = |layer: &[Piece]| reg.born_for_lsn(scope, layer.iter().map(|p| p.lsn).max().unwrap_or(0));
         let rtx = self.meta.read()?;
-        for (blk, pieces) in blocks {
+        for (blk, layers) in blocks {
             let base = match rtx.block(cell.ino, blk)? {
                 Some(b) => {
                     let entry = rtx.chunk(&b.chunk)?.ok_or_else(|| {
@@ -157,29 +166,42 @@ impl Store {
                 }
                 None => None,
             };
-            // Only as much of the block as holds data: past the base and
-            // the last piece it is zeros anyway.
-            let extent = pieces
-                .iter()
-                .map(|p| (p.off + p.len) as usize)
-                .chain(base.iter().map(|(b, _)| b.len as usize))
-                .max()
-                .unwrap_or(0)
-                .min(bs);
-            // The block is assembled in place at the end of the pack.
             let base_data = match &base {
                 Some((b, entry)) => Some((self.chunks.get(&b.chunk, entry)?, b.len as usize)),
                 None => None,
             };
-            let buf = batch.pack.stage(extent);
-            if let Some((data, len)) = base_data {
-                let n = data.len().min(len).min(extent);
-                buf[..n].copy_from_slice(&data[..n]);
+            let extent_of = |pieces: &[Piece], have: usize| {
+                pieces.iter().map(|p| (p.off + p.len) as usize).chain([have]).max().unwrap_or(0).min(bs)
+            };
+            if let [pieces] = layers.as_slice() {
+                // One version: assembled in place at the end of the pack.
+                // Only as much of the block as holds data: past the base
+                // and the last piece it is zeros anyway.
+                let extent = extent_of(pieces, base.as_ref().map_or(0, |(b, _)| b.len as usize));
+                let buf = batch.pack.stage(extent);
+                if let Some((data, len)) = &base_data {
+                    let n = data.len().min(*len).min(extent);
+                    buf[..n].copy_from_slice(&data[..n]);
+                }
+                for p in pieces {
+                    p.copy_into(buf, 0)?;
+                }
+                self.add_to_batch(batch, &rtx, cell.ino, blk, generation, born_of(pieces))?;
+            } else {
+                let mut content: Vec<u8> = match &base_data {
+                    Some((data, len)) => data[..data.len().min(*len)].to_vec(),
+                    None => Vec::new(),
+                };
+                for pieces in &layers {
+                    let extent = extent_of(pieces, content.len());
+                    content.resize(extent, 0);
+                    for p in pieces {
+                        p.copy_into(&mut content, 0)?;
+                    }
+                    batch.pack.stage(content.len()).copy_from_slice(&content);
+                    self.add_to_batch(batch, &rtx, cell.ino, blk, generation, born_of(pieces))?;
+                }
             }
-            for p in &pieces {
-                p.copy_into(buf, 0)?;
-            }
-            self.add_to_batch(batch, &rtx, cell.ino, blk, generation)?;
             if batch.pack.len() >= self.opts.pack_target {
                 ship(batch)?;
             }
@@ -189,11 +211,19 @@ impl Store {
 
     /// Decides what to do with the block staged at the end of the pack: a
     /// hole, a chunk already stored, or a new chunk kept in the pack.
-    fn add_to_batch(&self, batch: &mut Batch, rtx: &ReadTx, ino: Ino, blk: u64, generation: u64) -> Result<()> {
+    fn add_to_batch(
+        &self,
+        batch: &mut Batch,
+        rtx: &ReadTx,
+        ino: Ino,
+        blk: u64,
+        generation: u64,
+        born: u64,
+    ) -> Result<()> {
         let used = trimmed_len(batch.pack.staged());
         if used == 0 {
             batch.pack.discard_staged();
-            batch.items.push(Item { ino, blk, generation, content: None });
+            batch.items.push(Item { ino, blk, generation, content: None, born });
             return Ok(());
         }
         let id = ChunkId::of(&batch.pack.staged()[..used]);
@@ -204,7 +234,7 @@ impl Store {
             let e = batch.pack.commit_staged(id, used);
             batch.new_chunks.insert(id, e);
         }
-        batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)) });
+        batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)), born });
         Ok(())
     }
 
@@ -302,71 +332,77 @@ impl Store {
         let cells = self.cells.get_sorted(&inos);
         let mut guards: Vec<_> = cells.iter().map(|c| (c.ino, c.lock())).collect();
         let tx = self.meta.write()?;
-        let mut pack = PackEntry {
-            size: pack_id.map_or(0, |p| p.1),
-            live_bytes: 0,
-            chunks: new_chunks.len() as u32,
-            live_chunks: 0,
-            class: StorageClass::Standard.code(),
-            created: unix_now(),
-            last_read: 0,
-        };
+        // The pack's record is in place before any block points into it, so
+        // a chunk made and released again in this batch (a block written,
+        // kept by a snapshot, then overwritten) counts down the same record.
+        if let Some((pid, size)) = pack_id {
+            let pack = PackEntry {
+                size,
+                live_bytes: 0,
+                chunks: new_chunks.len() as u32,
+                live_chunks: 0,
+                class: StorageClass::Standard.code(),
+                created: unix_now(),
+                last_read: 0,
+            };
+            tx.put_pack(pid, &pack)?;
+        }
         let mut committed = Vec::with_capacity(items.len());
+        // Versions of a block commit in order or not at all: once one is
+        // left for the next cycle, so are the later ones.
+        let mut left: HashSet<(Ino, u64)> = HashSet::new();
         for item in items {
             let Ok(gi) = guards.binary_search_by_key(&item.ino, |(i, _)| *i) else {
                 continue;
             };
+            if left.contains(&(item.ino, item.blk)) {
+                continue;
+            }
             if guards[gi].1.generation != item.generation || tx.inode(item.ino)?.is_none() {
                 continue;
             }
-            let old = tx.block(item.ino, item.blk)?;
+            let born = item.born;
             match item.content {
                 None => {
-                    if let Some(o) = old {
-                        tx.del_block(item.ino, item.blk)?;
-                        unref_block(&tx, &o)?;
-                    }
+                    set_block(&tx, item.ino, item.blk, None, born)?;
                     self.stats.holes.fetch_add(1, Ordering::Relaxed);
                 }
                 Some((id, len)) => {
-                    if let Some(mut c) = tx.chunk(&id)? {
-                        c.refs += 1;
-                        tx.put_chunk(&id, &c)?;
-                    } else if let (Some(e), Some((pid, _))) = (new_chunks.get(&id), pack_id) {
-                        tx.put_chunk(
-                            &id,
-                            &ChunkEntry {
-                                pack: pid,
-                                offset: e.offset,
-                                stored_len: e.stored_len,
-                                raw_len: e.raw_len,
-                                flags: e.flags,
-                                refs: 1,
-                            },
-                        )?;
-                        pack.live_bytes += e.stored_len as u64;
-                        pack.live_chunks += 1;
+                    if tx.chunk(&id)?.is_none() {
+                        let (Some(e), Some((pid, _))) = (new_chunks.get(&id), pack_id) else {
+                            // Deduplicated against a chunk that was dropped since.
+                            left.insert((item.ino, item.blk));
+                            continue;
+                        };
+                        let entry = ChunkEntry {
+                            pack: pid,
+                            offset: e.offset,
+                            stored_len: e.stored_len,
+                            raw_len: e.raw_len,
+                            flags: e.flags,
+                            refs: 0,
+                        };
+                        tx.put_chunk(&id, &entry)?;
+                        if let Some(mut pack) = tx.pack(pid)? {
+                            pack.live_bytes += e.stored_len as u64;
+                            pack.live_chunks += 1;
+                            tx.put_pack(pid, &pack)?;
+                        }
                         tx.add_counter(counter::STORED_BYTES, e.stored_len as i64)?;
-                    } else {
-                        // Deduplicated against a chunk that was dropped since.
-                        continue;
                     }
-                    tx.put_block(item.ino, item.blk, &BlockRef { chunk: id, len, flushed_lsn: cut })?;
-                    tx.add_counter(counter::LOGICAL_BYTES, len as i64)?;
-                    if let Some(o) = old {
-                        unref_block(&tx, &o)?;
-                    }
+                    set_block(&tx, item.ino, item.blk, Some(&BlockRef { chunk: id, len, flushed_lsn: cut }), born)?;
                 }
             }
             committed.push((gi, item.blk));
         }
-        if let Some((pid, _)) = pack_id {
-            tx.put_pack(pid, &pack)?;
-        }
         tx.commit()?;
         self.usage.changed(committed.iter().map(|(gi, _)| guards[*gi].0));
         for (gi, blk) in committed {
-            guards[gi].1.remove_upto(blk, cut);
+            // A block with a version left over stays dirty whole; the next
+            // cycle writes its versions again (the committed ones in place).
+            if !left.contains(&(guards[gi].0, blk)) {
+                guards[gi].1.remove_upto(blk, cut);
+            }
         }
         Ok(())
     }
@@ -411,7 +447,7 @@ impl Store {
         Ok(())
     }
 
-    fn flush_stopping(&self) -> bool {
+    pub(crate) fn flush_stopping(&self) -> bool {
         self.flush.lock().shutdown
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Result, Store};
 use crate::chunk::ChunkId;
 use crate::chunk::pack::{pack_key, parse_pack_key};
-use crate::meta::{ChunkEntry, FileKind, Ino, MetaRead, counter};
+use crate::meta::{BlockRef, ChunkEntry, FileKind, Ino, Kind, MetaRead, counter, keys};
 
 /// Findings of one fsck run. Errors are inconsistencies; notes are expected
 /// leftovers (orphan packs after a crash) that GC removes.
@@ -53,47 +53,85 @@ impl Store {
         let _m = self.maintenance.lock();
         let mut r = FsckReport::default();
         let rtx = self.meta.read()?;
+        // Inodes being deleted in the background still hold block rows.
+        let mut purging: HashSet<Ino> = HashSet::new();
+        for (_, job) in rtx.reclaim_jobs()? {
+            if let Ok(super::reclaim::Job::Purge { ino, .. }) = super::reclaim::Job::decode(&job) {
+                purging.insert(ino);
+            }
+        }
 
-        // Namespace.
+        // Namespace: every file system's tree, walked as clients see it
+        // (clones read through to their origins).
         let mut kinds: HashMap<Ino, (FileKind, u32)> = HashMap::new();
-        rtx.for_each_inode(&mut |ino, inode| {
-            kinds.insert(ino, (inode.kind, inode.nlink));
-            Ok(())
-        })?;
-        r.inodes = kinds.len() as u64;
         let mut links: HashMap<Ino, u32> = HashMap::new();
         let mut subdirs: HashMap<Ino, u32> = HashMap::new();
-        let mut dirent_errors = Vec::new();
-        rtx.for_each_dirent(&mut |parent, name, ent| {
-            let name = String::from_utf8_lossy(name);
-            match kinds.get(&parent) {
-                Some((FileKind::Dir, _)) => {}
-                _ => dirent_errors.push(format!("entry {name:?} lives in {parent}, which is not a directory")),
-            }
-            match kinds.get(&ent.ino) {
-                None => dirent_errors.push(format!("entry {name:?} in {parent} names missing inode {}", ent.ino)),
-                Some((k, _)) if *k != ent.kind => {
-                    dirent_errors.push(format!("entry {name:?} in {parent} has kind {:?}, inode has {k:?}", ent.kind))
+        let mut roots: HashSet<Ino> = HashSet::new();
+        let mut dirs: HashSet<Ino> = HashSet::new();
+        for (name, fs) in rtx.filesystems()? {
+            roots.insert(fs.root);
+            match rtx.inode(fs.root)? {
+                Some(i) if i.kind == FileKind::Dir => {
+                    kinds.insert(fs.root, (i.kind, i.nlink));
                 }
-                _ => {}
+                _ => {
+                    r.error(format!("file system {name:?}: root {} is missing or not a directory", fs.root));
+                    continue;
+                }
             }
-            *links.entry(ent.ino).or_default() += 1;
-            if ent.kind == FileKind::Dir {
-                *subdirs.entry(parent).or_default() += 1;
+            let mut stack = vec![fs.root];
+            while let Some(dir) = stack.pop() {
+                if !dirs.insert(dir) {
+                    r.error(format!("directory {dir} is reached twice (a directory cycle or a second name)"));
+                    continue;
+                }
+                let mut cookie = 0;
+                loop {
+                    let page = rtx.list_dir(dir, cookie, 1024)?;
+                    let Some(last) = page.last() else { break };
+                    cookie = last.1.cookie;
+                    for (n, ent) in page {
+                        let n = String::from_utf8_lossy(&n);
+                        if rtx.dirent(dir, n.as_bytes())?.map(|d| d.ino) != Some(ent.ino) && !n.contains('\u{fffd}') {
+                            r.error(format!("entry {n:?} in {dir}: its name and cookie index disagree"));
+                        }
+                        match rtx.inode(ent.ino)? {
+                            None => r.error(format!("entry {n:?} in {dir} names missing inode {}", ent.ino)),
+                            Some(i) if i.kind != ent.kind => {
+                                r.error(format!("entry {n:?} in {dir} has kind {:?}, inode has {:?}", ent.kind, i.kind))
+                            }
+                            Some(i) => {
+                                kinds.insert(ent.ino, (i.kind, i.nlink));
+                            }
+                        }
+                        *links.entry(ent.ino).or_default() += 1;
+                        if ent.kind == FileKind::Dir {
+                            *subdirs.entry(dir).or_default() += 1;
+                            stack.push(ent.ino);
+                        }
+                    }
+                }
+            }
+        }
+        r.dirents = links.values().map(|v| *v as u64).sum();
+        let orphans: HashSet<Ino> = rtx.orphans()?.into_iter().collect();
+        for ino in &orphans {
+            if let Some(i) = rtx.inode(*ino)? {
+                kinds.insert(*ino, (i.kind, i.nlink));
+            }
+        }
+        // Own inode rows that no tree reaches.
+        let mut unnamed = Vec::new();
+        rtx.for_each_inode(&mut |ino, _| {
+            if !kinds.contains_key(&ino) {
+                unnamed.push(ino);
             }
             Ok(())
         })?;
-        r.dirents = links.values().map(|v| *v as u64).sum();
-        for e in dirent_errors {
-            r.error(e);
+        for ino in unnamed {
+            r.error(format!("inode {ino} is not named by any directory and not on the orphan list"));
         }
-        let roots: HashSet<Ino> = rtx.filesystems()?.into_iter().map(|(_, f)| f.root).collect();
-        let orphans: HashSet<Ino> = rtx.orphans()?.into_iter().collect();
-        for root in &roots {
-            if !matches!(kinds.get(root), Some((FileKind::Dir, _))) {
-                r.error(format!("file system root {root} is missing or not a directory"));
-            }
-        }
+        r.inodes = kinds.len() as u64;
         let mut inos: Vec<_> = kinds.iter().collect();
         inos.sort_by_key(|(i, _)| **i);
         for (ino, (kind, nlink)) in inos {
@@ -106,26 +144,52 @@ impl Store {
             if *nlink != want {
                 r.error(format!("inode {ino} ({kind:?}) has nlink {nlink}, expected {want}"));
             }
-            if named == 0 && !roots.contains(ino) && !orphans.contains(ino) {
-                r.error(format!("inode {ino} is not named by any directory and not on the orphan list"));
-            }
         }
 
-        // Block maps against the chunk index.
+        // Block maps (live and kept for snapshots) against the chunk index,
+        // the dead list and the births index.
         let mut refs: HashMap<ChunkId, u64> = HashMap::new();
         let mut logical = 0u64;
         let mut block_errors = Vec::new();
-        rtx.for_each_block(&mut |ino, blk, b| {
-            if !kinds.contains_key(&ino) {
-                block_errors.push(format!("block {blk} of missing inode {ino}"));
+        let mut versions: HashSet<(u64, u64, u64)> = HashSet::new();
+        rtx.for_each_row(Kind::Block, &mut |_, key, died, row| {
+            let (Some(ino), Some(blk)) = (keys::key_ino(key), keys::key_second(key)) else {
+                block_errors.push("a block row with a malformed key".to_string());
+                return Ok(());
+            };
+            versions.insert((ino, row.born, blk));
+            if row.tomb {
+                return Ok(());
             }
+            let b = BlockRef::decode(&row.body)?;
             *refs.entry(b.chunk).or_default() += 1;
-            logical += b.len as u64;
+            if died.is_none() {
+                logical += b.len as u64;
+                if !kinds.contains_key(&ino) && !purging.contains(&ino) {
+                    block_errors.push(format!("block {blk} of inode {ino}, which no tree names"));
+                }
+            }
             Ok(())
         })?;
         r.blocks = refs.values().sum();
         for e in block_errors {
             r.error(e);
+        }
+        let births = rtx.all_births()?;
+        for v in &versions {
+            if !births.contains(v) {
+                r.error(format!("block {} of inode {} born at {} has no births entry", v.2, v.0, v.1));
+            }
+        }
+        for v in births.difference(&versions).take(100) {
+            r.error(format!("births entry for block {} of inode {} at {} names no version", v.2, v.0, v.1));
+        }
+        let (history, dead) = rtx.history_and_dead()?;
+        for h in history.difference(&dead).take(100) {
+            r.error(format!("history row {h:?} is not on the dead list"));
+        }
+        for d in dead.difference(&history).take(100) {
+            r.error(format!("dead-list entry {d:?} names no history row"));
         }
         let mut chunks: Vec<(ChunkId, ChunkEntry)> = Vec::new();
         rtx.for_each_chunk(&mut |id, c| {
@@ -142,6 +206,8 @@ impl Store {
             let want = refs.get(id).copied().unwrap_or(0);
             if c.refs != want {
                 r.error(format!("chunk {id} has refcount {}, block maps hold {want}", c.refs));
+            } else if want == 0 {
+                r.error(format!("chunk {id} is indexed, but no block map refers to it (its bytes leak)"));
             }
             if !packs.contains_key(&c.pack) {
                 r.error(format!("chunk {id} lives in pack {:016x}, which has no record", c.pack));

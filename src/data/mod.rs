@@ -12,6 +12,7 @@ pub mod dirty;
 pub mod flusher;
 pub mod fsck;
 pub mod gc;
+pub mod reclaim;
 pub mod record;
 pub mod ship;
 pub mod usage;
@@ -233,6 +234,11 @@ pub struct Store {
     pub maintenance: Mutex<()>,
     /// Bytes each file stores, for `st_blocks` (dropped on block-map commits).
     pub usage: usage::UsageCache,
+    /// Where the current reclaim job stopped (job id, last row handled).
+    reclaim_cursor: Mutex<Option<(u64, crate::meta::DeadRow)>>,
+    /// Reclaim counters.
+    pub reclaim_stats: reclaim::ReclaimStats,
+    reclaim_wake: (Mutex<bool>, Condvar),
     flush: Mutex<FlushCtl>,
     flush_cv: Condvar,
     space: Mutex<()>,
@@ -247,6 +253,25 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("wal", &self.wal).finish()
+    }
+}
+
+/// Which state of a file a read sees: the live one, or a snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Epoch the block map is read at.
+    pub epoch: u64,
+    /// Dirty data written at or below this WAL position is included.
+    pub lsn: u64,
+}
+
+impl View {
+    /// The present.
+    pub const LIVE: View = View { epoch: crate::meta::LIVE, lsn: u64::MAX };
+
+    /// Whether this is the present.
+    pub fn is_live(&self) -> bool {
+        self.epoch == crate::meta::LIVE
     }
 }
 
@@ -284,6 +309,9 @@ impl Store {
             inflight: Mutex::new(HashSet::new()),
             maintenance: Mutex::new(()),
             usage: usage::UsageCache::default(),
+            reclaim_cursor: Mutex::new(None),
+            reclaim_stats: reclaim::ReclaimStats::default(),
+            reclaim_wake: (Mutex::new(false), Condvar::new()),
             flush: Mutex::new(FlushCtl::default()),
             flush_cv: Condvar::new(),
             space: Mutex::new(()),
@@ -327,18 +355,25 @@ impl Store {
 
     /// Reads `len` bytes at `off` of a file whose current size is `size`.
     pub fn read(&self, ino: Ino, size: u64, block_size: u32, off: u64, len: usize) -> Result<Bytes> {
+        self.read_at(ino, size, block_size, off, len, View::LIVE)
+    }
+
+    /// Reads `len` bytes at `off` of a file as `view` sees it (its size then is `size`).
+    pub fn read_at(&self, ino: Ino, size: u64, block_size: u32, off: u64, len: usize, view: View) -> Result<Bytes> {
         let end = size.min(off.saturating_add(len as u64));
         if off >= end {
             return Ok(Bytes::new());
         }
         let bs = block_size as u64;
         let (first, last) = (off / bs, (end - 1) / bs);
-        if let Some(ahead) = self.chunks.sequential(ino, first, last, bs) {
+        if view.is_live()
+            && let Some(ahead) = self.chunks.sequential(ino, first, last, bs)
+        {
             self.prefetch(ino, ahead)?;
         }
         let mut attempt = 0;
         loop {
-            let plan = self.read_plan(ino, first, last, off, end, bs)?;
+            let plan = self.read_plan(ino, first, last, off, end, bs, view)?;
             match self.assemble(&plan, off, end, bs) {
                 Ok(b) => return Ok(b),
                 // GC may have moved or dropped a chunk between plan and read.
@@ -363,20 +398,31 @@ impl Store {
         Ok(())
     }
 
-    fn read_plan(&self, ino: Ino, first: u64, last: u64, off: u64, end: u64, bs: u64) -> Result<Vec<BlockPlan>> {
+    #[allow(clippy::too_many_arguments)]
+    fn read_plan(
+        &self,
+        ino: Ino,
+        first: u64,
+        last: u64,
+        off: u64,
+        end: u64,
+        bs: u64,
+        view: View,
+    ) -> Result<Vec<BlockPlan>> {
         let cell = self.cells.peek(ino);
         let guard = cell.as_ref().map(|c| c.lock());
         // The snapshot is taken under the cell lock, and flushes commit under
         // it too: base and pieces always belong together.
         let rtx = self.meta.read()?;
-        let bases = rtx.blocks(ino, first..last + 1)?;
+        let bases = rtx.blocks_at(ino, first..last + 1, view.epoch)?;
         let mut bases = bases.into_iter().peekable();
         let mut plan = Vec::with_capacity((last - first + 1) as usize);
         for blk in first..=last {
             let blk_start = blk * bs;
             let from = (off.max(blk_start) - blk_start) as u32;
             let to = (end.min(blk_start + bs) - blk_start) as u32;
-            let pieces = guard.as_ref().and_then(|g| g.block(blk)).map(|b| b.pieces_in(from, to)).unwrap_or_default();
+            let pieces =
+                guard.as_ref().and_then(|g| g.block(blk)).map(|b| b.pieces_in(from, to, view.lsn)).unwrap_or_default();
             while bases.peek().is_some_and(|(b, _)| *b < blk) {
                 bases.next();
             }
@@ -454,14 +500,54 @@ impl Store {
             return Err(e);
         }
         let bs = after.block_size;
+        let fs_id = after.fs_id;
         let a = self.wal.append(rec, data, |a| self.pending.set(ino, after, a.lsn))?;
+        let boundary = self.boundary(ino, fs_id, a.lsn);
         for (blk, boff, blen) in dirty::spans(off, data.len() as u64, bs) {
             let src_pos = a.data_pos + (blk * bs as u64 + boff as u64 - off);
             let piece = Piece { off: boff, len: blen, src: Src::Wal { seg: a.seg.clone(), pos: src_pos }, lsn: a.lsn };
-            cd.insert_piece(blk, piece);
+            cd.insert_piece(blk, piece, boundary);
         }
         self.clock.touch();
         Ok(a.lsn)
+    }
+
+    /// Logs a zeroing of `[off, off+len)` (hole punch, write-zeroes) and
+    /// marks it in the inode's dirty blocks. The caller holds the cell lock
+    /// and computed the attributes after it.
+    pub fn log_zero(&self, cd: &mut CellData, ino: Ino, after: Inode, rec: &Record, off: u64, len: u64) -> Result<()> {
+        self.check_poisoned()?;
+        self.space_guard.check(64, 0)?;
+        let (bs, fs_id) = (after.block_size, after.fs_id);
+        let a = self.wal.append(rec, &[], |a| self.pending.set(ino, after, a.lsn))?;
+        let boundary = self.boundary(ino, fs_id, a.lsn);
+        dirty::zero_range(cd, ino, bs, off, len, a.lsn, &a.seg, &self.meta.read()?, boundary)?;
+        self.clock.touch();
+        Ok(())
+    }
+
+    /// The WAL position of the latest snapshot of the scope of `ino` (in
+    /// file system `fs_id`) taken before record `lsn`.
+    pub fn boundary(&self, ino: Ino, fs_id: u32, lsn: u64) -> Option<u64> {
+        let reg = self.meta.registry();
+        if !reg.any() {
+            return None;
+        }
+        reg.boundary_below(reg.scope_of(ino, fs_id), lsn)
+    }
+
+    /// Whether dropping the dirty data of `ino` (a truncation, a purge)
+    /// would lose data a snapshot of its scope holds: it is then flushed
+    /// first.
+    pub fn dirty_in_snapshot(&self, ino: Ino) -> Result<bool> {
+        let reg = self.meta.registry();
+        if !reg.any() {
+            return Ok(false);
+        }
+        let Some(cell) = self.cells.peek(ino) else { return Ok(false) };
+        let Some(inode) = self.inode(ino)? else { return Ok(false) };
+        let Some(last) = reg.of(reg.scope_of(ino, inode.fs_id)).last() else { return Ok(false) };
+        Ok(cell.lock().has_upto(last.lsn))
     }
 
     /// Whether the WAL is over the dirty limit (writers wait).
@@ -495,6 +581,22 @@ impl Store {
     pub(crate) fn notify_space(&self) {
         let _g = self.space.lock();
         self.space_cv.notify_all();
+    }
+
+    /// Wakes the reclaimer (a job was queued).
+    pub fn wake_reclaim(&self) {
+        let (m, cv) = &self.reclaim_wake;
+        *m.lock() = true;
+        cv.notify_all();
+    }
+
+    fn wait_for_reclaim(&self, timeout: Duration) {
+        let (m, cv) = &self.reclaim_wake;
+        let mut woken = m.lock();
+        if !*woken {
+            cv.wait_for(&mut woken, timeout);
+        }
+        *woken = false;
     }
 
     /// Asks the flusher for a cycle without waiting for it.

@@ -174,6 +174,52 @@ pub enum Record {
         /// Inode.
         ino: Ino,
     },
+    /// A snapshot of a file system or volume. Its epoch and WAL position
+    /// are not in the record: they are where the record is in the log.
+    SnapshotCreate {
+        /// Snapshot id.
+        id: u64,
+        /// What it covers (`meta::Scope`).
+        scope: u64,
+        /// Its name.
+        name: Vec<u8>,
+        /// The source's name (file system or volume).
+        source: Vec<u8>,
+        /// When it was taken.
+        time: Timestamp,
+        /// Identity across daemons.
+        uuid: [u8; 16],
+        /// Volume size then (0 for a file system).
+        size: u64,
+    },
+    /// A snapshot is deleted: its name is free at once; the versions only
+    /// it needed are reclaimed in the background.
+    SnapshotDelete {
+        /// Snapshot id.
+        id: u64,
+        /// Reclaim job id.
+        job: u64,
+    },
+    /// A file system or a volume made from a snapshot: a new inode space
+    /// whose inodes inherit the snapshot's rows.
+    Clone {
+        /// The snapshot.
+        snapshot: u64,
+        /// The new space.
+        space: u32,
+        /// Name of the new file system or volume.
+        name: Vec<u8>,
+        /// A volume (in the volumes file system) rather than a file system.
+        volume: bool,
+        /// New file system's id (file systems only).
+        fs_id: u32,
+        /// Local inode numbers from here on are the clone's own.
+        native_from: u64,
+        /// Generation of the clone's root (file system) or volume inode.
+        generation: u64,
+        /// When it was made.
+        time: Timestamp,
+    },
 }
 
 const T_FS_CREATE: u8 = 1;
@@ -188,6 +234,9 @@ const T_RMXATTR: u8 = 9;
 const T_WRITE: u8 = 10;
 const T_ZERO: u8 = 11;
 const T_PURGE: u8 = 12;
+const T_SNAPSHOT: u8 = 13;
+const T_SNAPSHOT_DELETE: u8 = 14;
+const T_CLONE: u8 = 15;
 
 fn ts(e: &mut Enc, t: &Timestamp) {
     t.encode(e);
@@ -305,6 +354,19 @@ impl Record {
             Record::Purge { ino } => {
                 e.u8(T_PURGE).u64(*ino);
             }
+            Record::SnapshotCreate { id, scope, name, source, time, uuid, size } => {
+                e.u8(T_SNAPSHOT).u64(*id).u64(*scope).bytes(name).bytes(source);
+                ts(&mut e, time);
+                e.raw(uuid).u64(*size);
+            }
+            Record::SnapshotDelete { id, job } => {
+                e.u8(T_SNAPSHOT_DELETE).u64(*id).u64(*job);
+            }
+            Record::Clone { snapshot, space, name, volume, fs_id, native_from, generation, time } => {
+                e.u8(T_CLONE).u64(*snapshot).u32(*space).bytes(name).u8(*volume as u8).u32(*fs_id);
+                e.u64(*native_from).u64(*generation);
+                ts(&mut e, time);
+            }
         }
         e.finish()
     }
@@ -394,6 +456,26 @@ impl Record {
             }
             T_ZERO => Record::Zero { ino: d.u64()?, offset: d.u64()?, len: d.u64()?, time: read_ts(&mut d)? },
             T_PURGE => Record::Purge { ino: d.u64()? },
+            T_SNAPSHOT => Record::SnapshotCreate {
+                id: d.u64()?,
+                scope: d.u64()?,
+                name: name(&mut d)?,
+                source: name(&mut d)?,
+                time: read_ts(&mut d)?,
+                uuid: d.array()?,
+                size: d.u64()?,
+            },
+            T_SNAPSHOT_DELETE => Record::SnapshotDelete { id: d.u64()?, job: d.u64()? },
+            T_CLONE => Record::Clone {
+                snapshot: d.u64()?,
+                space: d.u32()?,
+                name: name(&mut d)?,
+                volume: d.u8()? != 0,
+                fs_id: d.u32()?,
+                native_from: d.u64()?,
+                generation: d.u64()?,
+                time: read_ts(&mut d)?,
+            },
             t => return Err(DecodeError(format!("unknown wal record type {t}"))),
         };
         d.end()?;
@@ -457,6 +539,26 @@ mod tests {
             Record::RemoveXattr { ino: 3, name: b"user.x".to_vec(), time: t },
             Record::Zero { ino: 3, offset: 7, len: 8, time: t },
             Record::Purge { ino: 3 },
+            Record::SnapshotCreate {
+                id: 1,
+                scope: 1 << 63 | 5,
+                name: b"nightly".to_vec(),
+                source: b"vol1".to_vec(),
+                time: t,
+                uuid: [7; 16],
+                size: 1 << 30,
+            },
+            Record::SnapshotDelete { id: 1, job: 2 },
+            Record::Clone {
+                snapshot: 1,
+                space: 2,
+                name: b"copy".to_vec(),
+                volume: true,
+                fs_id: 0,
+                native_from: 99,
+                generation: 5,
+                time: t,
+            },
         ]
     }
 

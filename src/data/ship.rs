@@ -2,9 +2,9 @@
 //!
 //! Every checkpoint seals the metadata rows changed since the previous one
 //! into a shipment (`meta/log/<seq>`); the first shipment of each run, and
-//! one every `snapshot_interval`, is a full snapshot (`meta/snap/<seq>`).
+//! one every `image_interval`, is a full image (`meta/image/<seq>`; `meta/snap/` from older versions is read too).
 //! This thread uploads them in order, retrying until the bucket takes them;
-//! after a snapshot lands, older snapshots and logs are deleted. GC deletes
+//! after a image lands, older images and logs are deleted. GC deletes
 //! no object before the metadata that stopped referring to it is shipped
 //! ([`Store::metadata_shipped`]), so the bucket's metadata never names a
 //! deleted pack.
@@ -40,12 +40,12 @@ impl Store {
         self.meta.journal().is_none_or(|j| j.wait_shipped(timeout))
     }
 
-    /// Deletes snapshots and logs older than snapshot `seq`.
+    /// Deletes images and logs older than image `seq`.
     fn prune_before(&self, backend: &dyn ObjectBackend, seq: u64) {
         let listed = match backend.list("meta/") {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list old metadata objects; they stay until the next snapshot");
+                tracing::warn!(error = %e, "cannot list old metadata objects; they stay until the next image");
                 return;
             }
         };
@@ -59,14 +59,14 @@ impl Store {
         }
     }
 
-    fn ship_loop(&self, snapshot_interval: Duration) {
+    fn ship_loop(&self, image_interval: Duration) {
         let Some(journal) = self.meta.journal().cloned() else { return };
-        let mut last_snapshot = Instant::now();
+        let mut last_image = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            if last_snapshot.elapsed() >= snapshot_interval {
-                journal.request_snapshot();
-                last_snapshot = Instant::now();
+            if last_image.elapsed() >= image_interval {
+                journal.request_image();
+                last_image = Instant::now();
             }
             let Some(s) = journal.next(Duration::from_millis(200)) else {
                 if self.ship_stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -77,9 +77,9 @@ impl Store {
             let body = match s.encode() {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
-                    // A snapshot that cannot be read is taken again.
-                    tracing::error!(seq = s.seq, error = %e, "cannot encode metadata shipment; asking for a snapshot");
-                    journal.request_snapshot();
+                    // A image that cannot be read is taken again.
+                    tracing::error!(seq = s.seq, error = %e, "cannot encode metadata shipment; asking for a image");
+                    journal.request_image();
                     journal.shipped(s.seq);
                     continue;
                 }
@@ -92,7 +92,7 @@ impl Store {
                     }
                     Err(e) => {
                         if self.ship_stop.load(std::sync::atomic::Ordering::SeqCst) {
-                            tracing::warn!(seq = s.seq, error = %e, "stopping with metadata not shipped; the next start ships a snapshot");
+                            tracing::warn!(seq = s.seq, error = %e, "stopping with metadata not shipped; the next start ships a image");
                             journal.requeue(s);
                             return;
                         }
@@ -102,8 +102,8 @@ impl Store {
                     }
                 }
             }
-            if s.is_snapshot() {
-                last_snapshot = Instant::now();
+            if s.is_image() {
+                last_image = Instant::now();
                 self.prune_before(&**self.chunks.backend(), s.seq);
             }
             journal.shipped(s.seq);
@@ -112,18 +112,18 @@ impl Store {
 }
 
 /// Starts the metadata shipper (only with a journal attached).
-pub fn spawn(store: Arc<Store>, snapshot_interval: Duration) -> std::io::Result<Option<JoinHandle<()>>> {
+pub fn spawn(store: Arc<Store>, image_interval: Duration) -> std::io::Result<Option<JoinHandle<()>>> {
     if store.meta.journal().is_none() {
         return Ok(None);
     }
-    std::thread::Builder::new().name("storfs-ship".into()).spawn(move || store.ship_loop(snapshot_interval)).map(Some)
+    std::thread::Builder::new().name("storfs-ship".into()).spawn(move || store.ship_loop(image_interval)).map(Some)
 }
 
 /// What [`recover`] rebuilt.
 #[derive(Debug, Clone, Copy)]
 pub struct Recovered {
-    /// Sequence number of the snapshot it started from.
-    pub snapshot: u64,
+    /// Sequence number of the image it started from.
+    pub image: u64,
     /// Log objects applied after it.
     pub logs: usize,
     /// File systems in the rebuilt store.
@@ -133,27 +133,22 @@ pub struct Recovered {
 }
 
 /// Rebuilds a metadata store at `path` (which must not exist) from the
-/// newest snapshot in the backend and the logs after it.
+/// newest image in the backend and the logs after it.
 pub fn recover(backend: &dyn ObjectBackend, path: &std::path::Path) -> super::Result<Recovered> {
     let keys: Vec<String> = backend.list("meta/")?.into_iter().map(|o| o.key).collect();
-    let Some((snapshot, logs)) = recovery_plan(&keys) else {
-        return Err(MetaError::Object("no metadata snapshot under meta/: nothing to recover".into()).into());
+    let Some((image, logs)) = recovery_plan(&keys) else {
+        return Err(MetaError::Object("no metadata image under meta/: nothing to recover".into()).into());
     };
     let mut objects = Vec::with_capacity(logs.len() + 1);
-    for (is_snap, seq) in std::iter::once((true, snapshot)).chain(logs.iter().map(|l| (false, *l))) {
+    for (is_snap, seq) in std::iter::once((true, image)).chain(logs.iter().map(|l| (false, *l))) {
         objects.push(backend.get(&object_key(is_snap, seq))?.to_vec());
     }
     let meta = MetaStore::restore(path, &objects)?;
     let r = meta.read()?;
-    Ok(Recovered {
-        snapshot,
-        logs: logs.len(),
-        filesystems: r.filesystems()?.len(),
-        inodes: r.counter(counter::INODES)?,
-    })
+    Ok(Recovered { image, logs: logs.len(), filesystems: r.filesystems()?.len(), inodes: r.counter(counter::INODES)? })
 }
 
-/// Sequence numbers of the newest snapshot and the logs after it, in order,
+/// Sequence numbers of the newest image and the logs after it, in order,
 /// from a listing of `meta/`; the logs stop at the first gap.
 pub fn recovery_plan(keys: &[String]) -> Option<(u64, Vec<u64>)> {
     let mut snaps = Vec::new();
@@ -183,7 +178,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recovery_takes_the_newest_snapshot_and_the_contiguous_logs_after_it() {
+    fn recovery_takes_the_newest_image_and_the_contiguous_logs_after_it() {
         let keys: Vec<String> = [
             object_key(true, 100),
             object_key(false, 101),
@@ -197,6 +192,6 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(recovery_plan(&keys), Some((200, vec![201, 202])));
-        assert_eq!(recovery_plan(&[object_key(false, 1)]), None, "logs without a snapshot recover nothing");
+        assert_eq!(recovery_plan(&[object_key(false, 1)]), None, "logs without a image recover nothing");
     }
 }

@@ -4,8 +4,12 @@
 //!
 //! The kernel checks permissions (`default_permissions`): it knows the
 //! caller's supplementary groups, which the FUSE protocol does not carry.
-//! FUSE inode 1 is the mounted file system's root; every other inode number
-//! is the storfs inode number unchanged.
+//! FUSE inode 1 is the mounted file system's root; every other live inode
+//! number is the storfs inode number unchanged. `.snapshots` in the root
+//! (not listed, reachable by name) holds the file system's snapshots,
+//! read-only: every change there answers EROFS (`views`).
+
+mod views;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -19,8 +23,34 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::data::View;
 use crate::meta::{FileKind, Ino};
-use crate::vfs::{Attr, Creds, NewNode, OpenMode, RenameFlags, SetAttr, TimeSet, Vfs, VfsError, XattrMode};
+use crate::vfs::{
+    Attr, Creds, NewNode, OpenMode, RenameFlags, SNAPSHOTS_DIR, SetAttr, TimeSet, Vfs, VfsError, XattrMode,
+};
+use views::{VIEW_BASE, Views};
+
+/// What a FUSE inode number stands for.
+#[derive(Debug, Clone, Copy)]
+enum Node {
+    /// A live inode.
+    Live(Ino),
+    /// The `.snapshots` directory.
+    SnapDir,
+    /// An inode of a snapshot: (view, snapshot id, inode).
+    View(View, u64, Ino),
+}
+
+/// Replies EROFS unless the FUSE inode is a live one; yields its inode.
+macro_rules! live {
+    ($self:ident, $i:expr, $reply:ident) => {
+        match $self.node($i) {
+            Ok(Node::Live(ino)) => ino,
+            Ok(_) => return $reply.error(Errno::from_i32(libc::EROFS)),
+            Err(e) => return $reply.error(fail("resolve", &e)),
+        }
+    };
+}
 
 /// Largest read or write the kernel sends.
 const MAX_IO: u32 = 1 << 20;
@@ -35,7 +65,7 @@ pub fn errno(e: &VfsError) -> Errno {
         VfsError::NotEmpty => libc::ENOTEMPTY,
         VfsError::Access => libc::EACCES,
         VfsError::Perm => libc::EPERM,
-        VfsError::Invalid(_) => libc::EINVAL,
+        VfsError::Invalid(_) | VfsError::Malformed(_) => libc::EINVAL,
         VfsError::NameTooLong => libc::ENAMETOOLONG,
         VfsError::NoSpace => libc::ENOSPC,
         VfsError::TooBig => libc::EFBIG,
@@ -78,27 +108,75 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     root: Ino,
+    fs_id: u32,
     ttl: Duration,
+    views: parking_lot::Mutex<Views>,
 }
 
 impl FuseFs {
-    /// Serves the file system whose root directory is `root`.
-    pub fn new(vfs: Arc<Vfs>, root: Ino, ttl: Duration) -> FuseFs {
-        FuseFs { vfs, root, ttl }
+    /// Serves file system `fs_id`, whose root directory is `root`.
+    pub fn new(vfs: Arc<Vfs>, root: Ino, fs_id: u32, ttl: Duration) -> FuseFs {
+        FuseFs { vfs, root, fs_id, ttl, views: parking_lot::Mutex::new(Views::default()) }
     }
 
-    fn ino(&self, i: INodeNo) -> Ino {
-        if i == INodeNo::ROOT { self.root } else { i.0 }
+    fn node(&self, i: INodeNo) -> Result<Node, VfsError> {
+        if i == INodeNo::ROOT {
+            return Ok(Node::Live(self.root));
+        }
+        if i.0 < VIEW_BASE {
+            return Ok(Node::Live(i.0));
+        }
+        if i.0 == VIEW_BASE {
+            return Ok(Node::SnapDir);
+        }
+        let (snap, ino) = self.views.lock().get(i.0).ok_or(VfsError::Stale)?;
+        Ok(Node::View(self.vfs.view_of(snap)?.0, snap, ino))
     }
 
-    fn fuse_ino(&self, ino: Ino) -> INodeNo {
-        if ino == self.root { INodeNo::ROOT } else { INodeNo(ino) }
+    /// The FUSE inode of `ino`, live (`snap = None`) or of a snapshot.
+    fn fuse_of(&self, snap: Option<u64>, ino: Ino) -> INodeNo {
+        match snap {
+            None if ino == self.root => INodeNo::ROOT,
+            None => INodeNo(ino),
+            Some(s) => INodeNo(self.views.lock().fuse_ino(s, ino)),
+        }
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
+        self.attr_in(None, a)
+    }
+
+    /// The `.snapshots` directory: read-only, the root's owner and times.
+    fn snapdir_attr(&self) -> Result<FileAttr, VfsError> {
+        let root = self.vfs.getattr(self.root)?;
+        let mut a = self.attr(&root);
+        a.ino = INodeNo(VIEW_BASE);
+        a.perm = 0o555;
+        a.nlink = 2;
+        a.size = 0;
+        a.blocks = 0;
+        Ok(a)
+    }
+
+    /// Attributes of a node.
+    fn node_attr(&self, n: Node) -> Result<(FileAttr, u64), VfsError> {
+        match n {
+            Node::Live(ino) => {
+                let a = self.vfs.getattr(ino)?;
+                Ok((self.attr(&a), a.inode.generation))
+            }
+            Node::SnapDir => Ok((self.snapdir_attr()?, 0)),
+            Node::View(view, snap, ino) => {
+                let a = self.vfs.getattr_at(view, ino)?;
+                Ok((self.attr_in(Some(snap), &a), a.inode.generation))
+            }
+        }
+    }
+
+    fn attr_in(&self, snap: Option<u64>, a: &Attr) -> FileAttr {
         let i = &a.inode;
         FileAttr {
-            ino: self.fuse_ino(a.ino),
+            ino: self.fuse_of(snap, a.ino),
             size: i.size,
             blocks: a.blocks(),
             atime: i.atime.into(),
@@ -117,31 +195,74 @@ impl FuseFs {
     }
 
     /// Lists directory `dir` from FUSE offset `offset`: "." (offset 1), ".."
-    /// (offset 2), then entries at their cookies (>= 16), until `add` says
-    /// the reply buffer is full.
+    /// (offset 2), then entries at their cookies (>= 16; `.snapshots`: the
+    /// snapshots at 3, 4, ...), until `add` says the reply buffer is full.
     fn walk_dir(
         &self,
         req: &Request,
-        dir: Ino,
+        dir: Node,
         offset: u64,
-        mut add: impl FnMut(Ino, u64, &[u8], FileKind) -> bool,
+        mut add: impl FnMut(INodeNo, Node, u64, &[u8], FileKind) -> bool,
     ) -> Result<(), VfsError> {
-        let parent = self.vfs.getattr(dir)?.inode.parent;
-        if offset < 1 && add(dir, 1, b".", FileKind::Dir) {
+        let (me, parent, parent_node) = match dir {
+            Node::Live(d) => {
+                let p = self.vfs.getattr(d)?.inode.parent;
+                (self.fuse_of(None, d), self.fuse_of(None, p), Node::Live(p))
+            }
+            Node::SnapDir => (INodeNo(VIEW_BASE), INodeNo::ROOT, Node::Live(self.root)),
+            Node::View(view, snap, d) => {
+                let s = self.vfs.view_of(snap)?.1;
+                if d == s.root {
+                    (self.fuse_of(Some(snap), d), INodeNo(VIEW_BASE), Node::SnapDir)
+                } else {
+                    let p = self.vfs.getattr_at(view, d)?.inode.parent;
+                    (self.fuse_of(Some(snap), d), self.fuse_of(Some(snap), p), Node::View(view, snap, p))
+                }
+            }
+        };
+        if offset < 1 && add(me, dir, 1, b".", FileKind::Dir) {
             return Ok(());
         }
-        if offset < 2 && add(parent, 2, b"..", FileKind::Dir) {
+        if offset < 2 && add(parent, parent_node, 2, b"..", FileKind::Dir) {
             return Ok(());
         }
+        if let Node::SnapDir = dir {
+            for (i, s) in self.vfs.fs_snapshots(self.fs_id)?.into_iter().enumerate() {
+                let off = 3 + i as u64;
+                if off <= offset {
+                    continue;
+                }
+                let view = Vfs::snapshot_view(&s);
+                if add(
+                    self.fuse_of(Some(s.id), s.root),
+                    Node::View(view, s.id, s.root),
+                    off,
+                    s.name.as_bytes(),
+                    FileKind::Dir,
+                ) {
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
+        let (view, snap, d) = match dir {
+            Node::Live(d) => (View::LIVE, None, d),
+            Node::View(v, s, d) => (v, Some(s), d),
+            Node::SnapDir => return Ok(()),
+        };
         let mut after = if offset <= 2 { 0 } else { offset };
         loop {
-            let page = self.vfs.readdir(&creds(req), dir, after, 256)?;
+            let page = self.vfs.readdir_at(view, &creds(req), d, after, 256)?;
             if page.is_empty() {
                 return Ok(());
             }
             for e in page {
                 after = e.cookie;
-                if add(e.ino, e.cookie, &e.name, e.kind) {
+                let node = match snap {
+                    None => Node::Live(e.ino),
+                    Some(s) => Node::View(view, s, e.ino),
+                };
+                if add(self.fuse_of(snap, e.ino), node, e.cookie, &e.name, e.kind) {
                     return Ok(());
                 }
             }
@@ -210,14 +331,33 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = span("lookup", parent);
-        let r = self.vfs.lookup(&creds(req), self.ino(parent), name.as_bytes());
-        self.entry(r, reply, "lookup");
+        let name = name.as_bytes();
+        let r = self.node(parent).and_then(|p| match p {
+            Node::Live(p) if p == self.root && name == SNAPSHOTS_DIR => Ok((self.snapdir_attr()?, 0)),
+            Node::Live(p) => {
+                let a = self.vfs.lookup(&creds(req), p, name)?;
+                Ok((self.attr(&a), a.inode.generation))
+            }
+            Node::SnapDir => {
+                let s = self.vfs.fs_snapshot(self.fs_id, name)?;
+                let a = self.vfs.getattr_at(Vfs::snapshot_view(&s), s.root)?;
+                Ok((self.attr_in(Some(s.id), &a), a.inode.generation))
+            }
+            Node::View(view, snap, p) => {
+                let a = self.vfs.lookup_at(view, &creds(req), p, name)?;
+                Ok((self.attr_in(Some(snap), &a), a.inode.generation))
+            }
+        });
+        match r {
+            Ok((a, g)) => reply.entry(&self.ttl, &a, Generation(g)),
+            Err(e) => reply.error(fail("lookup", &e)),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = span("getattr", ino);
-        match self.vfs.getattr(self.ino(ino)) {
-            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+        match self.node(ino).and_then(|n| self.node_attr(n)) {
+            Ok((a, _)) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(fail("getattr", &e)),
         }
     }
@@ -243,7 +383,8 @@ impl Filesystem for FuseFs {
         let _span = span("setattr", ino);
         let set =
             SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set), ctime_guard: None };
-        match self.vfs.setattr(&creds(req), self.ino(ino), &set) {
+        let ino = live!(self, ino, reply);
+        match self.vfs.setattr(&creds(req), ino, &set) {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
         }
@@ -251,7 +392,12 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _span = span("readlink", ino);
-        match self.vfs.readlink(self.ino(ino)) {
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.readlink(i),
+            Node::View(view, _, i) => self.vfs.readlink_at(view, i),
+            Node::SnapDir => Err(VfsError::Invalid("not a symlink")),
+        });
+        match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(fail("readlink", &e)),
         }
@@ -279,30 +425,35 @@ impl Filesystem for FuseFs {
                 return;
             }
         };
-        let r = self.vfs.create(&creds(req), self.ino(parent), name.as_bytes(), node, mode);
+        let parent = live!(self, parent, reply);
+        let r = self.vfs.create(&creds(req), parent, name.as_bytes(), node, mode);
         self.entry(r, reply, "mknod");
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let _span = span("mkdir", parent);
-        let r = self.vfs.create(&creds(req), self.ino(parent), name.as_bytes(), NewNode::Dir, mode);
+        let parent = live!(self, parent, reply);
+        let r = self.vfs.create(&creds(req), parent, name.as_bytes(), NewNode::Dir, mode);
         self.entry(r, reply, "mkdir");
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = span("unlink", parent);
-        Self::empty(self.vfs.unlink(&creds(req), self.ino(parent), name.as_bytes()), reply, "unlink");
+        let parent = live!(self, parent, reply);
+        Self::empty(self.vfs.unlink(&creds(req), parent, name.as_bytes()), reply, "unlink");
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = span("rmdir", parent);
-        Self::empty(self.vfs.rmdir(&creds(req), self.ino(parent), name.as_bytes()), reply, "rmdir");
+        let parent = live!(self, parent, reply);
+        Self::empty(self.vfs.rmdir(&creds(req), parent, name.as_bytes()), reply, "rmdir");
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let _span = span("symlink", parent);
         let node = NewNode::Symlink(target.as_os_str().as_bytes().to_vec());
-        let r = self.vfs.create(&creds(req), self.ino(parent), link_name.as_bytes(), node, 0o777);
+        let parent = live!(self, parent, reply);
+        let r = self.vfs.create(&creds(req), parent, link_name.as_bytes(), node, 0o777);
         self.entry(r, reply, "symlink");
     }
 
@@ -325,20 +476,15 @@ impl Filesystem for FuseFs {
             noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
         };
-        let r = self.vfs.rename(
-            &creds(req),
-            self.ino(parent),
-            name.as_bytes(),
-            self.ino(newparent),
-            newname.as_bytes(),
-            flags,
-        );
+        let (parent, newparent) = (live!(self, parent, reply), live!(self, newparent, reply));
+        let r = self.vfs.rename(&creds(req), parent, name.as_bytes(), newparent, newname.as_bytes(), flags);
         Self::empty(r, reply, "rename");
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _span = span("link", ino);
-        let r = self.vfs.link(&creds(req), self.ino(ino), self.ino(newparent), newname.as_bytes());
+        let (ino, newparent) = (live!(self, ino, reply), live!(self, newparent, reply));
+        let r = self.vfs.link(&creds(req), ino, newparent, newname.as_bytes());
         self.entry(r, reply, "link");
     }
 
@@ -349,8 +495,17 @@ impl Filesystem for FuseFs {
             OpenAccMode::O_WRONLY => OpenMode { read: false, write: true },
             OpenAccMode::O_RDWR => OpenMode { read: true, write: true },
         };
-        match self.vfs.open_file(&creds(req), self.ino(ino), mode) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.open_file(&creds(req), i, mode).map(|_| ()),
+            _ if mode.write => Err(VfsError::ReadOnly),
+            Node::View(view, _, i) => match self.vfs.getattr_at(view, i)?.inode.kind {
+                FileKind::Dir => Err(VfsError::IsDir),
+                _ => Ok(()),
+            },
+            Node::SnapDir => Err(VfsError::IsDir),
+        });
+        match r {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(fail("open", &e)),
         }
     }
@@ -367,7 +522,13 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let _span = span("read", ino);
-        match self.vfs.read(&creds(req), self.ino(ino), offset, size.min(MAX_IO) as usize) {
+        let len = size.min(MAX_IO) as usize;
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.read(&creds(req), i, offset, len),
+            Node::View(view, _, i) => self.vfs.read_at(view, &creds(req), i, offset, len),
+            Node::SnapDir => Err(VfsError::IsDir),
+        });
+        match r {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(fail("read", &e)),
         }
@@ -386,7 +547,8 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let _span = span("write", ino);
-        match self.vfs.write(&creds(req), self.ino(ino), offset, data) {
+        let ino = live!(self, ino, reply);
+        match self.vfs.write(&creds(req), ino, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),
         }
@@ -409,7 +571,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _span = span("release", ino);
-        Self::empty(self.vfs.release(self.ino(ino)), reply, "release");
+        match self.node(ino) {
+            Ok(Node::Live(i)) => Self::empty(self.vfs.release(i), reply, "release"),
+            _ => reply.ok(),
+        }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -418,8 +583,8 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = span("opendir", ino);
-        match self.vfs.getattr(self.ino(ino)) {
-            Ok(a) if a.inode.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+        match self.node(ino).and_then(|n| self.node_attr(n)) {
+            Ok((a, _)) if a.kind == FileType::Directory => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
             Err(e) => reply.error(fail("opendir", &e)),
         }
@@ -427,8 +592,10 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = span("readdir", ino);
-        let walked = self.walk_dir(req, self.ino(ino), offset, |e, off, name, kind| {
-            reply.add(self.fuse_ino(e), off, file_type(kind), OsStr::from_bytes(name))
+        let walked = self.node(ino).and_then(|dir| {
+            self.walk_dir(req, dir, offset, |f, _, off, name, kind| {
+                reply.add(f, off, file_type(kind), OsStr::from_bytes(name))
+            })
         });
         match walked {
             Ok(()) => reply.ok(),
@@ -438,20 +605,14 @@ impl Filesystem for FuseFs {
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _span = span("readdirplus", ino);
-        let walked = self.walk_dir(req, self.ino(ino), offset, |e, off, name, _| match self.vfs.getattr(e) {
-            Ok(a) => {
-                let attr = self.attr(&a);
-                reply.add(
-                    self.fuse_ino(e),
-                    off,
-                    OsStr::from_bytes(name),
-                    &self.ttl,
-                    &attr,
-                    Generation(a.inode.generation),
-                )
-            }
-            // An entry removed since the listing is skipped.
-            Err(_) => false,
+        let walked = self.node(ino).and_then(|dir| {
+            self.walk_dir(req, dir, offset, |f, node, off, name, _| match self.node_attr(node) {
+                Ok((attr, generation)) => {
+                    reply.add(f, off, OsStr::from_bytes(name), &self.ttl, &attr, Generation(generation))
+                }
+                // An entry removed since the listing is skipped.
+                Err(_) => false,
+            })
         });
         match walked {
             Ok(()) => reply.ok(),
@@ -491,13 +652,19 @@ impl Filesystem for FuseFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.error(Errno::from_i32(libc::EINVAL)),
         };
-        let r = self.vfs.set_xattr(&creds(req), self.ino(ino), name.as_bytes(), value, mode);
+        let ino = live!(self, ino, reply);
+        let r = self.vfs.set_xattr(&creds(req), ino, name.as_bytes(), value, mode);
         Self::empty(r, reply, "setxattr");
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = span("getxattr", ino);
-        match self.vfs.get_xattr(&creds(req), self.ino(ino), name.as_bytes()) {
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.get_xattr(&creds(req), i, name.as_bytes()),
+            Node::View(view, _, i) => self.vfs.get_xattr_at(view, &creds(req), i, name.as_bytes()),
+            Node::SnapDir => Err(VfsError::NoAttr),
+        });
+        match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -507,7 +674,12 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = span("listxattr", ino);
-        match self.vfs.list_xattr(self.ino(ino)) {
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.list_xattr(i),
+            Node::View(view, _, i) => self.vfs.list_xattr_at(view, i),
+            Node::SnapDir => Ok(Vec::new()),
+        });
+        match r {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -528,13 +700,20 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = span("removexattr", ino);
-        let r = self.vfs.remove_xattr(&creds(req), self.ino(ino), name.as_bytes());
+        let ino = live!(self, ino, reply);
+        let r = self.vfs.remove_xattr(&creds(req), ino, name.as_bytes());
         Self::empty(r, reply, "removexattr");
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let _span = span("access", ino);
-        Self::empty(self.vfs.access(&creds(req), self.ino(ino), mask.bits() as u32), reply, "access");
+        let mask = mask.bits() as u32;
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.access(&creds(req), i, mask),
+            _ if mask & libc::W_OK as u32 != 0 => Err(VfsError::ReadOnly),
+            _ => Ok(()),
+        });
+        Self::empty(r, reply, "access");
     }
 
     fn create(
@@ -549,7 +728,8 @@ impl Filesystem for FuseFs {
     ) {
         let _span = span("create", parent);
         let c = creds(req);
-        let created = self.vfs.create(&c, self.ino(parent), name.as_bytes(), NewNode::File, mode);
+        let parent = live!(self, parent, reply);
+        let created = self.vfs.create(&c, parent, name.as_bytes(), NewNode::File, mode);
         let a = match created {
             Ok(a) => a,
             Err(e) => return reply.error(fail("create", &e)),
@@ -582,7 +762,20 @@ impl Filesystem for FuseFs {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::ENXIO));
         };
-        match self.vfs.seek(self.ino(ino), off, want) {
+        let r = self.node(ino).and_then(|n| match n {
+            Node::Live(i) => self.vfs.seek(i, off, want),
+            // A snapshot's file, seen as data throughout.
+            Node::View(view, _, i) => {
+                let size = self.vfs.getattr_at(view, i)?.inode.size;
+                match want {
+                    _ if off >= size => Err(VfsError::NoData),
+                    crate::data::usage::Seek::Data => Ok(off),
+                    crate::data::usage::Seek::Hole => Ok(size),
+                }
+            }
+            Node::SnapDir => Err(VfsError::IsDir),
+        });
+        match r {
             Ok(at) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
             Err(e) => reply.error(fail("lseek", &e)),
         }
@@ -599,7 +792,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _span = span("fallocate", ino);
-        let ino = self.ino(ino);
+        let ino = live!(self, ino, reply);
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let end = offset.saturating_add(length);
         let r = (|| -> Result<(), VfsError> {

@@ -6,14 +6,15 @@
 //! to the journal in commit order: the journal lock is held across the redb
 //! commit, and only the holder of the one write transaction commits. A
 //! durable commit (a checkpoint) seals everything appended since the last
-//! one into a numbered [`Shipment`]; when a snapshot is due it also takes a
-//! read snapshot at exactly that point, so "snapshot N" equals "snapshot
+//! one into a numbered [`Shipment`]; when a image is due it also takes a
+//! read image at exactly that point, so "image N" equals "image
 //! M, then logs M+1..=N" row for row.
 //!
 //! Object layout (docs/FORMAT.md, "Metadata in the bucket"): magic
-//! `STFSMET1`, kind u8 (1 log, 2 snapshot), seq u64, row count u64, rows,
-//! then a CRC32C of everything before it. A row is table u8, op u8 (1 put,
-//! 0 delete), key length u32, key, and for a put value length u32, value.
+//! `STFSMET2` (`STFSMET1`: rows of a schema-1 store, still restored, then
+//! migrated), kind u8 (1 log, 2 image), seq u64, row count u64, rows, then
+//! a CRC32C of everything before it. A row is table u8, op u8 (1 put, 0
+//! delete), key length u32, key, and for a put value length u32, value.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,28 +22,31 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use redb::{ReadableTable, TableDefinition};
 
-use super::{
-    BLOCKS, CHUNKS, DIR_COOKIES, DIRENTS, FILESYSTEMS, INODES, META, MetaError, ORPHANS, PACKS, Result, SYMLINKS,
-    XATTRS,
-};
+use super::keys::{Kind, Scope};
+use super::versions::{BIRTHS, DEAD, HISTORY, ROWS};
+use super::{CHUNKS, FILESYSTEMS, META, MetaError, ORPHANS, PACKS, RECLAIM, Result, SNAP_NAMES, SNAPSHOTS, SPACES};
 
-const MAGIC: &[u8; 8] = b"STFSMET1";
+const MAGIC: &[u8; 8] = b"STFSMET2";
+const MAGIC_V1: &[u8; 8] = b"STFSMET1";
 const KIND_LOG: u8 = 1;
-const KIND_SNAPSHOT: u8 = 2;
+const KIND_IMAGE: u8 = 2;
 
-/// Table codes in shipped rows.
+/// Table codes in shipped rows (3 to 8 were the per-inode tables of
+/// schema 1; they appear only in `STFSMET1` objects).
 pub(super) mod table {
     pub const META: u8 = 1;
     pub const FILESYSTEMS: u8 = 2;
-    pub const INODES: u8 = 3;
-    pub const DIRENTS: u8 = 4;
-    pub const DIR_COOKIES: u8 = 5;
-    pub const SYMLINKS: u8 = 6;
-    pub const XATTRS: u8 = 7;
-    pub const BLOCKS: u8 = 8;
     pub const CHUNKS: u8 = 9;
     pub const PACKS: u8 = 10;
     pub const ORPHANS: u8 = 11;
+    pub const ROWS: u8 = 20;
+    pub const HISTORY: u8 = 21;
+    pub const DEAD: u8 = 22;
+    pub const BIRTHS: u8 = 23;
+    pub const SNAPSHOTS: u8 = 24;
+    pub const SNAP_NAMES: u8 = 25;
+    pub const SPACES: u8 = 26;
+    pub const RECLAIM: u8 = 27;
 }
 
 /// Rows one write transaction changed, in order.
@@ -79,35 +83,70 @@ pub(super) fn key2(a: u64, b: &[u8]) -> Vec<u8> {
     k
 }
 
-/// One sealed batch of changes, or a full snapshot, waiting to be shipped.
+/// `rows` key: kind, key.
+pub(super) fn row_key(kind: Kind, key: &[u8]) -> Vec<u8> {
+    let mut k = vec![kind as u8];
+    k.extend_from_slice(key);
+    k
+}
+
+/// `history` key: kind, died, key.
+pub(super) fn history_key(kind: Kind, key: &[u8], died: u64) -> Vec<u8> {
+    let mut k = vec![kind as u8];
+    k.extend_from_slice(&died.to_le_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// `dead` key: scope, died, kind, key.
+pub(super) fn dead_key(scope: Scope, died: u64, kind: Kind, key: &[u8]) -> Vec<u8> {
+    let mut k = key2(scope.0, &died.to_le_bytes());
+    k.push(kind as u8);
+    k.extend_from_slice(key);
+    k
+}
+
+/// `births` key: ino, born, block.
+pub(super) fn births_key(ino: u64, born: u64, blk: u64) -> Vec<u8> {
+    let mut k = key2(ino, &born.to_le_bytes());
+    k.extend_from_slice(&blk.to_le_bytes());
+    k
+}
+
+/// `snapshot_names` key: scope, name.
+pub(super) fn snap_name_key(scope: u64, name: &str) -> Vec<u8> {
+    key2(scope, name.as_bytes())
+}
+
+/// One sealed batch of changes, or a full image, waiting to be shipped.
 pub struct Shipment {
     /// Sequence number (the object's name).
     pub seq: u64,
     /// When it was sealed.
     pub sealed: Instant,
     rows: TxRows,
-    snapshot: Option<redb::ReadTransaction>,
+    image: Option<redb::ReadTransaction>,
 }
 
 impl Shipment {
-    /// Whether this is a full snapshot.
-    pub fn is_snapshot(&self) -> bool {
-        self.snapshot.is_some()
+    /// Whether this is a full image.
+    pub fn is_image(&self) -> bool {
+        self.image.is_some()
     }
 
-    /// The object key: `meta/snap/<seq>` or `meta/log/<seq>` (16 hex digits).
+    /// The object key: `meta/image/<seq>` or `meta/log/<seq>` (16 hex digits).
     pub fn key(&self) -> String {
-        object_key(self.is_snapshot(), self.seq)
+        object_key(self.is_image(), self.seq)
     }
 
-    /// The object's bytes. A snapshot is read here, from the read
+    /// The object's bytes. A image is read here, from the read
     /// transaction taken when it was sealed.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.rows.bytes.len() + 64);
         out.extend_from_slice(MAGIC);
-        match &self.snapshot {
+        match &self.image {
             Some(rtx) => {
-                out.push(KIND_SNAPSHOT);
+                out.push(KIND_IMAGE);
                 out.extend_from_slice(&self.seq.to_le_bytes());
                 let mut rows = TxRows::default();
                 dump(rtx, &mut rows)?;
@@ -128,29 +167,30 @@ impl Shipment {
 }
 
 /// Key of a metadata object.
-pub fn object_key(snapshot: bool, seq: u64) -> String {
-    format!("meta/{}/{seq:016x}", if snapshot { "snap" } else { "log" })
+pub fn object_key(image: bool, seq: u64) -> String {
+    format!("meta/{}/{seq:016x}", if image { "image" } else { "log" })
 }
 
-/// Parses a metadata object key into (is snapshot, seq).
+/// Parses a metadata object key into (is image, seq).
 pub fn parse_object_key(key: &str) -> Option<(bool, u64)> {
     let (kind, seq) = key.strip_prefix("meta/")?.split_once('/')?;
-    let snapshot = match kind {
-        "snap" => true,
+    let image = match kind {
+        // "snap": images written before user snapshots took the word.
+        "image" | "snap" => true,
         "log" => false,
         _ => return None,
     };
     if seq.len() != 16 {
         return None;
     }
-    Some((snapshot, u64::from_str_radix(seq, 16).ok()?))
+    Some((image, u64::from_str_radix(seq, 16).ok()?))
 }
 
 #[derive(Default)]
 struct State {
     pending: TxRows,
     next_seq: u64,
-    want_snapshot: bool,
+    want_image: bool,
     queue: VecDeque<Shipment>,
     sealed_seq: u64,
     shipped_seq: u64,
@@ -196,33 +236,33 @@ impl CommitGuard<'_> {
         self.st.pending.count += rows.count;
     }
 
-    /// Seals everything appended into the next shipment; `snapshot` opens
-    /// the read snapshot when one is due (called right after the commit, so
-    /// the snapshot is exactly the state these rows lead to).
-    pub fn seal(&mut self, snapshot: impl FnOnce() -> Result<redb::ReadTransaction>) -> Result<()> {
-        let snap = if self.st.want_snapshot { Some(snapshot()?) } else { None };
+    /// Seals everything appended into the next shipment; `image` opens
+    /// the read image when one is due (called right after the commit, so
+    /// the image is exactly the state these rows lead to).
+    pub fn seal(&mut self, image: impl FnOnce() -> Result<redb::ReadTransaction>) -> Result<()> {
+        let snap = if self.st.want_image { Some(image()?) } else { None };
         if snap.is_none() && self.st.pending.count == 0 {
             return Ok(());
         }
-        self.st.want_snapshot = false;
+        self.st.want_image = false;
         let seq = self.st.next_seq;
         self.st.next_seq += 1;
         self.st.sealed_seq = seq;
         let rows = std::mem::take(&mut self.st.pending);
-        self.st.queue.push_back(Shipment { seq, sealed: Instant::now(), rows, snapshot: snap });
+        self.st.queue.push_back(Shipment { seq, sealed: Instant::now(), rows, image: snap });
         self.journal.cv.notify_all();
         Ok(())
     }
 }
 
 impl Journal {
-    /// A journal whose first shipment, numbered `first_seq`, is a snapshot.
+    /// A journal whose first shipment, numbered `first_seq`, is a image.
     pub fn new(first_seq: u64) -> Journal {
         let j = Journal::default();
         {
             let mut st = j.state.lock();
             st.next_seq = first_seq;
-            st.want_snapshot = true;
+            st.want_image = true;
             st.shipped_seq = first_seq.saturating_sub(1);
             st.sealed_seq = first_seq.saturating_sub(1);
         }
@@ -233,9 +273,9 @@ impl Journal {
         CommitGuard { journal: self, st: self.state.lock() }
     }
 
-    /// Asks for the next shipment to be a full snapshot.
-    pub fn request_snapshot(&self) {
-        self.state.lock().want_snapshot = true;
+    /// Asks for the next shipment to be a full image.
+    pub fn request_image(&self) {
+        self.state.lock().want_image = true;
     }
 
     /// Waits up to `timeout` for a shipment and takes it; it stays counted
@@ -315,29 +355,35 @@ fn dump_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// Every row of every table, as puts.
 fn dump(rtx: &redb::ReadTransaction, rows: &mut TxRows) -> Result<()> {
     let b = |v: &[u8]| v.to_vec();
-    dump_table(rtx, META, table::META, rows, |k, v| (k.as_bytes().to_vec(), v.to_le_bytes().to_vec()))?;
+    let le = |v: u64| v.to_le_bytes().to_vec();
+    dump_table(rtx, META, table::META, rows, |k, v| (k.as_bytes().to_vec(), le(v)))?;
     dump_table(rtx, FILESYSTEMS, table::FILESYSTEMS, rows, |k, v| (k.as_bytes().to_vec(), b(v)))?;
-    dump_table(rtx, INODES, table::INODES, rows, |k, v| (k.to_le_bytes().to_vec(), b(v)))?;
-    dump_table(rtx, DIRENTS, table::DIRENTS, rows, |(p, n), v| (key2(p, n), b(v)))?;
-    dump_table(rtx, DIR_COOKIES, table::DIR_COOKIES, rows, |(p, c), v| (key2(p, &c.to_le_bytes()), b(v)))?;
-    dump_table(rtx, SYMLINKS, table::SYMLINKS, rows, |k, v| (k.to_le_bytes().to_vec(), b(v)))?;
-    dump_table(rtx, XATTRS, table::XATTRS, rows, |(i, n), v| (key2(i, n), b(v)))?;
-    dump_table(rtx, BLOCKS, table::BLOCKS, rows, |(i, n), v| (key2(i, &n.to_le_bytes()), b(v)))?;
     dump_table(rtx, CHUNKS, table::CHUNKS, rows, |k, v| (k.to_vec(), b(v)))?;
-    dump_table(rtx, PACKS, table::PACKS, rows, |k, v| (k.to_le_bytes().to_vec(), b(v)))?;
-    dump_table(rtx, ORPHANS, table::ORPHANS, rows, |k, ()| (k.to_le_bytes().to_vec(), Vec::new()))?;
+    dump_table(rtx, PACKS, table::PACKS, rows, |k, v| (le(k), b(v)))?;
+    dump_table(rtx, ORPHANS, table::ORPHANS, rows, |k, ()| (le(k), Vec::new()))?;
+    dump_table(rtx, SNAPSHOTS, table::SNAPSHOTS, rows, |k, v| (le(k), b(v)))?;
+    dump_table(rtx, SNAP_NAMES, table::SNAP_NAMES, rows, |(s, n), v| (snap_name_key(s, n), le(v)))?;
+    dump_table(rtx, SPACES, table::SPACES, rows, |k, v| (k.to_le_bytes().to_vec(), b(v)))?;
+    dump_table(rtx, RECLAIM, table::RECLAIM, rows, |k, v| (le(k), b(v)))?;
+    let kind = |c: u8| Kind::from_code(c).unwrap_or(Kind::Inode);
+    dump_table(rtx, ROWS, table::ROWS, rows, |(c, k), v| (row_key(kind(c), k), b(v)))?;
+    dump_table(rtx, HISTORY, table::HISTORY, rows, |(c, k, d), v| (history_key(kind(c), k, d), b(v)))?;
+    dump_table(rtx, DEAD, table::DEAD, rows, |(s, d, c, k), v| (dead_key(Scope(s), d, kind(c), k), le(v)))?;
+    dump_table(rtx, BIRTHS, table::BIRTHS, rows, |(i, bn, blk), ()| (births_key(i, bn, blk), Vec::new()))?;
     Ok(())
 }
 
-fn corrupt(what: &str) -> MetaError {
+pub(super) fn corrupt(what: &str) -> MetaError {
     MetaError::Object(format!("metadata object corrupt: {what}"))
 }
 
 /// A decoded metadata object.
 #[derive(Debug)]
 pub struct Decoded<'a> {
-    /// Whether it is a snapshot.
-    pub snapshot: bool,
+    /// Format version of its rows (1: a schema-1 store's).
+    pub version: u8,
+    /// Whether it is an image (all rows) rather than a log.
+    pub image: bool,
     /// Sequence number it carries.
     pub seq: u64,
     rows: u64,
@@ -346,18 +392,23 @@ pub struct Decoded<'a> {
 
 /// Checks magic and checksum of a metadata object.
 pub fn decode(obj: &[u8]) -> Result<Decoded<'_>> {
-    if obj.len() < 8 + 1 + 8 + 8 + 4 || &obj[..8] != MAGIC {
-        return Err(corrupt("bad magic or too short"));
+    if obj.len() < 8 + 1 + 8 + 8 + 4 {
+        return Err(corrupt("too short"));
     }
+    let version = match &obj[..8] {
+        m if m == MAGIC => 2,
+        m if m == MAGIC_V1 => 1,
+        _ => return Err(corrupt("bad magic")),
+    };
     let (data, crc) = obj.split_at(obj.len() - 4);
     let mut c = [0u8; 4];
     c.copy_from_slice(crc);
     if crc32c::crc32c(data) != u32::from_le_bytes(c) {
         return Err(corrupt("checksum mismatch"));
     }
-    let snapshot = match data[8] {
+    let image = match data[8] {
         KIND_LOG => false,
-        KIND_SNAPSHOT => true,
+        KIND_IMAGE => true,
         k => return Err(corrupt(&format!("unknown kind {k}"))),
     };
     let u64_at = |i: usize| {
@@ -365,7 +416,7 @@ pub fn decode(obj: &[u8]) -> Result<Decoded<'_>> {
         a.copy_from_slice(&data[i..i + 8]);
         u64::from_le_bytes(a)
     };
-    Ok(Decoded { snapshot, seq: u64_at(9), rows: u64_at(17), body: &data[25..] })
+    Ok(Decoded { version, image, seq: u64_at(9), rows: u64_at(17), body: &data[25..] })
 }
 
 struct RowReader<'a> {
@@ -389,12 +440,12 @@ impl<'a> RowReader<'a> {
     }
 }
 
-fn u64_key(k: &[u8]) -> Result<u64> {
+pub(super) fn u64_key(k: &[u8]) -> Result<u64> {
     let a: [u8; 8] = k.try_into().map_err(|_| corrupt("bad u64 key"))?;
     Ok(u64::from_le_bytes(a))
 }
 
-fn split_key(k: &[u8]) -> Result<(u64, &[u8])> {
+pub(super) fn split_key(k: &[u8]) -> Result<(u64, &[u8])> {
     if k.len() < 8 {
         return Err(corrupt("bad compound key"));
     }
@@ -415,7 +466,11 @@ pub(super) fn apply(tx: &redb::WriteTransaction, obj: &Decoded<'_>) -> Result<()
         } else {
             None
         };
-        apply_row(tx, code, key, value)?;
+        if obj.version == 1 {
+            super::migrate::apply_v1_row(tx, code, key, value)?;
+        } else {
+            apply_row(tx, code, key, value)?;
+        }
     }
     if !r.buf.is_empty() {
         return Err(corrupt("bytes after the last row"));
@@ -423,9 +478,12 @@ pub(super) fn apply(tx: &redb::WriteTransaction, obj: &Decoded<'_>) -> Result<()
     Ok(())
 }
 
-fn apply_row(tx: &redb::WriteTransaction, code: u8, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+pub(super) fn apply_row(tx: &redb::WriteTransaction, code: u8, key: &[u8], value: Option<&[u8]>) -> Result<()> {
     // redb's typed tables want 'static borrows of the key types; owned
     // copies of the variable-length parts satisfy that.
+    let kind_of = |c: u8| Kind::from_code(c).ok_or_else(|| corrupt(&format!("row kind {c}")));
+    let u64_at =
+        |k: &[u8], i: usize| -> Result<u64> { u64_key(k.get(i..i + 8).ok_or_else(|| corrupt("key cut short"))?) };
     match code {
         table::META => {
             let name = std::str::from_utf8(key).map_err(|_| corrupt("counter name"))?.to_string();
@@ -444,34 +502,15 @@ fn apply_row(tx: &redb::WriteTransaction, code: u8, key: &[u8], value: Option<&[
                 None => t.remove(name.as_str())?,
             };
         }
-        table::INODES => apply_bytes(tx, INODES, u64_key(key)?, value)?,
-        table::SYMLINKS => apply_bytes(tx, SYMLINKS, u64_key(key)?, value)?,
         table::PACKS => apply_bytes(tx, PACKS, u64_key(key)?, value)?,
+        table::SNAPSHOTS => apply_bytes(tx, SNAPSHOTS, u64_key(key)?, value)?,
+        table::RECLAIM => apply_bytes(tx, RECLAIM, u64_key(key)?, value)?,
         table::ORPHANS => {
             let k = u64_key(key)?;
             let mut t = tx.open_table(ORPHANS)?;
             match value {
                 Some(_) => t.insert(k, ())?,
                 None => t.remove(k)?,
-            };
-        }
-        table::DIRENTS | table::XATTRS => {
-            let (a, name) = split_key(key)?;
-            let def = if code == table::DIRENTS { DIRENTS } else { XATTRS };
-            let mut t = tx.open_table(def)?;
-            match value {
-                Some(v) => t.insert((a, name), v)?,
-                None => t.remove((a, name))?,
-            };
-        }
-        table::DIR_COOKIES | table::BLOCKS => {
-            let (a, rest) = split_key(key)?;
-            let b = u64_key(rest)?;
-            let def = if code == table::BLOCKS { BLOCKS } else { DIR_COOKIES };
-            let mut t = tx.open_table(def)?;
-            match value {
-                Some(v) => t.insert((a, b), v)?,
-                None => t.remove((a, b))?,
             };
         }
         table::CHUNKS => {
@@ -482,12 +521,66 @@ fn apply_row(tx: &redb::WriteTransaction, code: u8, key: &[u8], value: Option<&[
                 None => t.remove(&id)?,
             };
         }
+        table::SPACES => {
+            let id = u32::from_le_bytes(key.try_into().map_err(|_| corrupt("space id"))?);
+            let mut t = tx.open_table(SPACES)?;
+            match value {
+                Some(v) => t.insert(id, v)?,
+                None => t.remove(id)?,
+            };
+        }
+        table::SNAP_NAMES => {
+            let (scope, name) = split_key(key)?;
+            let name = std::str::from_utf8(name).map_err(|_| corrupt("snapshot name"))?.to_string();
+            let mut t = tx.open_table(SNAP_NAMES)?;
+            match value {
+                Some(v) => t.insert((scope, name.as_str()), u64_key(v)?)?,
+                None => t.remove((scope, name.as_str()))?,
+            };
+        }
+        table::ROWS => {
+            let (c, k) = key.split_first().ok_or_else(|| corrupt("row key"))?;
+            let k = k.to_vec();
+            let mut t = tx.open_table(ROWS)?;
+            match value {
+                Some(v) => t.insert((kind_of(*c)? as u8, k.as_slice()), v)?,
+                None => t.remove((kind_of(*c)? as u8, k.as_slice()))?,
+            };
+        }
+        table::HISTORY => {
+            let (c, rest) = key.split_first().ok_or_else(|| corrupt("history key"))?;
+            let died = u64_at(rest, 0)?;
+            let k = rest[8..].to_vec();
+            let mut t = tx.open_table(HISTORY)?;
+            match value {
+                Some(v) => t.insert((kind_of(*c)? as u8, k.as_slice(), died), v)?,
+                None => t.remove((kind_of(*c)? as u8, k.as_slice(), died))?,
+            };
+        }
+        table::DEAD => {
+            let (scope, died) = (u64_at(key, 0)?, u64_at(key, 8)?);
+            let c = *key.get(16).ok_or_else(|| corrupt("dead key"))?;
+            let k = key[17..].to_vec();
+            let mut t = tx.open_table(DEAD)?;
+            match value {
+                Some(v) => t.insert((scope, died, kind_of(c)? as u8, k.as_slice()), u64_key(v)?)?,
+                None => t.remove((scope, died, kind_of(c)? as u8, k.as_slice()))?,
+            };
+        }
+        table::BIRTHS => {
+            let (ino, born, blk) = (u64_at(key, 0)?, u64_at(key, 8)?, u64_at(key, 16)?);
+            let mut t = tx.open_table(BIRTHS)?;
+            match value {
+                Some(_) => t.insert((ino, born, blk), ())?,
+                None => t.remove((ino, born, blk))?,
+            };
+        }
         other => return Err(corrupt(&format!("unknown table {other}"))),
     }
     Ok(())
 }
 
-fn apply_bytes(
+pub(super) fn apply_bytes(
     tx: &redb::WriteTransaction,
     def: TableDefinition<u64, &'static [u8]>,
     key: u64,

@@ -1,11 +1,19 @@
 //! The metadata store: file systems, inodes, directory entries, symlinks,
-//! xattrs, block maps, the chunk index and the pack table, in redb.
+//! xattrs, block maps, the chunk index, the pack table, snapshots and
+//! clone spaces, in redb.
 //!
 //! The seam is [`MetaStore`] with its two transaction types: [`ReadTx`]
 //! (a consistent snapshot, many at once) and [`WriteTx`] (one at a time).
 //! Both read through the [`MetaRead`] trait; only `WriteTx` mutates. No redb
 //! type escapes this module, so another engine can replace redb behind the
 //! same methods.
+//!
+//! Per-inode rows are versioned (`versions`): every read names the epoch
+//! it reads at ([`LIVE`] for the present, a snapshot's epoch for the
+//! past), and inodes of a clone's space fall back, by local number, to
+//! their origin at the origin snapshot (`keys::SPACE_SHIFT`), so a clone
+//! costs nothing until it changes. Values handed out are always in the
+//! asker's space: inode numbers inside inherited rows are translated.
 //!
 //! Durability: ordinary commits are non-durable (redb `Durability::None`):
 //! visible at once, persisted by the next durable commit. Crash safety comes
@@ -14,30 +22,41 @@
 
 pub mod codec;
 pub mod journal;
+pub mod keys;
+pub mod migrate;
 pub mod schema;
+pub mod versions;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub use keys::{Kind, Scope};
 pub use schema::*;
+pub use versions::{LIVE, Registry, Replaced, Row, SnapPoint};
 
 use crate::chunk::ChunkId;
 use codec::DecodeError;
 pub use journal::Journal;
 use journal::TxRows;
+use keys::{block_key, cookie_key, in_space, ino_key, key_second, local_of, named_key, space_of, translate};
+use versions::{BIRTHS, DEAD, HISTORY, ROWS, Tables};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FILESYSTEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("filesystems");
-const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
-const DIRENTS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("dirents");
-const DIR_COOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dir_cookies");
-const SYMLINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("symlinks");
-const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
-const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
 const CHUNKS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("chunks");
 const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");
 const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+const SNAP_NAMES: TableDefinition<(u64, &str), u64> = TableDefinition::new("snapshot_names");
+const SPACES: TableDefinition<u32, &[u8]> = TableDefinition::new("spaces");
+const RECLAIM: TableDefinition<u64, &[u8]> = TableDefinition::new("reclaim");
+
+/// Name of the reserved file system holding block volumes.
+pub const VOLUMES_FS: &str = ".volumes";
 
 /// Names of the counters kept in the `meta` table.
 pub mod counter {
@@ -53,12 +72,20 @@ pub mod counter {
     pub const NEXT_GENERATION: &str = "next_generation";
     /// Last WAL record whose effects the store holds (set at checkpoints).
     pub const APPLIED_LSN: &str = "applied_lsn";
-    /// Bytes of file data as files see them (sum of block lengths).
+    /// Bytes of file data as files see them (sum of live block lengths).
     pub const LOGICAL_BYTES: &str = "logical_bytes";
     /// Stored bytes of referenced chunks (after dedup and compression).
     pub const STORED_BYTES: &str = "stored_bytes";
     /// Number of inodes.
     pub const INODES: &str = "inodes";
+    /// The current epoch (`versions`): what rows written now are born in.
+    pub const EPOCH: &str = "epoch";
+    /// Next snapshot id.
+    pub const NEXT_SNAPSHOT: &str = "next_snapshot";
+    /// Next clone space.
+    pub const NEXT_SPACE: &str = "next_space";
+    /// Next reclaim job id.
+    pub const NEXT_JOB: &str = "next_job";
 }
 
 /// First inode number handed out (FUSE reserves 1 for the mount root).
@@ -119,18 +146,29 @@ from_redb!(
 /// Result of metadata operations.
 pub type Result<T> = std::result::Result<T, MetaError>;
 
+/// The registry, shared copy-on-write: readers take the current `Arc`,
+/// the rare writers (snapshot, clone, deletion) swap in a changed copy.
+type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
+
 /// The metadata database.
 #[derive(Debug)]
 pub struct MetaStore {
-    db: std::sync::Arc<Database>,
-    journal: std::sync::OnceLock<std::sync::Arc<Journal>>,
+    db: Arc<Database>,
+    journal: std::sync::OnceLock<Arc<Journal>>,
+    registry: SharedRegistry,
+}
+
+fn open_db(path: &Path) -> Result<Database> {
+    Ok(Database::builder().set_cache_size(256 << 20).create(path)?)
 }
 
 impl MetaStore {
-    /// Opens the store at `path`, creating and initializing it if missing.
+    /// Opens the store at `path`, creating and initializing it if missing,
+    /// migrating a version-1 store in place.
     pub fn open(path: &Path) -> Result<MetaStore> {
-        let db = Database::builder().set_cache_size(256 << 20).create(path)?;
-        let store = MetaStore { db: std::sync::Arc::new(db), journal: std::sync::OnceLock::new() };
+        let db = Arc::new(open_db(path)?);
+        let registry: SharedRegistry = Arc::default();
+        let store = MetaStore { db, journal: std::sync::OnceLock::new(), registry };
         let tx = store.write()?;
         let version = tx.counter(counter::SCHEMA_VERSION)?;
         if version == 0 {
@@ -140,18 +178,65 @@ impl MetaStore {
             tx.set_counter(counter::NEXT_COOKIE, FIRST_COOKIE)?;
             tx.set_counter(counter::NEXT_FS_ID, 1)?;
             tx.set_counter(counter::NEXT_GENERATION, 1)?;
+            tx.set_counter(counter::EPOCH, 1)?;
+            tx.set_counter(counter::NEXT_SNAPSHOT, 1)?;
+            tx.set_counter(counter::NEXT_SPACE, 1)?;
+            tx.set_counter(counter::NEXT_JOB, 1)?;
             tx.commit_durable()?;
+        } else if version == 1 {
+            tx.abort()?;
+            migrate::v1_to_v2(&store.db, path)?;
         } else if version != SCHEMA_VERSION {
             return Err(MetaError::Version { found: version, supported: SCHEMA_VERSION });
         } else {
             tx.abort()?;
         }
+        store.reload_registry()?;
         Ok(store)
+    }
+
+    /// Rebuilds the registry from the tables (at open, after recovery).
+    pub fn reload_registry(&self) -> Result<()> {
+        let rtx = self.db.begin_read()?;
+        let mut reg = Registry::default();
+        let meta = rtx.open_table(META)?;
+        reg.epoch = meta.get(counter::EPOCH)?.map_or(1, |v| v.value()).max(1);
+        for item in rtx.open_table(SNAPSHOTS)?.iter()? {
+            let s = SnapshotRecord::decode(item?.1.value())?;
+            if s.state != SNAPSHOT_DELETING {
+                reg.insert(Scope(s.scope), SnapPoint { id: s.id, epoch: s.epoch, lsn: s.lsn });
+            }
+        }
+        for item in rtx.open_table(SPACES)?.iter()? {
+            let (k, v) = item?;
+            reg.spaces.insert(k.value(), SpaceRecord::decode(v.value())?);
+        }
+        if let Some(v) = rtx.open_table(FILESYSTEMS)?.get(VOLUMES_FS)? {
+            let f = FsRecord::decode(v.value())?;
+            reg.volumes_fs = Some((f.id, f.root));
+        }
+        *self.registry.write() = Arc::new(reg);
+        Ok(())
+    }
+
+    /// The current registry (snapshot epochs, clone spaces).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().clone()
+    }
+
+    /// Changes the registry: called where the WAL orders the change (a
+    /// snapshot's creation is ordered against writes by its record).
+    pub fn update_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut g = self.registry.write();
+        let mut next = (**g).clone();
+        let r = f(&mut next);
+        *g = Arc::new(next);
+        r
     }
 
     /// A consistent read snapshot.
     pub fn read(&self) -> Result<ReadTx> {
-        Ok(ReadTx { tx: self.db.begin_read()? })
+        Ok(ReadTx { tx: self.db.begin_read()?, reg: self.registry() })
     }
 
     /// The write transaction; blocks while another is open.
@@ -159,35 +244,51 @@ impl MetaStore {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         let journal = self.journal.get().cloned();
-        let rows = journal.as_ref().map(|_| parking_lot::Mutex::new(TxRows::default()));
-        Ok(WriteTx { tx, rows, journal, db: self.db.clone() })
+        let rows = journal.as_ref().map(|_| Mutex::new(TxRows::default()));
+        Ok(WriteTx {
+            tx,
+            rows,
+            journal,
+            db: self.db.clone(),
+            registry: self.registry.clone(),
+            scopes: Mutex::new(HashMap::new()),
+        })
     }
 
     /// From now on every committed change is captured for shipping, and
     /// every durable commit seals a shipment. Attaching twice is refused.
-    pub fn attach_journal(&self, journal: std::sync::Arc<Journal>) -> Result<()> {
+    pub fn attach_journal(&self, journal: Arc<Journal>) -> Result<()> {
         self.journal.set(journal).map_err(|_| MetaError::Object("a journal is attached already".into()))
     }
 
     /// The attached journal, if any.
-    pub fn journal(&self) -> Option<&std::sync::Arc<Journal>> {
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
         self.journal.get()
     }
 
-    /// Builds a new store at `path` from metadata objects: one snapshot,
-    /// then the logs after it in order. `path` must not exist.
+    /// Builds a new store at `path` from metadata objects: one image, then
+    /// the logs after it in order. `path` must not exist.
     pub fn restore(path: &Path, objects: &[Vec<u8>]) -> Result<MetaStore> {
         if path.exists() {
             return Err(MetaError::Object(format!("{} exists already", path.display())));
         }
-        let db = Database::builder().set_cache_size(256 << 20).create(path)?;
+        let db = open_db(path)?;
+        let mut version = None;
         {
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
-            // Tables that held no rows are in no object; create them all.
-            create_tables(&tx)?;
             for obj in objects {
-                journal::apply(&tx, &journal::decode(obj)?)?;
+                let d = journal::decode(obj)?;
+                if version.is_some_and(|v| v != d.version) {
+                    return Err(MetaError::Object("metadata objects of two format versions in one chain".into()));
+                }
+                version = Some(d.version);
+                if d.version == 1 {
+                    migrate::create_v1_tables(&tx)?;
+                } else {
+                    create_tables(&tx)?;
+                }
+                journal::apply(&tx, &d)?;
             }
             tx.commit()?;
         }
@@ -199,20 +300,96 @@ impl MetaStore {
 /// A read-only snapshot of the store.
 pub struct ReadTx {
     tx: redb::ReadTransaction,
+    reg: Arc<Registry>,
 }
 
 /// The single write transaction.
 pub struct WriteTx {
     tx: redb::WriteTransaction,
     /// Rows changed, when a journal is attached.
-    rows: Option<parking_lot::Mutex<TxRows>>,
-    journal: Option<std::sync::Arc<Journal>>,
-    /// The database, to open the snapshot a durable commit may seal.
-    db: std::sync::Arc<Database>,
+    rows: Option<Mutex<TxRows>>,
+    journal: Option<Arc<Journal>>,
+    /// The database, to open the image a durable commit may seal.
+    db: Arc<Database>,
+    registry: SharedRegistry,
+    /// Scopes of inodes looked up in this transaction.
+    scopes: Mutex<HashMap<Ino, Scope>>,
 }
 
 /// Visitor of directory entries: (parent, name, entry).
 pub type DirentVisitor<'a> = dyn FnMut(Ino, &[u8], DirEnt) -> Result<()> + 'a;
+
+/// Visitor of raw row versions: (kind, key, died (None: live), row).
+pub type RowVisitor<'a> = dyn FnMut(Kind, &[u8], Option<u64>, &Row) -> Result<()> + 'a;
+
+/// A history row found through the dead list: what a snapshot deletion
+/// may reclaim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRow {
+    /// Epoch it died in.
+    pub died: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Epoch it was born in.
+    pub born: u64,
+}
+
+/// The levels a read of `ino` looks at: the inode itself, then, while its
+/// space inherits it, its origin at the origin snapshot's epoch.
+fn chain(reg: &Registry, ino: Ino, at: u64) -> Vec<(Ino, u64)> {
+    let mut out = vec![(ino, at)];
+    let mut cur = ino;
+    while let Some(rec) = reg.spaces.get(&space_of(cur)).filter(|r| r.inherits(local_of(cur))) {
+        cur = in_space(rec.origin_space, local_of(cur));
+        out.push((cur, rec.origin_epoch));
+        if out.len() > 64 {
+            break; // a cycle would be corruption; never loop forever
+        }
+    }
+    out
+}
+
+/// Whether deleting a row of `ino` must leave a tombstone (it is inherited).
+fn inherited(reg: &Registry, ino: Ino) -> bool {
+    reg.spaces.get(&space_of(ino)).is_some_and(|r| r.inherits(local_of(ino)))
+}
+
+/// An inode read from a lower level, as its own space sees it.
+fn translate_inode(reg: &Registry, mut inode: Inode, to_space: u32) -> Inode {
+    if inode.parent != 0 {
+        inode.parent = translate(inode.parent, to_space);
+    }
+    if let Some(rec) = reg.spaces.get(&to_space)
+        && Scope(rec.scope).volume_ino().is_none()
+    {
+        inode.fs_id = rec.scope as u32;
+    }
+    inode
+}
+
+fn decode_cookie_value(buf: &[u8]) -> std::result::Result<(Ino, FileKind, Vec<u8>), DecodeError> {
+    if buf.len() < 9 {
+        return Err(DecodeError("dir cookie entry truncated".into()));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&buf[..8]);
+    Ok((u64::from_le_bytes(a), FileKind::from_code(buf[8])?, buf[9..].to_vec()))
+}
+
+fn encode_cookie_value(ino: Ino, kind: FileKind, name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + name.len());
+    v.extend_from_slice(&ino.to_le_bytes());
+    v.push(kind.code());
+    v.extend_from_slice(name);
+    v
+}
+
+/// Fetches up to `n` versions of one level after `cursor` (exclusive).
+/// What `merged` calls for each visible row: its level, key, row; `false` stops.
+type MergedVisit<'a> = dyn FnMut(Ino, &[u8], Row) -> Result<bool> + 'a;
+type LevelFetch<'a> = dyn FnMut(Ino, u64, Option<&[u8]>, usize) -> Result<Vec<(Vec<u8>, Row)>> + 'a;
 
 /// Reads shared by [`ReadTx`] and [`WriteTx`].
 pub trait MetaRead {
@@ -222,29 +399,21 @@ pub trait MetaRead {
     fn filesystem(&self, name: &str) -> Result<Option<FsRecord>>;
     /// Every file system, by name.
     fn filesystems(&self) -> Result<Vec<(String, FsRecord)>>;
-    /// One inode.
-    fn inode(&self, ino: Ino) -> Result<Option<Inode>>;
-    /// One directory entry.
-    fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEnt>>;
-    /// Up to `limit` entries of `parent` whose cookie is above `after`, in
-    /// cookie order.
-    fn list_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEnt)>>;
-    /// Whether the directory has no entries.
-    fn dir_is_empty(&self, parent: Ino) -> Result<bool>;
-    /// Target of a symlink.
-    fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
-    /// One extended attribute.
-    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Names of every extended attribute of an inode.
-    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>>;
-    /// One block-map entry.
-    fn block(&self, ino: Ino, block: u64) -> Result<Option<BlockRef>>;
-    /// Block-map entries of `ino` with block numbers in `range`.
-    fn blocks(&self, ino: Ino, range: std::ops::Range<u64>) -> Result<Vec<(u64, BlockRef)>>;
-    /// Bytes the block-map entries of `ino` hold (the sum of their lengths).
-    fn block_bytes(&self, ino: Ino) -> Result<u64>;
-    /// The first block-map entry of `ino` at or after block `from`.
-    fn next_block(&self, ino: Ino, from: u64) -> Result<Option<(u64, BlockRef)>>;
+    /// The registry this transaction reads with.
+    fn reg(&self) -> Arc<Registry>;
+    /// The version of `key` visible at `at` on one level (no fallback).
+    fn vget(&self, kind: Kind, key: &[u8], at: u64) -> Result<Option<Row>>;
+    /// Up to `n` visible versions on one level of `kind` keys in
+    /// `(after, hi)` (`after = None`: from `lo`).
+    fn vscan(
+        &self,
+        kind: Kind,
+        lo: &[u8],
+        after: Option<&[u8]>,
+        hi: &[u8],
+        at: u64,
+        n: usize,
+    ) -> Result<Vec<(Vec<u8>, Row)>>;
     /// One chunk-index entry.
     fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkEntry>>;
     /// One pack.
@@ -253,21 +422,343 @@ pub trait MetaRead {
     fn packs(&self) -> Result<Vec<(u64, PackEntry)>>;
     /// Every inode on the orphan list.
     fn orphans(&self) -> Result<Vec<Ino>>;
-    /// Calls `f` for every inode.
-    fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Inode) -> Result<()>) -> Result<()>;
-    /// Calls `f` for every block-map entry.
-    fn for_each_block(&self, f: &mut dyn FnMut(Ino, u64, BlockRef) -> Result<()>) -> Result<()>;
     /// Calls `f` for every chunk-index entry.
     fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, ChunkEntry) -> Result<()>) -> Result<()>;
-    /// Calls `f` for every directory entry.
-    fn for_each_dirent(&self, f: &mut DirentVisitor<'_>) -> Result<()>;
+    /// Calls `f` for every stored row version of `kind` (live and history,
+    /// tombstones included), own rows only.
+    fn for_each_row(&self, kind: Kind, f: &mut RowVisitor<'_>) -> Result<()>;
+    /// One snapshot.
+    fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>>;
+    /// Every snapshot (being-deleted ones included), by id.
+    fn snapshots(&self) -> Result<Vec<SnapshotRecord>>;
+    /// The snapshot of `scope` named `name`.
+    fn snapshot_named(&self, scope: Scope, name: &str) -> Result<Option<SnapshotRecord>>;
+    /// Blocks of `ino` with a version born in `(from, to]`, ascending, own rows only.
+    fn births(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<u64>>;
+    /// Up to `n` history rows of `scope` that died in `(lo, hi]`, after `after`.
+    fn dead_rows(&self, scope: Scope, lo: u64, hi: u64, after: Option<&DeadRow>, n: usize) -> Result<Vec<DeadRow>>;
+    /// Every reclaim job, by id.
+    fn reclaim_jobs(&self) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Every births entry (fsck).
+    fn all_births(&self) -> Result<std::collections::HashSet<(u64, u64, u64)>>;
+    /// Every history row and every dead-list entry, as (kind, key, died) (fsck).
+    #[allow(clippy::type_complexity)]
+    fn history_and_dead(
+        &self,
+    ) -> Result<(std::collections::HashSet<(u8, Vec<u8>, u64)>, std::collections::HashSet<(u8, Vec<u8>, u64)>)>;
+
+    /// The version of `key` on the levels of `ino` (own, then inherited).
+    fn resolve(&self, kind: Kind, ino: Ino, key: &dyn Fn(Ino) -> Vec<u8>, at: u64) -> Result<Option<(Ino, Row)>> {
+        for (level, a) in chain(&self.reg(), ino, at) {
+            if let Some(row) = self.vget(kind, &key(level), a)? {
+                return Ok((!row.tomb).then_some((level, row)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Merges the ranges of every level of `ino`: the upper level's version
+    /// (or tombstone) of a key hides the lower ones. Keys are compared
+    /// without their first 8 bytes (the level's inode number). Visits up
+    /// to `limit` visible rows with keys after `after`, with the level each
+    /// came from (values of a lower level are in its space).
+    fn merged(
+        &self,
+        kind: Kind,
+        ino: Ino,
+        at: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+        visit: &mut MergedVisit<'_>,
+    ) -> Result<()> {
+        let levels = chain(&self.reg(), ino, at);
+        let fetch: &mut LevelFetch<'_> = &mut |level, a, cursor, n| {
+            let lo = ino_key(level);
+            let hi = ino_key(level.wrapping_add(1));
+            let after: Option<Vec<u8>> = cursor.map(|c| [lo.as_slice(), c].concat());
+            let hi: &[u8] = if level == u64::MAX { &[0xff; 9] } else { &hi };
+            self.vscan(kind, &lo, after.as_deref(), hi, a, n)
+        };
+        if levels.len() == 1 {
+            let (level, a) = levels[0];
+            let mut cursor: Option<Vec<u8>> = after.map(|c| c.to_vec());
+            let mut left = limit;
+            loop {
+                let batch = fetch(level, a, cursor.as_deref(), left.clamp(1, 1024))?;
+                let full = batch.len() >= left.clamp(1, 1024);
+                for (k, row) in batch {
+                    cursor = Some(k[8..].to_vec());
+                    if row.tomb {
+                        continue;
+                    }
+                    if !visit(level, &k[8..], row)? {
+                        return Ok(());
+                    }
+                    left = left.saturating_sub(1);
+                    if left == 0 {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    return Ok(());
+                }
+            }
+        }
+        let mut cursor: Option<Vec<u8>> = after.map(|c| c.to_vec());
+        let mut left = limit;
+        let batch_n = limit.clamp(16, 1024);
+        loop {
+            // Per level: the next batch, and how far it is known complete.
+            let mut merged: std::collections::BTreeMap<Vec<u8>, (Ino, Row)> = std::collections::BTreeMap::new();
+            let mut safe_upto: Option<Vec<u8>> = None;
+            let mut any = false;
+            for (level, a) in &levels {
+                let batch = fetch(*level, *a, cursor.as_deref(), batch_n)?;
+                if batch.len() >= batch_n
+                    && let Some((k, _)) = batch.last()
+                {
+                    let k = k[8..].to_vec();
+                    safe_upto = Some(match safe_upto {
+                        Some(s) if s < k => s,
+                        _ => k,
+                    });
+                }
+                for (k, row) in batch {
+                    any = true;
+                    // Upper levels come first and win.
+                    merged.entry(k[8..].to_vec()).or_insert((*level, row));
+                }
+            }
+            if !any {
+                return Ok(());
+            }
+            for (k, (level, row)) in merged {
+                if safe_upto.as_ref().is_some_and(|s| &k > s) {
+                    break;
+                }
+                cursor = Some(k.clone());
+                if row.tomb {
+                    continue;
+                }
+                if !visit(level, &k, row)? {
+                    return Ok(());
+                }
+                left = left.saturating_sub(1);
+                if left == 0 {
+                    return Ok(());
+                }
+            }
+            if safe_upto.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One inode as seen at `at`.
+    fn inode_at(&self, ino: Ino, at: u64) -> Result<Option<Inode>> {
+        match self.resolve(Kind::Inode, ino, &|i| ino_key(i).to_vec(), at)? {
+            Some((level, row)) => {
+                let inode = Inode::decode(&row.body)?;
+                Ok(Some(if level == ino { inode } else { translate_inode(&self.reg(), inode, space_of(ino)) }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One inode.
+    fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
+        self.inode_at(ino, LIVE)
+    }
+
+    /// One directory entry as seen at `at`.
+    fn dirent_at(&self, parent: Ino, name: &[u8], at: u64) -> Result<Option<DirEnt>> {
+        match self.resolve(Kind::Dirent, parent, &|i| named_key(i, name), at)? {
+            Some((level, row)) => {
+                let mut d = DirEnt::decode(&row.body)?;
+                if level != parent {
+                    d.ino = translate(d.ino, space_of(parent));
+                }
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One directory entry.
+    fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEnt>> {
+        self.dirent_at(parent, name, LIVE)
+    }
+
+    /// Up to `limit` entries of `parent` whose cookie is above `after`, in
+    /// cookie order, as seen at `at`.
+    fn list_dir_at(&self, parent: Ino, after: u64, limit: usize, at: u64) -> Result<Vec<(Vec<u8>, DirEnt)>> {
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        let space = space_of(parent);
+        // `merged` takes an exclusive cursor: entries after `after`.
+        let cursor = after.to_be_bytes();
+        self.merged(Kind::Cookie, parent, at, Some(&cursor), limit, &mut |level, k, row| {
+            let cookie = u64::from_be_bytes(k.try_into().map_err(|_| DecodeError("cookie key".into()))?);
+            let (ino, kind, name) = decode_cookie_value(&row.body)?;
+            let ino = if level == parent { ino } else { translate(ino, space) };
+            out.push((name, DirEnt { ino, kind, cookie }));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of `parent` whose cookie is above `after`.
+    fn list_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEnt)>> {
+        self.list_dir_at(parent, after, limit, LIVE)
+    }
+
+    /// Whether the directory has no entries.
+    fn dir_is_empty(&self, parent: Ino) -> Result<bool> {
+        Ok(self.list_dir(parent, 0, 1)?.is_empty())
+    }
+
+    /// Target of a symlink as seen at `at`.
+    fn symlink_at(&self, ino: Ino, at: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.resolve(Kind::Symlink, ino, &|i| ino_key(i).to_vec(), at)?.map(|(_, r)| r.body))
+    }
+
+    /// Target of a symlink.
+    fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        self.symlink_at(ino, LIVE)
+    }
+
+    /// One extended attribute as seen at `at`.
+    fn xattr_at(&self, ino: Ino, name: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.resolve(Kind::Xattr, ino, &|i| named_key(i, name), at)?.map(|(_, r)| r.body))
+    }
+
+    /// One extended attribute.
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.xattr_at(ino, name, LIVE)
+    }
+
+    /// Names of every extended attribute of an inode as seen at `at`.
+    fn xattr_names_at(&self, ino: Ino, at: u64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.merged(Kind::Xattr, ino, at, None, usize::MAX, &mut |_, k, _| {
+            out.push(k.to_vec());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Names of every extended attribute of an inode.
+    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.xattr_names_at(ino, LIVE)
+    }
+
+    /// One block-map entry as seen at `at` (a hole in a clone reads as none).
+    fn block_at(&self, ino: Ino, blk: u64, at: u64) -> Result<Option<BlockRef>> {
+        match self.resolve(Kind::Block, ino, &|i| block_key(i, blk).to_vec(), at)? {
+            Some((_, row)) => Ok(Some(BlockRef::decode(&row.body)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One block-map entry.
+    fn block(&self, ino: Ino, blk: u64) -> Result<Option<BlockRef>> {
+        self.block_at(ino, blk, LIVE)
+    }
+
+    /// Block-map entries of `ino` with block numbers in `range`, as seen at `at`.
+    fn blocks_at(&self, ino: Ino, range: std::ops::Range<u64>, at: u64) -> Result<Vec<(u64, BlockRef)>> {
+        let mut out = Vec::new();
+        if range.start >= range.end {
+            return Ok(out);
+        }
+        let after = range.start.checked_sub(1).map(u64::to_be_bytes);
+        self.merged(Kind::Block, ino, at, after.as_ref().map(|a| a.as_slice()), usize::MAX, &mut |_, k, row| {
+            let blk = u64::from_be_bytes(k.try_into().map_err(|_| DecodeError("block key".into()))?);
+            if blk >= range.end {
+                return Ok(false);
+            }
+            out.push((blk, BlockRef::decode(&row.body)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Block-map entries of `ino` with block numbers in `range`.
+    fn blocks(&self, ino: Ino, range: std::ops::Range<u64>) -> Result<Vec<(u64, BlockRef)>> {
+        self.blocks_at(ino, range, LIVE)
+    }
+
+    /// Bytes the block-map entries of `ino` hold (the sum of their lengths).
+    fn block_bytes(&self, ino: Ino) -> Result<u64> {
+        let mut total = 0;
+        self.merged(Kind::Block, ino, LIVE, None, usize::MAX, &mut |_, _, row| {
+            total += u64::from(BlockRef::decode(&row.body)?.len);
+            Ok(true)
+        })?;
+        Ok(total)
+    }
+
+    /// The first block-map entry of `ino` at or after block `from`, as seen at `at`.
+    fn next_block_at(&self, ino: Ino, from: u64, at: u64) -> Result<Option<(u64, BlockRef)>> {
+        let mut found = None;
+        let after = from.checked_sub(1).map(u64::to_be_bytes);
+        self.merged(Kind::Block, ino, at, after.as_ref().map(|a| a.as_slice()), 1, &mut |_, k, row| {
+            let blk = u64::from_be_bytes(k.try_into().map_err(|_| DecodeError("block key".into()))?);
+            found = Some((blk, BlockRef::decode(&row.body)?));
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// The first block-map entry of `ino` at or after block `from`.
+    fn next_block(&self, ino: Ino, from: u64) -> Result<Option<(u64, BlockRef)>> {
+        self.next_block_at(ino, from, LIVE)
+    }
+
+    /// Block numbers of the first `limit` own block rows of `ino` from
+    /// block `from` on (no inherited ones, tombstones included): what
+    /// deleting the inode has to drop.
+    fn own_blocks(&self, ino: Ino, from: u64, limit: usize) -> Result<Vec<u64>> {
+        let lo = block_key(ino, from);
+        let hi: Vec<u8> = match ino.checked_add(1) {
+            Some(n) => ino_key(n).to_vec(),
+            None => vec![0xff; 9],
+        };
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let n = (limit - out.len()).min(4096);
+            let batch = self.vscan(Kind::Block, &lo, after.as_deref(), &hi, LIVE, n)?;
+            let full = batch.len() == n;
+            for (k, _) in &batch {
+                out.extend(key_second(k));
+            }
+            after = batch.last().map(|(k, _)| k.clone());
+            if !full || out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Calls `f` for every live inode (own rows; tombstones skipped).
+    fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Inode) -> Result<()>) -> Result<()> {
+        self.for_each_row(Kind::Inode, &mut |_, key, died, row| {
+            if died.is_none() && !row.tomb {
+                let ino = keys::key_ino(key).ok_or_else(|| DecodeError("inode key".into()))?;
+                f(ino, Inode::decode(&row.body)?)?;
+            }
+            Ok(())
+        })
+    }
 }
 
-// The read methods are written once for both transaction types: redb's
+// The table reads are written once for both transaction types: redb's
 // read-only and read-write tables share `ReadableTable` but not a common
 // opener, so the bodies are instantiated per type.
 macro_rules! impl_meta_read {
-    ($t:ty) => {
+    ($t:ty, $reg:expr) => {
         impl MetaRead for $t {
             fn counter(&self, name: &str) -> Result<u64> {
                 let t = match self.tx.open_table(META) {
@@ -296,109 +787,38 @@ macro_rules! impl_meta_read {
                 Ok(out)
             }
 
-            fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
-                let t = self.tx.open_table(INODES)?;
-                Ok(match t.get(ino)? {
-                    Some(v) => Some(Inode::decode(v.value())?),
-                    None => None,
-                })
+            fn reg(&self) -> Arc<Registry> {
+                let f: fn(&$t) -> Arc<Registry> = $reg;
+                f(self)
             }
 
-            fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEnt>> {
-                let t = self.tx.open_table(DIRENTS)?;
-                Ok(match t.get((parent, name))? {
-                    Some(v) => Some(DirEnt::decode(v.value())?),
-                    None => None,
-                })
+            fn vget(&self, kind: Kind, key: &[u8], at: u64) -> Result<Option<Row>> {
+                let rows = self.tx.open_table(ROWS)?;
+                let history = self.tx.open_table(HISTORY)?;
+                versions::get(&rows, &history, kind, key, at)
             }
 
-            fn list_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEnt)>> {
-                let t = self.tx.open_table(DIR_COOKIES)?;
+            fn vscan(
+                &self,
+                kind: Kind,
+                lo: &[u8],
+                after: Option<&[u8]>,
+                hi: &[u8],
+                at: u64,
+                n: usize,
+            ) -> Result<Vec<(Vec<u8>, Row)>> {
+                let rows = self.tx.open_table(ROWS)?;
+                let history = self.tx.open_table(HISTORY)?;
                 let mut out = Vec::new();
-                if after == u64::MAX {
-                    return Ok(out);
-                }
-                for item in t.range((parent, after + 1)..=(parent, u64::MAX))? {
-                    if out.len() >= limit {
-                        break;
+                let start = after.unwrap_or(lo);
+                versions::range(&rows, &history, kind, start, Some(hi), at, &mut |k, row| {
+                    if after.is_some_and(|a| k <= a) {
+                        return Ok(true);
                     }
-                    let (k, v) = item?;
-                    let (_, cookie) = k.value();
-                    let (ino, kind, name) = decode_cookie_value(v.value())?;
-                    out.push((name, DirEnt { ino, kind, cookie }));
-                }
+                    out.push((k.to_vec(), row));
+                    Ok(out.len() < n)
+                })?;
                 Ok(out)
-            }
-
-            fn dir_is_empty(&self, parent: Ino) -> Result<bool> {
-                let t = self.tx.open_table(DIR_COOKIES)?;
-                Ok(t.range((parent, 0)..=(parent, u64::MAX))?.next().is_none())
-            }
-
-            fn symlink(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
-                let t = self.tx.open_table(SYMLINKS)?;
-                Ok(t.get(ino)?.map(|v| v.value().to_vec()))
-            }
-
-            fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
-                let t = self.tx.open_table(XATTRS)?;
-                Ok(t.get((ino, name))?.map(|v| v.value().to_vec()))
-            }
-
-            fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-                let t = self.tx.open_table(XATTRS)?;
-                let mut out = Vec::new();
-                let lo: (u64, &[u8]) = (ino, &[]);
-                for item in t.range(lo..)? {
-                    let (k, _) = item?;
-                    let (i, name) = k.value();
-                    if i != ino {
-                        break;
-                    }
-                    out.push(name.to_vec());
-                }
-                Ok(out)
-            }
-
-            fn block(&self, ino: Ino, block: u64) -> Result<Option<BlockRef>> {
-                let t = self.tx.open_table(BLOCKS)?;
-                Ok(match t.get((ino, block))? {
-                    Some(v) => Some(BlockRef::decode(v.value())?),
-                    None => None,
-                })
-            }
-
-            fn blocks(&self, ino: Ino, range: std::ops::Range<u64>) -> Result<Vec<(u64, BlockRef)>> {
-                let t = self.tx.open_table(BLOCKS)?;
-                let mut out = Vec::new();
-                if range.start >= range.end {
-                    return Ok(out);
-                }
-                for item in t.range((ino, range.start)..(ino, range.end))? {
-                    let (k, v) = item?;
-                    out.push((k.value().1, BlockRef::decode(v.value())?));
-                }
-                Ok(out)
-            }
-
-            fn block_bytes(&self, ino: Ino) -> Result<u64> {
-                let t = self.tx.open_table(BLOCKS)?;
-                let mut total = 0;
-                for item in t.range((ino, 0)..=(ino, u64::MAX))? {
-                    total += u64::from(BlockRef::decode(item?.1.value())?.len);
-                }
-                Ok(total)
-            }
-
-            fn next_block(&self, ino: Ino, from: u64) -> Result<Option<(u64, BlockRef)>> {
-                let t = self.tx.open_table(BLOCKS)?;
-                match t.range((ino, from)..=(ino, u64::MAX))?.next() {
-                    Some(item) => {
-                        let (k, v) = item?;
-                        Ok(Some((k.value().1, BlockRef::decode(v.value())?)))
-                    }
-                    None => Ok(None),
-                }
             }
 
             fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkEntry>> {
@@ -436,25 +856,6 @@ macro_rules! impl_meta_read {
                 Ok(out)
             }
 
-            fn for_each_inode(&self, f: &mut dyn FnMut(Ino, Inode) -> Result<()>) -> Result<()> {
-                let t = self.tx.open_table(INODES)?;
-                for item in t.iter()? {
-                    let (k, v) = item?;
-                    f(k.value(), Inode::decode(v.value())?)?;
-                }
-                Ok(())
-            }
-
-            fn for_each_block(&self, f: &mut dyn FnMut(Ino, u64, BlockRef) -> Result<()>) -> Result<()> {
-                let t = self.tx.open_table(BLOCKS)?;
-                for item in t.iter()? {
-                    let (k, v) = item?;
-                    let (ino, blk) = k.value();
-                    f(ino, blk, BlockRef::decode(v.value())?)?;
-                }
-                Ok(())
-            }
-
             fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, ChunkEntry) -> Result<()>) -> Result<()> {
                 let t = self.tx.open_table(CHUNKS)?;
                 for item in t.iter()? {
@@ -464,51 +865,158 @@ macro_rules! impl_meta_read {
                 Ok(())
             }
 
-            fn for_each_dirent(&self, f: &mut DirentVisitor<'_>) -> Result<()> {
-                let t = self.tx.open_table(DIRENTS)?;
-                for item in t.iter()? {
-                    let (k, v) = item?;
-                    let (parent, name) = k.value();
-                    f(parent, name, DirEnt::decode(v.value())?)?;
+            fn for_each_row(&self, kind: Kind, f: &mut RowVisitor<'_>) -> Result<()> {
+                let k = kind as u8;
+                let rows = self.tx.open_table(ROWS)?;
+                for item in rows.range((k, &[][..])..)? {
+                    let (key, v) = item?;
+                    let (kk, key) = key.value();
+                    if kk != k {
+                        break;
+                    }
+                    f(kind, key, None, &versions::decode_row(v.value())?)?;
+                }
+                let history = self.tx.open_table(HISTORY)?;
+                for item in history.range((k, &[][..], 0)..)? {
+                    let (key, v) = item?;
+                    let (kk, key, died) = key.value();
+                    if kk != k {
+                        break;
+                    }
+                    f(kind, key, Some(died), &versions::decode_row(v.value())?)?;
                 }
                 Ok(())
+            }
+
+            fn snapshot(&self, id: u64) -> Result<Option<SnapshotRecord>> {
+                let t = self.tx.open_table(SNAPSHOTS)?;
+                Ok(match t.get(id)? {
+                    Some(v) => Some(SnapshotRecord::decode(v.value())?),
+                    None => None,
+                })
+            }
+
+            fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+                let t = self.tx.open_table(SNAPSHOTS)?;
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    out.push(SnapshotRecord::decode(item?.1.value())?);
+                }
+                Ok(out)
+            }
+
+            fn snapshot_named(&self, scope: Scope, name: &str) -> Result<Option<SnapshotRecord>> {
+                let t = self.tx.open_table(SNAP_NAMES)?;
+                let Some(id) = t.get((scope.0, name))?.map(|v| v.value()) else { return Ok(None) };
+                self.snapshot(id)
+            }
+
+            fn births(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<u64>> {
+                let t = self.tx.open_table(BIRTHS)?;
+                let mut out = Vec::new();
+                if from >= to {
+                    return Ok(out);
+                }
+                for item in t.range((ino, from + 1, 0)..=(ino, to, u64::MAX))? {
+                    out.push(item?.0.value().2);
+                }
+                out.sort_unstable();
+                out.dedup();
+                Ok(out)
+            }
+
+            fn dead_rows(
+                &self,
+                scope: Scope,
+                lo: u64,
+                hi: u64,
+                after: Option<&DeadRow>,
+                n: usize,
+            ) -> Result<Vec<DeadRow>> {
+                let t = self.tx.open_table(DEAD)?;
+                let mut out = Vec::new();
+                if lo >= hi {
+                    return Ok(out);
+                }
+                let start: (u64, u64, u8, &[u8]) = match after {
+                    Some(a) => (scope.0, a.died, a.kind as u8, a.key.as_slice()),
+                    None => (scope.0, lo + 1, 0, &[]),
+                };
+                for item in t.range(start..)? {
+                    let (k, v) = item?;
+                    let (s, died, kind, key) = k.value();
+                    if s != scope.0 || died > hi {
+                        break;
+                    }
+                    if after.is_some_and(|a| (a.died, a.kind as u8, a.key.as_slice()) >= (died, kind, key)) {
+                        continue;
+                    }
+                    let kind = Kind::from_code(kind).ok_or_else(|| DecodeError(format!("row kind {kind}")))?;
+                    out.push(DeadRow { died, kind, key: key.to_vec(), born: v.value() });
+                    if out.len() >= n {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+
+            fn all_births(&self) -> Result<std::collections::HashSet<(u64, u64, u64)>> {
+                let mut out = std::collections::HashSet::new();
+                for item in self.tx.open_table(BIRTHS)?.iter()? {
+                    out.insert(item?.0.value());
+                }
+                Ok(out)
+            }
+
+            fn history_and_dead(
+                &self,
+            ) -> Result<(std::collections::HashSet<(u8, Vec<u8>, u64)>, std::collections::HashSet<(u8, Vec<u8>, u64)>)>
+            {
+                let mut h = std::collections::HashSet::new();
+                for item in self.tx.open_table(HISTORY)?.iter()? {
+                    let (k, _) = item?;
+                    let (kind, key, died) = k.value();
+                    h.insert((kind, key.to_vec(), died));
+                }
+                let mut d = std::collections::HashSet::new();
+                for item in self.tx.open_table(DEAD)?.iter()? {
+                    let (k, _) = item?;
+                    let (_, died, kind, key) = k.value();
+                    d.insert((kind, key.to_vec(), died));
+                }
+                Ok((h, d))
+            }
+
+            fn reclaim_jobs(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+                let t = self.tx.open_table(RECLAIM)?;
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    out.push((k.value(), v.value().to_vec()));
+                }
+                Ok(out)
             }
         }
     };
 }
 
-impl_meta_read!(ReadTx);
-impl_meta_read!(WriteTx);
-
-fn encode_cookie_value(ino: Ino, kind: FileKind, name: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + name.len());
-    v.extend_from_slice(&ino.to_le_bytes());
-    v.push(kind.code());
-    v.extend_from_slice(name);
-    v
-}
-
-fn decode_cookie_value(buf: &[u8]) -> std::result::Result<(Ino, FileKind, Vec<u8>), DecodeError> {
-    if buf.len() < 9 {
-        return Err(DecodeError("dir cookie entry truncated".into()));
-    }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&buf[..8]);
-    Ok((u64::from_le_bytes(a), FileKind::from_code(buf[8])?, buf[9..].to_vec()))
-}
+impl_meta_read!(ReadTx, |t: &ReadTx| t.reg.clone());
+impl_meta_read!(WriteTx, |t: &WriteTx| t.registry.read().clone());
 
 fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(META)?;
     tx.open_table(FILESYSTEMS)?;
-    tx.open_table(INODES)?;
-    tx.open_table(DIRENTS)?;
-    tx.open_table(DIR_COOKIES)?;
-    tx.open_table(SYMLINKS)?;
-    tx.open_table(XATTRS)?;
-    tx.open_table(BLOCKS)?;
     tx.open_table(CHUNKS)?;
     tx.open_table(PACKS)?;
     tx.open_table(ORPHANS)?;
+    tx.open_table(SNAPSHOTS)?;
+    tx.open_table(SNAP_NAMES)?;
+    tx.open_table(SPACES)?;
+    tx.open_table(RECLAIM)?;
+    tx.open_table(ROWS)?;
+    tx.open_table(HISTORY)?;
+    tx.open_table(DEAD)?;
+    tx.open_table(BIRTHS)?;
     Ok(())
 }
 
@@ -526,13 +1034,13 @@ impl WriteTx {
     }
 
     fn commit_journaled(self, durable: bool) -> Result<()> {
-        let WriteTx { tx, rows, journal, db } = self;
+        let WriteTx { tx, rows, journal, db, .. } = self;
         let Some(journal) = journal else {
             tx.commit()?;
             return Ok(());
         };
         // The journal lock spans the commit, so rows reach the journal in
-        // commit order and a snapshot opened here sees exactly them.
+        // commit order and an image opened here sees exactly them.
         let mut guard = journal.lock();
         tx.commit()?;
         if let Some(rows) = rows {
@@ -560,6 +1068,11 @@ impl WriteTx {
         Ok(())
     }
 
+    /// The epoch rows written now are born in.
+    pub fn epoch(&self) -> u64 {
+        self.registry.read().epoch
+    }
+
     /// Sets a counter.
     pub fn set_counter(&self, name: &str, value: u64) -> Result<()> {
         self.tx.open_table(META)?.insert(name, value)?;
@@ -585,6 +1098,13 @@ impl WriteTx {
 
     /// Writes a file system record.
     pub fn put_filesystem(&self, name: &str, rec: &FsRecord) -> Result<()> {
+        if name == VOLUMES_FS {
+            let (id, root) = (rec.id, rec.root);
+            let mut g = self.registry.write();
+            let mut next = (**g).clone();
+            next.volumes_fs = Some((id, root));
+            *g = Arc::new(next);
+        }
         let v = rec.encode();
         self.tx.open_table(FILESYSTEMS)?.insert(name, v.as_slice())?;
         self.note(journal::table::FILESYSTEMS, name.as_bytes(), Some(&v));
@@ -598,13 +1118,106 @@ impl WriteTx {
         Ok(())
     }
 
+    fn scope_for(&self, reg: &Registry, ino: Ino, fs_id: u32) -> Scope {
+        reg.scope_of(ino, fs_id)
+    }
+
+    /// Tells the transaction the file system of `ino` when its inode row
+    /// is gone (a background purge): versions snapshots see are kept.
+    pub fn know_scope(&self, ino: Ino, fs_id: u32) {
+        let s = self.scope_for(&self.registry.read(), ino, fs_id);
+        self.scopes.lock().insert(ino, s);
+    }
+
+    /// The scope of the rows of `ino`, looked up once per transaction.
+    fn scope_of(&self, reg: &Registry, ino: Ino) -> Result<Option<Scope>> {
+        if let Some(s) = self.scopes.lock().get(&ino) {
+            return Ok(Some(*s));
+        }
+        let Some(inode) = self.inode(ino)? else { return Ok(None) };
+        let s = self.scope_for(reg, ino, inode.fs_id);
+        self.scopes.lock().insert(ino, s);
+        Ok(Some(s))
+    }
+
+    /// Writes (or, with `body = None`, deletes) the live version of a row of
+    /// `ino`, born at `born`. An old version a snapshot of the row's scope
+    /// sees moves to history. In a clone, deleting an inherited row leaves
+    /// a tombstone; `inode_fs` is the file system of `ino` when the caller
+    /// has it (an inode being written or deleted).
+    #[allow(clippy::too_many_arguments)]
+    fn vwrite(
+        &self,
+        kind: Kind,
+        ino: Ino,
+        key: &[u8],
+        body: Option<&[u8]>,
+        born: u64,
+        inode_fs: Option<u32>,
+    ) -> Result<Option<Replaced>> {
+        let reg = self.registry.read().clone();
+        // The scope is looked up (an inode read) only if some snapshot
+        // exists at all, and before the tables are opened for writing.
+        let scope = if !reg.any() {
+            None
+        } else {
+            match inode_fs {
+                Some(fs) => Some(self.scope_for(&reg, ino, fs)),
+                None => self.scope_of(&reg, ino)?,
+            }
+        };
+        let keep_in = |old_born: u64| scope.filter(|s| reg.keeps(*s, old_born, born));
+        let mut t = Tables::open(&self.tx)?;
+        let r = match body {
+            Some(b) => t.put(kind, key, b, born, false, &keep_in)?,
+            None => t.delete(kind, key, born, inherited(&reg, ino), &keep_in)?,
+        };
+        drop(t);
+        if self.rows.is_some() {
+            self.note_version(kind, key, born, &r)?;
+        }
+        Ok(r)
+    }
+
+    /// Journals what a versioned write changed: the live row, and the
+    /// history, dead-list and births rows it moved or dropped.
+    fn note_version(&self, kind: Kind, key: &[u8], born: u64, r: &Option<Replaced>) -> Result<()> {
+        use journal::table as jt;
+        let rk = journal::row_key(kind, key);
+        match self.tx.open_table(ROWS)?.get((kind as u8, key))? {
+            Some(v) => self.note(jt::ROWS, &rk, Some(v.value())),
+            None => self.note(jt::ROWS, &rk, None),
+        }
+        if let Some(Replaced { row, kept: true, scope: Some(scope) }) = r {
+            let died = born;
+            let v = versions::encode_row(row.born, row.tomb, &row.body);
+            self.note(jt::HISTORY, &journal::history_key(kind, key, died), Some(&v));
+            self.note(jt::DEAD, &journal::dead_key(*scope, died, kind, key), Some(&row.born.to_le_bytes()));
+        }
+        if kind == Kind::Block
+            && let (Some(ino), Some(blk)) = (keys::key_ino(key), key_second(key))
+        {
+            let births = self.tx.open_table(BIRTHS)?;
+            for b in [Some(born), r.as_ref().map(|x| x.row.born)].into_iter().flatten() {
+                let present = births.get((ino, b, blk))?.is_some();
+                self.note(jt::BIRTHS, &journal::births_key(ino, b, blk), present.then_some(&[][..]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `ino` has a live inode row of its own (counted in INODES).
+    fn own_inode(&self, ino: Ino) -> Result<bool> {
+        Ok(self.vget(Kind::Inode, &ino_key(ino), LIVE)?.is_some_and(|r| !r.tomb))
+    }
+
     /// Writes an inode.
     pub fn put_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
-        let v = inode.encode();
-        self.note(journal::table::INODES, &ino.to_le_bytes(), Some(&v));
-        let mut t = self.tx.open_table(INODES)?;
-        if t.insert(ino, v.as_slice())?.is_none() {
-            drop(t);
+        let born = self.epoch();
+        let had = self.own_inode(ino)?;
+        self.vwrite(Kind::Inode, ino, &ino_key(ino), Some(&inode.encode()), born, Some(inode.fs_id))?;
+        self.scopes.lock().entry(ino).or_insert_with(|| self.scope_for(&self.registry.read(), ino, inode.fs_id));
+        if !had {
             self.add_counter(counter::INODES, 1)?;
         }
         Ok(())
@@ -612,10 +1225,10 @@ impl WriteTx {
 
     /// Removes an inode record (not its blocks, xattrs or links).
     pub fn del_inode(&self, ino: Ino) -> Result<()> {
-        self.note(journal::table::INODES, &ino.to_le_bytes(), None);
-        let mut t = self.tx.open_table(INODES)?;
-        if t.remove(ino)?.is_some() {
-            drop(t);
+        let Some(inode) = self.inode(ino)? else { return Ok(()) };
+        let had = self.own_inode(ino)?;
+        self.vwrite(Kind::Inode, ino, &ino_key(ino), None, self.epoch(), Some(inode.fs_id))?;
+        if had {
             self.add_counter(counter::INODES, -1)?;
         }
         Ok(())
@@ -623,74 +1236,78 @@ impl WriteTx {
 
     /// Adds a directory entry, with its cookie index.
     pub fn put_dirent(&self, parent: Ino, name: &[u8], ent: DirEnt) -> Result<()> {
-        let (v, cv) = (ent.encode(), encode_cookie_value(ent.ino, ent.kind, name));
-        self.tx.open_table(DIRENTS)?.insert((parent, name), v.as_slice())?;
-        self.tx.open_table(DIR_COOKIES)?.insert((parent, ent.cookie), cv.as_slice())?;
-        self.note(journal::table::DIRENTS, &journal::key2(parent, name), Some(&v));
-        self.note(journal::table::DIR_COOKIES, &journal::key2(parent, &ent.cookie.to_le_bytes()), Some(&cv));
+        let born = self.epoch();
+        self.vwrite(Kind::Dirent, parent, &named_key(parent, name), Some(&ent.encode()), born, None)?;
+        let cv = encode_cookie_value(ent.ino, ent.kind, name);
+        self.vwrite(Kind::Cookie, parent, &cookie_key(parent, ent.cookie), Some(&cv), born, None)?;
         Ok(())
     }
 
     /// Removes a directory entry and its cookie index; returns what it named.
     pub fn del_dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEnt>> {
-        let old = match self.tx.open_table(DIRENTS)?.remove((parent, name))? {
-            Some(v) => Some(DirEnt::decode(v.value())?),
-            None => None,
-        };
-        if let Some(ent) = old {
-            self.tx.open_table(DIR_COOKIES)?.remove((parent, ent.cookie))?;
-            self.note(journal::table::DIRENTS, &journal::key2(parent, name), None);
-            self.note(journal::table::DIR_COOKIES, &journal::key2(parent, &ent.cookie.to_le_bytes()), None);
-        }
-        Ok(old)
+        let Some(ent) = self.dirent(parent, name)? else { return Ok(None) };
+        let at = self.epoch();
+        self.vwrite(Kind::Dirent, parent, &named_key(parent, name), None, at, None)?;
+        self.vwrite(Kind::Cookie, parent, &cookie_key(parent, ent.cookie), None, at, None)?;
+        Ok(Some(ent))
     }
 
     /// Sets a symlink target.
     pub fn put_symlink(&self, ino: Ino, target: &[u8]) -> Result<()> {
-        self.tx.open_table(SYMLINKS)?.insert(ino, target)?;
-        self.note(journal::table::SYMLINKS, &ino.to_le_bytes(), Some(target));
+        self.vwrite(Kind::Symlink, ino, &ino_key(ino), Some(target), self.epoch(), None)?;
         Ok(())
     }
 
     /// Removes a symlink target.
     pub fn del_symlink(&self, ino: Ino) -> Result<()> {
-        self.tx.open_table(SYMLINKS)?.remove(ino)?;
-        self.note(journal::table::SYMLINKS, &ino.to_le_bytes(), None);
+        if self.symlink(ino)?.is_some() {
+            self.vwrite(Kind::Symlink, ino, &ino_key(ino), None, self.epoch(), None)?;
+        }
         Ok(())
     }
 
     /// Sets an extended attribute.
     pub fn put_xattr(&self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
-        self.tx.open_table(XATTRS)?.insert((ino, name), value)?;
-        self.note(journal::table::XATTRS, &journal::key2(ino, name), Some(value));
+        self.vwrite(Kind::Xattr, ino, &named_key(ino, name), Some(value), self.epoch(), None)?;
         Ok(())
     }
 
     /// Removes an extended attribute; returns whether it existed.
     pub fn del_xattr(&self, ino: Ino, name: &[u8]) -> Result<bool> {
-        self.note(journal::table::XATTRS, &journal::key2(ino, name), None);
-        Ok(self.tx.open_table(XATTRS)?.remove((ino, name))?.is_some())
+        if self.xattr(ino, name)?.is_none() {
+            return Ok(false);
+        }
+        self.vwrite(Kind::Xattr, ino, &named_key(ino, name), None, self.epoch(), None)?;
+        Ok(true)
     }
 
-    /// Writes a block-map entry, returning the previous one.
-    pub fn put_block(&self, ino: Ino, block: u64, b: &BlockRef) -> Result<Option<BlockRef>> {
-        let v = b.encode();
-        self.note(journal::table::BLOCKS, &journal::key2(ino, &block.to_le_bytes()), Some(&v));
-        let mut t = self.tx.open_table(BLOCKS)?;
-        Ok(match t.insert((ino, block), v.as_slice())? {
-            Some(v) => Some(BlockRef::decode(v.value())?),
-            None => None,
-        })
+    /// Removes every xattr of an inode.
+    pub fn del_all_xattrs(&self, ino: Ino) -> Result<()> {
+        for name in self.xattr_names(ino)? {
+            self.del_xattr(ino, &name)?;
+        }
+        Ok(())
     }
 
-    /// Removes a block-map entry, returning it.
-    pub fn del_block(&self, ino: Ino, block: u64) -> Result<Option<BlockRef>> {
-        self.note(journal::table::BLOCKS, &journal::key2(ino, &block.to_le_bytes()), None);
-        let mut t = self.tx.open_table(BLOCKS)?;
-        Ok(match t.remove((ino, block))? {
-            Some(v) => Some(BlockRef::decode(v.value())?),
-            None => None,
-        })
+    /// Writes block `blk` of `ino` born at `born`: the one low-level
+    /// block-map write, used only by `chunk::set_block`, which moves the
+    /// references. Returns what it replaced (kept for a snapshot or not).
+    pub fn write_block(&self, ino: Ino, blk: u64, b: Option<&BlockRef>, born: u64) -> Result<Option<Replaced>> {
+        let key = block_key(ino, blk);
+        match b {
+            Some(b) => self.vwrite(Kind::Block, ino, &key, Some(&b.encode()), born, None),
+            None => {
+                // Nothing to delete, nothing inherited to hide: no row at all.
+                let reg = self.registry.read().clone();
+                if !inherited(&reg, ino) && self.vget(Kind::Block, &key, LIVE)?.is_none() {
+                    return Ok(None);
+                }
+                if inherited(&reg, ino) && self.block(ino, blk)?.is_none() {
+                    return Ok(None);
+                }
+                self.vwrite(Kind::Block, ino, &key, None, born, None)
+            }
+        }
     }
 
     /// Writes a chunk-index entry.
@@ -737,81 +1354,123 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Removes every xattr of an inode.
-    pub fn del_all_xattrs(&self, ino: Ino) -> Result<()> {
-        for name in self.xattr_names(ino)? {
-            self.del_xattr(ino, &name)?;
+    /// Writes a snapshot record (and its name index).
+    pub fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let v = s.encode();
+        self.tx.open_table(SNAPSHOTS)?.insert(s.id, v.as_slice())?;
+        self.tx.open_table(SNAP_NAMES)?.insert((s.scope, s.name.as_str()), s.id)?;
+        self.note(journal::table::SNAPSHOTS, &s.id.to_le_bytes(), Some(&v));
+        self.note(journal::table::SNAP_NAMES, &journal::snap_name_key(s.scope, &s.name), Some(&s.id.to_le_bytes()));
+        Ok(())
+    }
+
+    /// Removes a snapshot record and its name.
+    pub fn del_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        self.tx.open_table(SNAPSHOTS)?.remove(s.id)?;
+        self.tx.open_table(SNAP_NAMES)?.remove((s.scope, s.name.as_str()))?;
+        self.note(journal::table::SNAPSHOTS, &s.id.to_le_bytes(), None);
+        self.note(journal::table::SNAP_NAMES, &journal::snap_name_key(s.scope, &s.name), None);
+        Ok(())
+    }
+
+    /// Frees a snapshot's name (a deletion in progress keeps the record).
+    pub fn release_snapshot_name(&self, s: &SnapshotRecord) -> Result<()> {
+        self.tx.open_table(SNAP_NAMES)?.remove((s.scope, s.name.as_str()))?;
+        self.note(journal::table::SNAP_NAMES, &journal::snap_name_key(s.scope, &s.name), None);
+        Ok(())
+    }
+
+    /// Writes a clone space record.
+    pub fn put_space(&self, id: u32, s: &SpaceRecord) -> Result<()> {
+        let v = s.encode();
+        self.tx.open_table(SPACES)?.insert(id, v.as_slice())?;
+        self.note(journal::table::SPACES, &id.to_le_bytes(), Some(&v));
+        Ok(())
+    }
+
+    /// Removes a clone space record.
+    pub fn del_space(&self, id: u32) -> Result<()> {
+        self.tx.open_table(SPACES)?.remove(id)?;
+        self.note(journal::table::SPACES, &id.to_le_bytes(), None);
+        Ok(())
+    }
+
+    /// Writes a reclaim job.
+    pub fn put_reclaim_job(&self, id: u64, job: &[u8]) -> Result<()> {
+        self.tx.open_table(RECLAIM)?.insert(id, job)?;
+        self.note(journal::table::RECLAIM, &id.to_le_bytes(), Some(job));
+        Ok(())
+    }
+
+    /// Removes a reclaim job.
+    pub fn del_reclaim_job(&self, id: u64) -> Result<()> {
+        self.tx.open_table(RECLAIM)?.remove(id)?;
+        self.note(journal::table::RECLAIM, &id.to_le_bytes(), None);
+        Ok(())
+    }
+
+    /// Drops a history row no snapshot needs any more (with its dead-list
+    /// and births entries); returns it, so the caller releases what it
+    /// referred to.
+    pub fn drop_history(&self, scope: Scope, d: &DeadRow) -> Result<Option<Row>> {
+        let mut t = Tables::open(&self.tx)?;
+        let old = t.history.remove((d.kind as u8, d.key.as_slice(), d.died))?.map(|v| v.value().to_vec());
+        t.dead.remove((scope.0, d.died, d.kind as u8, d.key.as_slice()))?;
+        let row = old.map(|v| versions::decode_row(&v)).transpose()?;
+        if d.kind == Kind::Block
+            && let (Some(ino), Some(blk)) = (keys::key_ino(&d.key), key_second(&d.key))
+        {
+            t.births.remove((ino, d.born, blk))?;
+            self.note(journal::table::BIRTHS, &journal::births_key(ino, d.born, blk), None);
+        }
+        drop(t);
+        self.note(journal::table::HISTORY, &journal::history_key(d.kind, &d.key, d.died), None);
+        self.note(journal::table::DEAD, &journal::dead_key(scope, d.died, d.kind, &d.key), None);
+        Ok(row)
+    }
+
+    /// Drops a row version outright, whatever snapshots see (reclaiming a
+    /// deleted clone space's own rows, migration).
+    pub fn drop_live_row(&self, kind: Kind, key: &[u8]) -> Result<Option<Row>> {
+        let mut t = Tables::open(&self.tx)?;
+        let old = t.rows.remove((kind as u8, key))?.map(|v| v.value().to_vec());
+        let row = old.map(|v| versions::decode_row(&v)).transpose()?;
+        if let Some(r) = &row
+            && kind == Kind::Block
+            && let (Some(ino), Some(blk)) = (keys::key_ino(key), key_second(key))
+        {
+            t.births.remove((ino, r.born, blk))?;
+            self.note(journal::table::BIRTHS, &journal::births_key(ino, r.born, blk), None);
+        }
+        drop(t);
+        self.note(journal::table::ROWS, &journal::row_key(kind, key), None);
+        Ok(row)
+    }
+
+    /// Changes the registry from inside the transaction (replay, deletions).
+    pub fn update_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut g = self.registry.write();
+        let mut next = (**g).clone();
+        let r = f(&mut next);
+        *g = Arc::new(next);
+        r
+    }
+
+    /// Writes an inode as it was at epoch `born` (a snapshot's attributes).
+    pub fn put_inode_born(&self, ino: Ino, inode: &Inode, born: u64) -> Result<()> {
+        let had = self.own_inode(ino)?;
+        self.vwrite(Kind::Inode, ino, &ino_key(ino), Some(&inode.encode()), born, Some(inode.fs_id))?;
+        if !had {
+            self.add_counter(counter::INODES, 1)?;
         }
         Ok(())
+    }
+
+    /// Sets the current epoch (a snapshot's creation moved it on).
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        self.set_counter(counter::EPOCH, epoch)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dirent(ino: Ino, cookie: u64) -> DirEnt {
-        DirEnt { ino, kind: FileKind::File, cookie }
-    }
-
-    #[test]
-    fn init_counters_and_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("meta.redb");
-        {
-            let m = MetaStore::open(&path).expect("open");
-            let r = m.read().expect("read");
-            assert_eq!(r.counter(counter::SCHEMA_VERSION).expect("c"), SCHEMA_VERSION);
-            assert_eq!(r.counter(counter::NEXT_INO).expect("c"), FIRST_INO);
-            let w = m.write().expect("write");
-            assert_eq!(w.next(counter::NEXT_INO).expect("next"), FIRST_INO);
-            w.commit_durable().expect("commit");
-        }
-        let m = MetaStore::open(&path).expect("reopen");
-        assert_eq!(m.read().expect("r").counter(counter::NEXT_INO).expect("c"), FIRST_INO + 1);
-    }
-
-    #[test]
-    fn directory_listing_by_cookie() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = MetaStore::open(&dir.path().join("m")).expect("open");
-        let w = m.write().expect("w");
-        for i in 0..100u64 {
-            w.put_dirent(7, format!("f{i}").as_bytes(), dirent(100 + i, 16 + i)).expect("put");
-        }
-        w.put_dirent(8, b"other", dirent(1, 500)).expect("put");
-        w.del_dirent(7, b"f3").expect("del");
-        w.commit().expect("commit");
-        let r = m.read().expect("r");
-        let mut seen = Vec::new();
-        let mut cookie = 0;
-        loop {
-            let page = r.list_dir(7, cookie, 7).expect("list");
-            if page.is_empty() {
-                break;
-            }
-            cookie = page.last().expect("last").1.cookie;
-            seen.extend(page.into_iter().map(|(n, _)| n));
-        }
-        assert_eq!(seen.len(), 99);
-        assert!(!seen.contains(&b"f3".to_vec()));
-        assert!(!r.dir_is_empty(7).expect("e"));
-        assert!(r.dir_is_empty(9).expect("e"));
-        assert_eq!(r.dirent(7, b"f5").expect("get").map(|d| d.ino), Some(105));
-    }
-
-    #[test]
-    fn xattrs_are_per_inode() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = MetaStore::open(&dir.path().join("m")).expect("open");
-        let w = m.write().expect("w");
-        w.put_xattr(5, b"user.a", b"1").expect("x");
-        w.put_xattr(5, b"user.b", b"2").expect("x");
-        w.put_xattr(6, b"user.c", b"3").expect("x");
-        assert_eq!(w.xattr_names(5).expect("names").len(), 2);
-        w.del_all_xattrs(5).expect("del");
-        assert!(w.xattr_names(5).expect("names").is_empty());
-        assert_eq!(w.xattr(6, b"user.c").expect("get"), Some(b"3".to_vec()));
-        w.commit().expect("commit");
-    }
-}
+mod tests;

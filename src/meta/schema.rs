@@ -10,8 +10,21 @@ use crate::chunk::ChunkId;
 /// never reused, so (inode, generation) can never alias an older file.
 pub type Ino = u64;
 
-/// Version of the on-disk schema this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version of the on-disk schema this build reads and writes. Version 1
+/// stores are migrated in place on first open (`meta::migrate`).
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Layout version byte that starts every record of a non-versioned table
+/// (chunks, packs, file systems, snapshots, spaces) from schema 2 on.
+pub const RECORD_V2: u8 = 2;
+
+fn check_v2(d: &mut Dec<'_>, what: &str) -> Result<(), DecodeError> {
+    let v = d.u8()?;
+    if v != RECORD_V2 {
+        return Err(DecodeError(format!("{what} layout version {v} unknown")));
+    }
+    Ok(())
+}
 
 /// Longest file name, as Linux's NAME_MAX.
 pub const NAME_MAX: usize = 255;
@@ -316,9 +329,10 @@ pub struct ChunkEntry {
 }
 
 impl ChunkEntry {
-    /// Encodes the record.
+    /// Encodes the record (layout 2: a version byte, then layout 1).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(33);
+        let mut e = Enc::with_capacity(34);
+        e.u8(RECORD_V2);
         e.u64(self.pack).u64(self.offset).u32(self.stored_len).u32(self.raw_len).u8(self.flags).u64(self.refs);
         e.finish()
     }
@@ -326,6 +340,16 @@ impl ChunkEntry {
     /// Decodes [`ChunkEntry::encode`].
     pub fn decode(buf: &[u8]) -> Result<ChunkEntry, DecodeError> {
         let mut d = Dec::new(buf, "chunk");
+        check_v2(&mut d, "chunk")?;
+        Self::decode_fields(d)
+    }
+
+    /// Decodes a schema-1 record (no version byte).
+    pub fn decode_v1(buf: &[u8]) -> Result<ChunkEntry, DecodeError> {
+        Self::decode_fields(Dec::new(buf, "chunk"))
+    }
+
+    fn decode_fields(mut d: Dec<'_>) -> Result<ChunkEntry, DecodeError> {
         let c = ChunkEntry {
             pack: d.u64()?,
             offset: d.u64()?,
@@ -365,9 +389,10 @@ impl PackEntry {
         self.size.saturating_sub(28 + self.chunks as u64 * 90)
     }
 
-    /// Encodes the record.
+    /// Encodes the record (layout 2: a version byte, then layout 1).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(41);
+        let mut e = Enc::with_capacity(42);
+        e.u8(RECORD_V2);
         e.u64(self.size)
             .u64(self.live_bytes)
             .u32(self.chunks)
@@ -381,6 +406,16 @@ impl PackEntry {
     /// Decodes [`PackEntry::encode`].
     pub fn decode(buf: &[u8]) -> Result<PackEntry, DecodeError> {
         let mut d = Dec::new(buf, "pack");
+        check_v2(&mut d, "pack")?;
+        Self::decode_fields(d)
+    }
+
+    /// Decodes a schema-1 record (no version byte).
+    pub fn decode_v1(buf: &[u8]) -> Result<PackEntry, DecodeError> {
+        Self::decode_fields(Dec::new(buf, "pack"))
+    }
+
+    fn decode_fields(mut d: Dec<'_>) -> Result<PackEntry, DecodeError> {
         let p = PackEntry {
             size: d.u64()?,
             live_bytes: d.u64()?,
@@ -412,9 +447,10 @@ pub struct FsRecord {
 }
 
 impl FsRecord {
-    /// Encodes the record.
+    /// Encodes the record (layout 2: a version byte, then layout 1).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(32);
+        let mut e = Enc::with_capacity(33);
+        e.u8(RECORD_V2);
         e.u32(self.id).u64(self.root);
         self.created.encode(&mut e);
         e.u32(self.block_size).u32(self.flags);
@@ -424,6 +460,16 @@ impl FsRecord {
     /// Decodes [`FsRecord::encode`].
     pub fn decode(buf: &[u8]) -> Result<FsRecord, DecodeError> {
         let mut d = Dec::new(buf, "filesystem");
+        check_v2(&mut d, "filesystem")?;
+        Self::decode_fields(d)
+    }
+
+    /// Decodes a schema-1 record (no version byte).
+    pub fn decode_v1(buf: &[u8]) -> Result<FsRecord, DecodeError> {
+        Self::decode_fields(Dec::new(buf, "filesystem"))
+    }
+
+    fn decode_fields(mut d: Dec<'_>) -> Result<FsRecord, DecodeError> {
         let r = FsRecord {
             id: d.u32()?,
             root: d.u64()?,
@@ -433,6 +479,131 @@ impl FsRecord {
         };
         d.end()?;
         Ok(r)
+    }
+}
+
+/// A snapshot of a file system or a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Id (part of NFS handles of its files; never reused).
+    pub id: u64,
+    /// What it covers (`keys::Scope`).
+    pub scope: u64,
+    /// Its epoch: it sees every row version born at or before it.
+    pub epoch: u64,
+    /// The last WAL record it contains.
+    pub lsn: u64,
+    /// When it was taken.
+    pub created: Timestamp,
+    /// 0: whole; 1: being deleted (its versions are being reclaimed).
+    pub state: u8,
+    /// Identity across daemons (export/import keeps it).
+    pub uuid: [u8; 16],
+    /// Its name, unique within its source.
+    pub name: String,
+    /// The name of the file system or volume it was taken of.
+    pub source: String,
+    /// Volume size at creation (0 for a file system).
+    pub size: u64,
+    /// Clones made from it (it cannot be deleted while any exists).
+    pub clones: u32,
+    /// The volume's inode, or the file system's root directory.
+    pub root: Ino,
+}
+
+/// [`SnapshotRecord::state`] of a snapshot being deleted.
+pub const SNAPSHOT_DELETING: u8 = 1;
+
+impl SnapshotRecord {
+    /// Encodes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(96 + self.name.len() + self.source.len());
+        e.u8(RECORD_V2).u64(self.id).u64(self.scope).u64(self.epoch).u64(self.lsn);
+        self.created.encode(&mut e);
+        e.u8(self.state).raw(&self.uuid);
+        e.bytes(self.name.as_bytes()).bytes(self.source.as_bytes());
+        e.u64(self.size).u32(self.clones).u64(self.root);
+        e.finish()
+    }
+
+    /// Decodes [`SnapshotRecord::encode`].
+    pub fn decode(buf: &[u8]) -> Result<SnapshotRecord, DecodeError> {
+        let mut d = Dec::new(buf, "snapshot");
+        check_v2(&mut d, "snapshot")?;
+        let id = d.u64()?;
+        let scope = d.u64()?;
+        let epoch = d.u64()?;
+        let lsn = d.u64()?;
+        let created = Timestamp::decode(&mut d)?;
+        let state = d.u8()?;
+        let uuid = d.array()?;
+        let text = |d: &mut Dec<'_>| -> Result<String, DecodeError> {
+            String::from_utf8(d.bytes(255)?.to_vec()).map_err(|_| DecodeError("snapshot name is not UTF-8".into()))
+        };
+        let name = text(&mut d)?;
+        let source = text(&mut d)?;
+        let r = SnapshotRecord {
+            id,
+            scope,
+            epoch,
+            lsn,
+            created,
+            state,
+            uuid,
+            name,
+            source,
+            size: d.u64()?,
+            clones: d.u32()?,
+            root: d.u64()?,
+        };
+        d.end()?;
+        Ok(r)
+    }
+}
+
+/// An inode space of a clone: its inodes inherit, by local number, every
+/// row its origin had at the origin snapshot's epoch until they change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceRecord {
+    /// Space the origin's inodes live in.
+    pub origin_space: u32,
+    /// Epoch of the origin snapshot.
+    pub origin_epoch: u64,
+    /// The origin snapshot's id.
+    pub origin_snapshot: u64,
+    /// Local inode numbers from here on were created in the clone (inherit nothing).
+    pub native_from: u64,
+    /// The clone's own scope (`keys::Scope`).
+    pub scope: u64,
+}
+
+impl SpaceRecord {
+    /// Encodes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(37);
+        e.u8(RECORD_V2).u32(self.origin_space).u64(self.origin_epoch).u64(self.origin_snapshot);
+        e.u64(self.native_from).u64(self.scope);
+        e.finish()
+    }
+
+    /// Decodes [`SpaceRecord::encode`].
+    pub fn decode(buf: &[u8]) -> Result<SpaceRecord, DecodeError> {
+        let mut d = Dec::new(buf, "space");
+        check_v2(&mut d, "space")?;
+        let r = SpaceRecord {
+            origin_space: d.u32()?,
+            origin_epoch: d.u64()?,
+            origin_snapshot: d.u64()?,
+            native_from: d.u64()?,
+            scope: d.u64()?,
+        };
+        d.end()?;
+        Ok(r)
+    }
+
+    /// Whether inode `local` of this space inherits from the origin.
+    pub fn inherits(&self, local: u64) -> bool {
+        local < self.native_from
     }
 }
 
@@ -465,11 +636,13 @@ mod tests {
         assert_eq!(inode().encode().len(), 106);
         assert_eq!(DirEnt { ino: 1, kind: FileKind::File, cookie: 2 }.encode().len(), 17);
         let c = ChunkEntry { pack: 0, offset: 0, stored_len: 0, raw_len: 0, flags: 0, refs: 0 };
-        assert_eq!(c.encode().len(), 33);
+        assert_eq!(c.encode().len(), 34);
         let p = PackEntry { size: 0, live_bytes: 0, chunks: 0, live_chunks: 0, class: 0, created: 0, last_read: 0 };
-        assert_eq!(p.encode().len(), 41);
+        assert_eq!(p.encode().len(), 42);
         let f = FsRecord { id: 0, root: 0, created: Timestamp::default(), block_size: 4096, flags: 0 };
-        assert_eq!(f.encode().len(), 32);
+        assert_eq!(f.encode().len(), 33);
+        let sp = SpaceRecord { origin_space: 0, origin_epoch: 1, origin_snapshot: 2, native_from: 3, scope: 4 };
+        assert_eq!(sp.encode().len(), 37);
     }
 
     #[test]
@@ -485,7 +658,25 @@ mod tests {
         let p = PackEntry { size: 1, live_bytes: 2, chunks: 3, live_chunks: 4, class: 1, created: 6, last_read: 7 };
         assert_eq!(PackEntry::decode(&p.encode()), Ok(p));
         let f = FsRecord { id: 1, root: 2, created: Timestamp { secs: 3, nanos: 4 }, block_size: 4096, flags: 0 };
-        assert_eq!(FsRecord::decode(&f.encode()), Ok(f));
+        assert_eq!(FsRecord::decode(&f.encode()), Ok(f.clone()));
+        assert_eq!(FsRecord::decode_v1(&f.encode()[1..]), Ok(f));
+        let sn = SnapshotRecord {
+            id: 3,
+            scope: 1 << 63 | 9,
+            epoch: 4,
+            lsn: 5,
+            created: Timestamp { secs: 6, nanos: 7 },
+            state: 0,
+            uuid: [8; 16],
+            name: "nightly".into(),
+            source: "vol1".into(),
+            size: 1 << 30,
+            clones: 2,
+            root: 9,
+        };
+        assert_eq!(SnapshotRecord::decode(&sn.encode()), Ok(sn));
+        let sp = SpaceRecord { origin_space: 1, origin_epoch: 2, origin_snapshot: 3, native_from: 4, scope: 5 };
+        assert_eq!(SpaceRecord::decode(&sp.encode()), Ok(sp));
     }
 
     #[test]

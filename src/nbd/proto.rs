@@ -152,6 +152,10 @@ pub const BASE_ALLOCATION_ID: u32 = 1;
 
 /// Longest option payload read; longer ones are refused with ERR_TOO_BIG.
 pub const MAX_OPTION: u32 = 64 * 1024;
+/// base:allocation: the extent is a hole (unallocated).
+pub const STATE_HOLE: u32 = 1;
+/// base:allocation: the extent reads as zeros.
+pub const STATE_ZERO: u32 = 2;
 /// Longest READ or WRITE payload.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 /// Longest string (export and context names).

@@ -445,11 +445,14 @@ fn execute(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> 
             r.extend_from_slice(&data);
             r
         }
-        Ok(Done::Extent(len, flags)) => {
-            let mut r = p::chunk_header(req.cookie, p::REPLY_FLAG_DONE, p::REPLY_TYPE_BLOCK_STATUS, 12).to_vec();
+        Ok(Done::Extents(extents)) => {
+            let len = 4 + 8 * extents.len() as u32;
+            let mut r = p::chunk_header(req.cookie, p::REPLY_FLAG_DONE, p::REPLY_TYPE_BLOCK_STATUS, len).to_vec();
             r.extend_from_slice(&p::BASE_ALLOCATION_ID.to_be_bytes());
-            r.extend_from_slice(&len.to_be_bytes());
-            r.extend_from_slice(&flags.to_be_bytes());
+            for (len, flags) in extents {
+                r.extend_from_slice(&len.to_be_bytes());
+                r.extend_from_slice(&flags.to_be_bytes());
+            }
             r
         }
         Err((code, why)) => {
@@ -465,11 +468,44 @@ fn execute(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> 
     }
 }
 
+/// Extents answering BLOCK_STATUS: data, and holes (which read as zeros),
+/// from `offset` on, at most [`MAX_EXTENTS`] of them (a client asks again
+/// for the rest).
+fn allocation(vfs: &crate::vfs::Vfs, ino: u64, offset: u64, length: u32) -> Result<Vec<(u32, u32)>, VfsError> {
+    use crate::data::usage::Seek;
+    let end = offset + u64::from(length);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end && out.len() < MAX_EXTENTS {
+        let data = match vfs.seek(ino, pos, Seek::Data) {
+            Ok(d) => d.min(end),
+            Err(VfsError::NoData) => end,
+            Err(e) => return Err(e),
+        };
+        if data > pos {
+            out.push(((data - pos) as u32, p::STATE_HOLE | p::STATE_ZERO));
+            pos = data;
+            continue;
+        }
+        let hole = match vfs.seek(ino, pos, Seek::Hole) {
+            Ok(h) => h.min(end),
+            Err(VfsError::NoData) => end,
+            Err(e) => return Err(e),
+        };
+        out.push(((hole.max(pos + 1) - pos) as u32, 0));
+        pos = hole.max(pos + 1);
+    }
+    Ok(out)
+}
+
+/// Most extents in one BLOCK_STATUS reply.
+const MAX_EXTENTS: usize = 512;
+
 enum Done {
     Ack,
     Data(Vec<u8>),
-    /// One base:allocation extent: length, flags.
-    Extent(u32, u32),
+    /// base:allocation extents from the request's offset: (length, flags).
+    Extents(Vec<(u32, u32)>),
 }
 
 fn run(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Result<Done, (u32, String)> {
@@ -531,8 +567,7 @@ fn run(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Resu
             if req.length == 0 {
                 return Err((p::EINVAL, "zero-length block status".into()));
             }
-            // Conservative: the whole range reported as allocated data.
-            Ok(Done::Extent(req.length, 0))
+            Ok(Done::Extents(allocation(vfs, e.ino, req.offset, req.length).map_err(fail)?))
         }
         other => Err((p::EINVAL, format!("unknown command {other}"))),
     }

@@ -11,8 +11,10 @@ use super::proto::{
 };
 use super::rpc::{AcceptStat, Auth, AuthStat, Call};
 use super::xdr::Writer;
+use crate::data::View;
 use crate::meta::{FileKind, Ino, Timestamp};
 use crate::vfs::{Attr, Creds, FsInfo, NewNode, RenameFlags, SetAttr, TimeSet, VfsError, perm};
+use crate::vfs::{SNAPSHOTS_DIR, Vfs};
 
 /// Largest READ and WRITE (rtmax, wtmax).
 pub const IO_MAX: u32 = 1 << 20;
@@ -34,7 +36,7 @@ pub fn nfsstat(e: &VfsError) -> Nfsstat {
         VfsError::NotEmpty => Nfsstat::Notempty,
         VfsError::Access => Nfsstat::Acces,
         VfsError::Perm => Nfsstat::Perm,
-        VfsError::Invalid(_) => Nfsstat::Inval,
+        VfsError::Invalid(_) | VfsError::Malformed(_) => Nfsstat::Inval,
         VfsError::NameTooLong => Nfsstat::Nametoolong,
         VfsError::NoSpace => Nfsstat::Nospc,
         VfsError::TooBig => Nfsstat::Fbig,
@@ -63,12 +65,22 @@ fn fail(op: &'static str, e: &VfsError) -> Nfsstat {
     nfsstat(e)
 }
 
-/// A resolved handle: the object and the export it belongs to.
+/// Inode number in the handle of a file system's `.snapshots` directory.
+const SNAPDIR_INO: Ino = u64::MAX;
+
+/// A resolved handle: the object, the export it belongs to, and which
+/// state of it (live, or a snapshot's: read-only).
 struct Obj {
     attr: Attr,
     fs_id: u32,
     read_only: bool,
     creds: Creds,
+    /// How the object is read.
+    view: View,
+    /// Its snapshot (0: live).
+    snap: u64,
+    /// The file system's root directory.
+    root: Ino,
 }
 
 impl Obj {
@@ -76,8 +88,18 @@ impl Obj {
         self.fs_id as u64
     }
 
+    /// The handle of `a`, in the same state (live or snapshot) as `self`.
     fn handle_of(&self, a: &Attr) -> [u8; super::handle::HANDLE_LEN] {
-        Handle { fs_id: self.fs_id, ino: a.ino, generation: a.inode.generation, snapshot: 0 }.encode()
+        Handle { fs_id: self.fs_id, ino: a.ino, generation: a.inode.generation, snapshot: self.snap }.encode()
+    }
+
+    fn is_snapdir(&self) -> bool {
+        self.attr.ino == SNAPDIR_INO
+    }
+
+    /// An object of the same export in another state.
+    fn other(&self, attr: Attr, view: View, snap: u64) -> Obj {
+        Obj { attr, fs_id: self.fs_id, read_only: true, creds: self.creds.clone(), view, snap, root: self.root }
     }
 }
 
@@ -145,24 +167,49 @@ impl Server {
 
     fn resolve(&self, peer: IpAddr, auth: &Auth, fh: &[u8]) -> Result<Obj, Nfsstat> {
         let h = Handle::decode(fh).ok_or(Nfsstat::Badhandle)?;
-        if h.snapshot != 0 {
-            return Err(Nfsstat::Stale);
-        }
         let fs = self.fs_by_id(h.fs_id).ok_or(Nfsstat::Stale)?;
         let opts = self.exports.options(&fs.name);
         if !opts.allows(peer) {
             return Err(Nfsstat::Acces);
         }
         let creds = opts.creds(auth).ok_or(Nfsstat::Acces)?;
-        let attr = match self.vfs.getattr(h.ino) {
-            Ok(a) => a,
-            Err(VfsError::NotFound) => return Err(Nfsstat::Stale),
-            Err(e) => return Err(fail("resolve", &e)),
+        let stale = |e: VfsError| match e {
+            VfsError::NotFound | VfsError::Stale => Nfsstat::Stale,
+            e => fail("resolve", &e),
         };
+        if h.ino == SNAPDIR_INO {
+            let attr = self.snapdir_attr(fs.root).map_err(stale)?;
+            if h.snapshot != 0 || attr.inode.generation != h.generation {
+                return Err(Nfsstat::Stale);
+            }
+            return Ok(Obj { attr, fs_id: h.fs_id, read_only: true, creds, view: View::LIVE, snap: 0, root: fs.root });
+        }
+        let (view, read_only) = if h.snapshot == 0 {
+            (View::LIVE, opts.read_only)
+        } else {
+            let (view, s) = self.vfs.view_of(h.snapshot).map_err(stale)?;
+            if s.scope != crate::meta::Scope::fs(h.fs_id).0 {
+                return Err(Nfsstat::Stale);
+            }
+            (view, true)
+        };
+        let attr = self.vfs.getattr_at(view, h.ino).map_err(stale)?;
         if attr.inode.generation != h.generation || attr.inode.fs_id != h.fs_id {
             return Err(Nfsstat::Stale);
         }
-        Ok(Obj { attr, fs_id: h.fs_id, read_only: opts.read_only, creds })
+        Ok(Obj { attr, fs_id: h.fs_id, read_only, creds, view, snap: h.snapshot, root: fs.root })
+    }
+
+    /// The `.snapshots` directory: read-only, with the root's owner and times.
+    fn snapdir_attr(&self, root: Ino) -> Result<Attr, VfsError> {
+        let mut a = self.vfs.getattr(root)?;
+        a.ino = SNAPDIR_INO;
+        a.inode.mode = 0o555;
+        a.inode.nlink = 2;
+        a.inode.size = 0;
+        a.inode.parent = root;
+        a.used = 0;
+        Ok(a)
     }
 
     fn current(&self, ino: Ino) -> Option<Attr> {
@@ -220,7 +267,7 @@ impl Server {
             Args::Lookup { dir, name } => self.lookup(w, r(dir), name),
             Args::Access { fh, access } => self.access(w, r(fh), access),
             Args::Readlink { fh } => match r(fh) {
-                Ok(o) => match self.vfs.readlink(o.attr.ino) {
+                Ok(o) => match self.vfs.readlink_at(o.view, o.attr.ino) {
                     Ok(t) => {
                         status(w, Nfsstat::Ok);
                         put_post_attr(w, Some(&o.attr), o.fsid());
@@ -338,11 +385,27 @@ impl Server {
                 return put_post_attr(w, None, 0);
             }
         };
-        match self.vfs.lookup(&d.creds, d.attr.ino, name) {
-            Ok(a) => {
+        let found = if d.snap == 0 && d.attr.ino == d.root && name == SNAPSHOTS_DIR {
+            self.snapdir_attr(d.root).map(|a| d.other(a, View::LIVE, 0))
+        } else if d.is_snapdir() {
+            match name {
+                b"." => Ok(d.other(d.attr.clone(), View::LIVE, 0)),
+                b".." => self.vfs.getattr(d.root).map(|a| Obj { read_only: false, ..d.other(a, View::LIVE, 0) }),
+                _ => self.vfs.fs_snapshot(d.fs_id, name).and_then(|s| {
+                    let view = Vfs::snapshot_view(&s);
+                    Ok(d.other(self.vfs.getattr_at(view, s.root)?, view, s.id))
+                }),
+            }
+        } else if d.snap != 0 && name == b".." && self.vfs.view_of(d.snap).is_ok_and(|(_, s)| s.root == d.attr.ino) {
+            self.snapdir_attr(d.root).map(|a| d.other(a, View::LIVE, 0))
+        } else {
+            self.vfs.lookup_at(d.view, &d.creds, d.attr.ino, name).map(|a| d.other(a, d.view, d.snap))
+        };
+        match found {
+            Ok(o) => {
                 status(w, Nfsstat::Ok);
-                w.opaque(&d.handle_of(&a));
-                put_post_attr(w, Some(&a), d.fsid());
+                w.opaque(&o.handle_of(&o.attr));
+                put_post_attr(w, Some(&o.attr), d.fsid());
                 put_post_attr(w, Some(&d.attr), d.fsid());
             }
             Err(e) => {
@@ -392,7 +455,7 @@ impl Server {
                 return put_post_attr(w, None, 0);
             }
         };
-        match self.vfs.read(&o.creds, o.attr.ino, offset, count.min(IO_MAX) as usize) {
+        match self.vfs.read_at(o.view, &o.creds, o.attr.ino, offset, count.min(IO_MAX) as usize) {
             Ok(data) => {
                 let eof = offset.saturating_add(data.len() as u64) >= o.attr.inode.size;
                 status(w, Nfsstat::Ok);
@@ -587,28 +650,67 @@ impl Server {
             pending.push((2, b"..".to_vec(), d.attr.inode.parent));
         }
         let mut after = if cookie <= 2 { 0 } else { cookie };
+        // The snapshots in `.snapshots`, at cookies 3, 4, ...
+        let snaps = if d.is_snapdir() {
+            match self.vfs.fs_snapshots(d.fs_id) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    status(w, fail("readdir", &e));
+                    return put_post_attr(w, Some(&d.attr), d.fsid());
+                }
+            }
+        } else {
+            None
+        };
+        // The object an entry names, in its state (for READDIRPLUS).
+        let entry_obj = |c: u64, ino: Ino| -> Option<Obj> {
+            if let Some(v) = &snaps {
+                return match c {
+                    1 => Some(d.other(d.attr.clone(), View::LIVE, 0)),
+                    2 => self.vfs.getattr(d.root).ok().map(|a| d.other(a, View::LIVE, 0)),
+                    _ => v.get((c - 3) as usize).and_then(|s| {
+                        let view = Vfs::snapshot_view(s);
+                        self.vfs.getattr_at(view, s.root).ok().map(|a| d.other(a, view, s.id))
+                    }),
+                };
+            }
+            self.vfs.getattr_at(d.view, ino).ok().map(|a| d.other(a, d.view, d.snap))
+        };
         'fill: loop {
             if pending.is_empty() {
-                match self.vfs.readdir(&d.creds, d.attr.ino, after, 256) {
+                let page = match &snaps {
+                    Some(v) => Ok(v
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (3 + i as u64, s.name.as_bytes().to_vec(), s.root))
+                        .filter(|(c, _, _)| *c > after.max(2))
+                        .collect::<Vec<_>>()),
+                    None => self
+                        .vfs
+                        .readdir_at(d.view, &d.creds, d.attr.ino, after, 256)
+                        .map(|p| p.into_iter().map(|e| (e.cookie, e.name, e.ino)).collect()),
+                };
+                match page {
                     Ok(page) if page.is_empty() => {
                         eof = true;
                         break;
                     }
-                    Ok(page) => pending.extend(page.into_iter().map(|e| (e.cookie, e.name, e.ino))),
+                    Ok(page) => pending.extend(page),
                     Err(e) => {
                         status(w, fail("readdir", &e));
                         return put_post_attr(w, Some(&d.attr), d.fsid());
                     }
                 }
             }
+            let last_snapshot = snaps.as_ref().map(|v| 2 + v.len() as u64);
             for (c, name, ino) in std::mem::take(&mut pending) {
                 let mut e = Writer::with_capacity(64);
                 e.bool(true).u64(ino).opaque(&name).u64(c);
                 let name_cost = 8 + 4 + name.len().div_ceil(4) * 4 + 8;
                 if plus.is_some() {
-                    let a = self.current(ino);
-                    put_post_attr(&mut e, a.as_ref(), d.fsid());
-                    put_post_fh(&mut e, a.as_ref().map(|a| d.handle_of(a)).as_ref().map(|h| &h[..]));
+                    let o = entry_obj(c, ino);
+                    put_post_attr(&mut e, o.as_ref().map(|o| &o.attr), d.fsid());
+                    put_post_fh(&mut e, o.as_ref().map(|o| o.handle_of(&o.attr)).as_ref().map(|h| &h[..]));
                 }
                 let over_names = name_budget.is_some_and(|b| name_used + name_cost > b);
                 if used + e.len() > budget || over_names {
@@ -619,6 +721,14 @@ impl Server {
                 entries.buf.extend_from_slice(&e.buf);
                 count += 1;
                 after = c;
+                if last_snapshot == Some(c) {
+                    eof = true;
+                    break 'fill;
+                }
+            }
+            if snaps.as_ref().is_some_and(|v| v.is_empty()) && after >= 2 {
+                eof = true;
+                break;
             }
         }
         if count == 0 && !eof {

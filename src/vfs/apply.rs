@@ -4,13 +4,15 @@
 //! state.
 
 use super::types::{Result, VfsError};
-use crate::chunk::unref_block;
+use crate::chunk::set_block;
 use crate::data::cells::{Cells, Pending};
 use crate::data::dirty::{Piece, Src};
 use crate::data::record::Record;
 use crate::data::wal::{ReplayItem, Segment};
 use crate::data::{drop_dirty, spans, truncate_dirty, zero_range};
-use crate::meta::{DirEnt, FileKind, FsRecord, Ino, Inode, MetaRead, WriteTx, counter};
+use crate::meta::{
+    DirEnt, FileKind, FsRecord, Ino, Inode, MetaRead, Scope, SnapshotRecord, SpaceRecord, WriteTx, counter, keys,
+};
 use std::sync::Arc;
 
 /// What applying a record changed besides the store.
@@ -45,16 +47,31 @@ fn bump_to(tx: &WriteTx, name: &str, at_least: u64) -> Result<()> {
     Ok(())
 }
 
-/// Deletes an inode with its blocks, xattrs and symlink target.
+/// Deletes an inode with its blocks, xattrs and symlink target. A file
+/// with more block rows than one reclaim step handles (a large volume)
+/// leaves its blocks to a background job: the inode is gone at once, and
+/// its rows are dropped (or kept for snapshots) in bounded steps.
 pub fn purge_inode(tx: &WriteTx, ino: Ino) -> Result<()> {
-    for (blk, b) in tx.blocks(ino, 0..u64::MAX)? {
-        tx.del_block(ino, blk)?;
-        unref_block(tx, &b)?;
+    let at = tx.epoch();
+    let fs = tx.inode(ino)?.map_or(0, |i| i.fs_id);
+    // Own rows only: an inherited block needs no hole once the inode is gone.
+    let blocks = tx.own_blocks(ino, 0, crate::data::reclaim::STEP_ROWS + 1)?;
+    let deferred = blocks.len() > crate::data::reclaim::STEP_ROWS;
+    if !deferred {
+        for blk in blocks {
+            set_block(tx, ino, blk, None, at)?;
+        }
     }
     tx.del_all_xattrs(ino)?;
     tx.del_symlink(ino)?;
     tx.del_orphan(ino)?;
     tx.del_inode(ino)?;
+    if deferred {
+        let job = tx.next(counter::NEXT_JOB)?;
+        tx.put_reclaim_job(job, &crate::data::reclaim::Job::Purge { ino, fs, at, from: 0 }.encode())?;
+        return Ok(());
+    }
+    crate::data::reclaim::inode_gone(tx, ino)?;
     Ok(())
 }
 
@@ -129,7 +146,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
                     parent: *root,
                 },
             )?;
-            bump_to(tx, counter::NEXT_INO, root + 1)?;
+            bump_to(tx, counter::NEXT_INO, keys::local_of(*root) + 1)?;
             bump_to(tx, counter::NEXT_GENERATION, generation + 1)?;
             bump_to(tx, counter::NEXT_FS_ID, *fs_id as u64 + 1)?;
         }
@@ -166,6 +183,9 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
                 out.purged.push(dir);
             }
             tx.del_filesystem(name)?;
+            if keys::space_of(fs.root) != 0 {
+                crate::data::reclaim::release_space(tx, keys::space_of(fs.root))?;
+            }
         }
         Record::Create {
             parent,
@@ -210,7 +230,7 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             }
             new_dirent(tx, *parent, name, *ino, *kind)?;
             touch_dir(tx, *parent, *time, if *kind == FileKind::Dir { 1 } else { 0 })?;
-            bump_to(tx, counter::NEXT_INO, ino + 1)?;
+            bump_to(tx, counter::NEXT_INO, keys::local_of(*ino) + 1)?;
             bump_to(tx, counter::NEXT_GENERATION, generation + 1)?;
         }
         Record::Link { ino, parent, name, time } => {
@@ -283,9 +303,9 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             if let Some(s) = size {
                 if *s < inode.size {
                     let keep = s.div_ceil(inode.block_size as u64);
-                    for (blk, b) in tx.blocks(*ino, keep..u64::MAX)? {
-                        tx.del_block(*ino, blk)?;
-                        unref_block(tx, &b)?;
+                    let at = tx.epoch();
+                    for (blk, _) in tx.blocks(*ino, keep..u64::MAX)? {
+                        set_block(tx, *ino, blk, None, at)?;
                     }
                 }
                 inode.size = *s;
@@ -314,11 +334,125 @@ pub fn apply_meta(pending: &Pending, tx: &WriteTx, rec: &Record) -> Result<Outco
             tx.del_orphan(*ino)?;
             out.purged.push(*ino);
         }
+        Record::SnapshotCreate { .. } => snapshot_taken(pending, tx, rec, pending.snapshot(), &mut out)?,
+        Record::SnapshotDelete { id, job } => {
+            let mut s = tx.snapshot(*id)?.ok_or(VfsError::NotFound)?;
+            if s.state == crate::meta::SNAPSHOT_DELETING {
+                return Ok(out);
+            }
+            s.state = crate::meta::SNAPSHOT_DELETING;
+            tx.put_snapshot(&s)?;
+            tx.release_snapshot_name(&s)?;
+            // From here on no write keeps a version for it.
+            tx.update_registry(|r| r.remove(Scope(s.scope), s.id));
+            let reclaim =
+                crate::data::reclaim::Job::Snapshot { id: s.id, scope: s.scope, epoch: s.epoch, upto: tx.epoch() };
+            tx.put_reclaim_job(*job, &reclaim.encode())?;
+            bump_to(tx, counter::NEXT_JOB, job + 1)?;
+        }
+        Record::Clone { snapshot, space, name, volume, fs_id, native_from, generation, time } => {
+            let mut snap = tx.snapshot(*snapshot)?.ok_or(VfsError::NotFound)?;
+            let new_root = keys::translate(snap.root, *space);
+            let scope = if *volume { Scope::volume(new_root) } else { Scope::fs(*fs_id) };
+            let rec = SpaceRecord {
+                origin_space: keys::space_of(snap.root),
+                origin_epoch: snap.epoch,
+                origin_snapshot: snap.id,
+                native_from: *native_from,
+                scope: scope.0,
+            };
+            tx.put_space(*space, &rec)?;
+            tx.update_registry(|r| r.spaces.insert(*space, rec));
+            bump_to(tx, counter::NEXT_SPACE, u64::from(*space) + 1)?;
+            snap.clones += 1;
+            tx.put_snapshot(&snap)?;
+            let name = std::str::from_utf8(name).map_err(|_| VfsError::Invalid("clone name"))?;
+            // The root (or the volume's file) gets a row of its own: new
+            // identity and times; everything below is inherited.
+            let mut root = tx.inode(new_root)?.ok_or(VfsError::NotFound)?;
+            root.generation = *generation;
+            root.crtime = *time;
+            root.ctime = *time;
+            bump_to(tx, counter::NEXT_GENERATION, generation + 1)?;
+            if *volume {
+                let volumes = tx.filesystem(crate::meta::VOLUMES_FS)?.ok_or(VfsError::NotFound)?;
+                root.parent = 0;
+                tx.put_inode(new_root, &root)?;
+                new_dirent(tx, volumes.root, name.as_bytes(), new_root, FileKind::File)?;
+                touch_dir(tx, volumes.root, *time, 0)?;
+            } else {
+                root.fs_id = *fs_id;
+                root.parent = new_root;
+                tx.put_inode(new_root, &root)?;
+                tx.put_filesystem(
+                    name,
+                    &FsRecord { id: *fs_id, root: new_root, created: *time, block_size: root.block_size, flags: 0 },
+                )?;
+                bump_to(tx, counter::NEXT_FS_ID, *fs_id as u64 + 1)?;
+            }
+            out.touched.push(new_root);
+        }
         Record::Write { .. } | Record::Zero { .. } => {
             return Err(VfsError::Invalid("data records are not namespace changes"));
         }
     }
     Ok(out)
+}
+
+/// Applies a snapshot's creation: its record, the epoch counter (the
+/// registry moved it on when the record was logged), and the attributes
+/// writes had changed in memory for its scope as of its WAL position
+/// (`taken`), written born in its epoch so it sees them.
+pub fn snapshot_taken(
+    pending: &Pending,
+    tx: &WriteTx,
+    rec: &Record,
+    taken: Vec<(Ino, Inode, u64)>,
+    out: &mut Outcome,
+) -> Result<()> {
+    let Record::SnapshotCreate { id, scope, name, source, time, uuid, size } = rec else {
+        return Err(VfsError::Invalid("not a snapshot record"));
+    };
+    let reg = tx.reg();
+    let scope = Scope(*scope);
+    let point =
+        reg.of(scope).iter().find(|p| p.id == *id).copied().ok_or(VfsError::Invalid("snapshot not registered"))?;
+    let root = match scope.volume_ino() {
+        Some(v) => v,
+        None => tx
+            .filesystems()?
+            .into_iter()
+            .find(|(_, f)| Scope::fs(f.id) == scope)
+            .map(|(_, f)| f.root)
+            .ok_or(VfsError::NotFound)?,
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    tx.put_snapshot(&SnapshotRecord {
+        id: *id,
+        scope: scope.0,
+        epoch: point.epoch,
+        lsn: point.lsn,
+        created: *time,
+        state: 0,
+        uuid: *uuid,
+        name: text(name),
+        source: text(source),
+        size: *size,
+        clones: 0,
+        root,
+    })?;
+    tx.set_epoch(reg.epoch)?;
+    bump_to(tx, counter::NEXT_SNAPSHOT, id + 1)?;
+    let mut written = Vec::new();
+    for (ino, inode, lsn) in taken {
+        if reg.scope_of(ino, inode.fs_id) == scope && tx.inode(ino)?.is_some() {
+            tx.put_inode_born(ino, &inode, point.epoch)?;
+            written.push((ino, inode, lsn));
+        }
+    }
+    pending.remove_written(&written);
+    let _ = out;
+    Ok(())
 }
 
 /// A moved inode gets a new ctime; a moved directory a new parent.
@@ -368,7 +502,8 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                     continue;
                 }
                 let pos = item.data_pos + (blk * inode.block_size as u64 + boff as u64 - offset);
-                cd.insert_piece(blk, Piece { off: boff, len: blen, src: Src::Wal { seg: item.seg.clone(), pos }, lsn });
+                let piece = Piece { off: boff, len: blen, src: Src::Wal { seg: item.seg.clone(), pos }, lsn };
+                cd.insert_piece(blk, piece, boundary(tx, *ino, inode.fs_id, lsn));
             }
         }
         Record::Zero { ino, offset, len, time } => {
@@ -381,10 +516,15 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                 pending.set(*ino, inode.clone(), lsn);
             }
             let cell = cells.get(*ino);
-            zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, item.seg, tx)?;
+            let b = boundary(tx, *ino, inode.fs_id, lsn);
+            zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, item.seg, tx, b)?;
         }
         rec => {
             if lsn > applied {
+                if let Record::SnapshotCreate { id, scope, .. } = rec {
+                    // Where the live snapshot registered itself: at its record.
+                    tx.update_registry(|r| r.register(Scope(*scope), *id, lsn));
+                }
                 let out = apply_meta(pending, tx, rec)?;
                 for ino in out.touched.iter().chain(&out.purged) {
                     pending.remove(*ino);
@@ -394,6 +534,15 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
         }
     }
     Ok(())
+}
+
+/// The WAL position of the latest snapshot of the scope of `ino` before `lsn`.
+fn boundary(tx: &WriteTx, ino: Ino, fs_id: u32, lsn: u64) -> Option<u64> {
+    let reg = tx.reg();
+    if !reg.any() {
+        return None;
+    }
+    reg.boundary_below(reg.scope_of(ino, fs_id), lsn)
 }
 
 /// Effects of a namespace record on dirty blocks.
@@ -417,7 +566,8 @@ fn rebuild_cells(
         Record::SetAttr { ino, size: Some(size), .. } => {
             if let Some(inode) = tx.inode(*ino)? {
                 let cell = cells.get(*ino);
-                truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, seg, tx)?;
+                let b = boundary(tx, *ino, inode.fs_id, lsn);
+                truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, seg, tx, b)?;
             }
         }
         _ => {}

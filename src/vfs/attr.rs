@@ -11,7 +11,7 @@ use crate::vfs::types::MAX_FILE_SIZE;
 /// rather than stored unenforced.
 const XATTR_PREFIXES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
 
-fn check_xattr_name(name: &[u8]) -> Result<()> {
+pub(super) fn check_xattr_name(name: &[u8]) -> Result<()> {
     if name.is_empty() {
         return Err(VfsError::Invalid("empty xattr name"));
     }

@@ -57,6 +57,7 @@ impl Vfs {
                 block_size,
             }))
         })?;
+        self.sync()?;
         let f = self.store.meta.read()?.filesystem(name)?.ok_or(VfsError::NotFound)?;
         Ok(FsInfo { name: name.to_string(), id: f.id, root: f.root, block_size: f.block_size, created: f.created.secs })
     }
@@ -95,6 +96,6 @@ impl Vfs {
             }
             Ok(Some(Record::FsDelete { name: name.as_bytes().to_vec() }))
         })?;
-        Ok(())
+        self.sync()
     }
 }

@@ -4,7 +4,6 @@ use super::perm::{self, R, W};
 use super::types::MAX_FILE_SIZE;
 use super::{Attr, Creds, OpenMode, Result, Vfs, VfsError};
 use crate::data::record::{Record, WRITE_MAX};
-use crate::data::zero_range;
 use crate::meta::{FileKind, Ino, Inode, Timestamp};
 
 /// Data operations apply to regular files only.
@@ -130,9 +129,7 @@ impl Vfs {
         after.mtime = now;
         after.ctime = now;
         let rec = Record::Zero { ino, offset: off, len, time: now };
-        let a = self.store.wal.append(&rec, &[], |a| self.store.pending.set(ino, after, a.lsn))?;
-        zero_range(&mut cd, ino, inode.block_size, off, len, a.lsn, &a.seg, &self.store.meta.read()?)?;
-        self.store.clock.touch();
+        self.store.log_zero(&mut cd, ino, after, &rec, off, len)?;
         Ok(())
     }
 }

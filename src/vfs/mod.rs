@@ -15,7 +15,10 @@ mod fs;
 mod io;
 mod namespace;
 pub mod perm;
+pub mod snapshot;
+pub mod transfer;
 pub mod types;
+pub mod view;
 pub mod volume;
 
 use std::path::PathBuf;
@@ -33,7 +36,9 @@ use crate::data::{DataOptions, Store, drop_dirty, truncate_dirty};
 use crate::meta::{Ino, MetaRead, MetaStore, NAME_MAX, WriteTx, counter};
 pub use fs::{FsInfo, check_fs_name};
 pub use namespace::LINK_MAX;
+pub use snapshot::{Extent, SnapshotInfo, Source};
 pub use types::*;
+pub use view::SNAPSHOTS_DIR;
 pub use volume::VolumeInfo;
 
 /// Name of the file system a daemon creates on first start (and the one
@@ -61,7 +66,7 @@ pub struct VfsOptions {
     /// backend's disk); `None` reports a practically unlimited store.
     pub space_probe: Option<PathBuf>,
     /// Ship metadata to the backend (`meta/`), with a full snapshot this often.
-    pub ship_snapshot_interval: Option<std::time::Duration>,
+    pub ship_image_interval: Option<std::time::Duration>,
 }
 
 impl VfsOptions {
@@ -77,7 +82,7 @@ impl VfsOptions {
             data: DataOptions::default(),
             block_size: 1 << 20,
             space_probe: None,
-            ship_snapshot_interval: None,
+            ship_image_interval: None,
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct Vfs {
     space_probe: Option<PathBuf>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
+    reclaimer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -178,6 +184,7 @@ impl Vfs {
             space_probe: opts.space_probe,
             flusher: Mutex::new(None),
             shipper: Mutex::new(None),
+            reclaimer: Mutex::new(None),
         });
         if replayed > 0 {
             tracing::info!(records = replayed, from_lsn = applied + 1, "replayed write-ahead log");
@@ -186,7 +193,7 @@ impl Vfs {
         for ino in vfs.store.meta.read()?.orphans()? {
             vfs.purge_if_unused(ino)?;
         }
-        if let Some(interval) = opts.ship_snapshot_interval {
+        if let Some(interval) = opts.ship_image_interval {
             // The checkpoint below seals the run's first shipment: a snapshot.
             let journal = crate::meta::Journal::new(crate::data::ship::first_seq());
             vfs.store.meta.attach_journal(Arc::new(journal))?;
@@ -197,6 +204,8 @@ impl Vfs {
         if background {
             let h = crate::data::flusher::spawn(vfs.store.clone()).map_err(|e| VfsError::Io(e.into()))?;
             *vfs.flusher.lock() = Some(h);
+            let r = crate::data::reclaim::spawn(vfs.store.clone()).map_err(|e| VfsError::Io(e.into()))?;
+            *vfs.reclaimer.lock() = Some(r);
         }
         Ok(vfs)
     }
@@ -220,6 +229,10 @@ impl Vfs {
                     tracing::warn!(error = %e, "final flush failed; data stays in the WAL");
                 }
             }
+        }
+        if let Some(h) = self.reclaimer.lock().take() {
+            self.store.wake_reclaim();
+            let _ = h.join();
         }
         // The shipper sends what the last checkpoint sealed, then stops (at
         // once if the bucket does not answer: the next start ships a snapshot).
@@ -246,21 +259,49 @@ impl Vfs {
 
     /// Runs a namespace change. `prepare` validates against the open
     /// transaction (with the cells of `lock` held) and returns the record to
-    /// apply, or `None` for a no-op.
+    /// apply, or `None` for a no-op. A change that would drop dirty data a
+    /// snapshot holds (a truncation or deletion right after a snapshot)
+    /// flushes first and prepares again.
     pub(crate) fn change(
         &self,
         lock: &[Ino],
-        prepare: impl FnOnce(&WriteTx, &Locked<'_>) -> Result<Option<Record>>,
+        mut prepare: impl FnMut(&WriteTx, &Locked<'_>) -> Result<Option<Record>>,
     ) -> Result<Option<apply::Outcome>> {
+        loop {
+            match self.change_once(lock, &mut prepare)? {
+                Some(out) => return Ok(out),
+                None => self.store.flush_and_wait()?,
+            }
+        }
+    }
+
+    /// One attempt of [`Vfs::change`]; `None` when a flush must come first.
+    #[allow(clippy::type_complexity)]
+    fn change_once(
+        &self,
+        lock: &[Ino],
+        prepare: &mut dyn FnMut(&WriteTx, &Locked<'_>) -> Result<Option<Record>>,
+    ) -> Result<Option<Option<apply::Outcome>>> {
         self.store.check_poisoned()?;
         let cells = self.store.cells.get_sorted(lock);
         let mut locked = Locked { guards: cells.iter().map(|c| (c.ino, c.lock())).collect() };
         let tx = self.store.meta.write()?;
         let Some(rec) = prepare(&tx, &locked)? else {
-            return Ok(None);
+            return Ok(Some(None));
         };
+        if self.drops_snapshot_data(&tx, &rec, &locked)? {
+            return Ok(None);
+        }
         let out = apply::apply_meta(&self.store.pending, &tx, &rec)?;
-        let appended = self.store.wal.append(&rec, &[], |_| {})?;
+        let appended = match self.store.wal.append(&rec, &[], |_| {}) {
+            Ok(a) => a,
+            Err(e) => {
+                // The change may have touched the registry; it is not made.
+                drop(tx);
+                self.store.meta.reload_registry()?;
+                return Err(e.into());
+            }
+        };
         if let Err(e) = tx.commit() {
             self.store.poison(format!("metadata commit of WAL record {} failed: {e}", appended.lsn));
             return Err(e.into());
@@ -270,6 +311,10 @@ impl Vfs {
         }
         // Truncations and purges change block maps.
         self.store.usage.changed(out.touched.iter().chain(&out.purged).copied());
+        if !out.purged.is_empty() {
+            // A large file's blocks may have been left to the reclaimer.
+            self.store.wake_reclaim();
+        }
         for ino in &out.purged {
             if let Some(cd) = locked.get_mut(*ino) {
                 drop_dirty(cd);
@@ -282,10 +327,44 @@ impl Vfs {
             && let Some(cd) = locked.get_mut(*ino)
             && let Some(inode) = self.store.meta.read()?.inode(*ino)?
         {
-            truncate_dirty(cd, *ino, inode.block_size, *size, appended.lsn, &appended.seg, &self.store.meta.read()?)?;
+            let boundary = self.store.boundary(*ino, inode.fs_id, appended.lsn);
+            let rtx = self.store.meta.read()?;
+            truncate_dirty(cd, *ino, inode.block_size, *size, appended.lsn, &appended.seg, &rtx, boundary)?;
             self.store.clock.touch();
         }
-        Ok(Some(out))
+        Ok(Some(Some(out)))
+    }
+
+    /// Whether applying `rec` would drop dirty data (a shrinking truncation,
+    /// a purge, a file system deletion) that a snapshot of its scope holds.
+    fn drops_snapshot_data(&self, tx: &WriteTx, rec: &Record, locked: &Locked<'_>) -> Result<bool> {
+        let reg = tx.reg();
+        if !reg.any() {
+            return Ok(false);
+        }
+        let mut inos: Vec<Ino> = match rec {
+            Record::Unlink { ino, purge: true, .. } | Record::Purge { ino } => vec![*ino],
+            Record::Rename { replaced: Some((ino, true)), .. } => vec![*ino],
+            Record::SetAttr { ino, size: Some(size), .. } => {
+                let shrinks = self.store.inode_in(tx, *ino)?.is_some_and(|i| *size < i.size);
+                if shrinks { vec![*ino] } else { vec![] }
+            }
+            Record::FsDelete { .. } => self.store.cells.dirty().iter().map(|c| c.ino).collect(),
+            _ => vec![],
+        };
+        inos.retain(|i| !matches!(rec, Record::FsDelete { .. }) || locked.guards.iter().all(|(l, _)| l != i));
+        for ino in inos {
+            let Some(inode) = tx.inode(ino)? else { continue };
+            let Some(last) = reg.of(reg.scope_of(ino, inode.fs_id)).last() else { continue };
+            let holds = match locked.guards.iter().find(|(i, _)| *i == ino) {
+                Some((_, g)) => g.has_upto(last.lsn),
+                None => self.store.cells.peek(ino).is_some_and(|c| c.lock().has_upto(last.lsn)),
+            };
+            if holds {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Copies the state directory to `dest` as a power cut at this moment

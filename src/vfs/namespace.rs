@@ -3,6 +3,7 @@
 use super::perm::{self, W, X};
 use super::{Attr, Creds, DirEntry, NewNode, RenameFlags, Result, Vfs, VfsError, check_name};
 use crate::data::record::Record;
+use crate::meta::keys;
 use crate::meta::{FileKind, Ino, Inode, MetaRead, PATH_MAX, Timestamp, WriteTx, counter};
 
 /// Most links one inode may have (as ext4).
@@ -14,6 +15,12 @@ fn dir_in(tx: &WriteTx, ino: Ino) -> Result<Inode> {
         return Err(VfsError::NotDir);
     }
     Ok(d)
+}
+
+/// `.snapshots` in a file system's root is the snapshots' directory: no
+/// file may take the name.
+fn reserved(dir: &Inode, ino: Ino, name: &[u8]) -> Result<()> {
+    if dir.parent == ino && name == super::SNAPSHOTS_DIR { Err(VfsError::Exists) } else { Ok(()) }
 }
 
 impl Vfs {
@@ -84,6 +91,7 @@ impl Vfs {
         self.change(&[], |tx, _| {
             let p = dir_in(tx, parent)?;
             perm::check(creds, &p, W | X)?;
+            reserved(&p, parent, name)?;
             if let Some(existing) = tx.dirent(parent, name)? {
                 if let Some(v) = &verifier
                     && let Some(i) = tx.inode(existing.ino)?
@@ -98,7 +106,9 @@ impl Vfs {
             if kind == FileKind::Dir && p.nlink >= LINK_MAX {
                 return Err(VfsError::TooManyLinks);
             }
-            let ino = tx.next(counter::NEXT_INO)?;
+            // A new inode lives in its parent's space (a clone's own inodes
+            // are in the clone's space, past every inherited number).
+            let ino = keys::in_space(keys::space_of(parent), tx.next(counter::NEXT_INO)?);
             let generation = tx.next(counter::NEXT_GENERATION)?;
             let sgid_dir = p.mode & libc::S_ISGID != 0;
             let gid = if sgid_dir { p.gid } else { creds.gid };
@@ -156,6 +166,7 @@ impl Vfs {
                 return Err(VfsError::NotFound);
             }
             let p = dir_in(tx, newparent)?;
+            reserved(&p, newparent, newname)?;
             if p.fs_id != src.fs_id {
                 return Err(VfsError::CrossDevice);
             }
@@ -267,6 +278,7 @@ impl Vfs {
             let result = self.change(&lock, |tx, locked| {
                 let sp = dir_in(tx, src_parent)?;
                 let dp = dir_in(tx, dst_parent)?;
+                reserved(&dp, dst_parent, dst_name)?;
                 let src_ent = tx.dirent(src_parent, src_name)?.ok_or(VfsError::NotFound)?;
                 let dst_ent = tx.dirent(dst_parent, dst_name)?;
                 if src_ent.ino != src || dst_ent.map(|e| e.ino) != dst {

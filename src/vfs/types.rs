@@ -254,6 +254,9 @@ pub enum VfsError {
     /// past the end of the file.
     #[error("no data past the offset")]
     NoData,
+    /// EINVAL with a reason built at run time (a damaged stream, a bad record).
+    #[error("invalid input: {0}")]
+    Malformed(String),
     /// A SETATTR guard did not match the current ctime.
     #[error("attributes changed since the client read them")]
     NotSync,

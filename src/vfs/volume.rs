@@ -79,6 +79,7 @@ impl Vfs {
             let _ = self.unlink(&creds, root, name.as_bytes());
             return Err(e);
         }
+        self.sync()?;
         self.volume(name)
     }
 
@@ -117,7 +118,8 @@ impl Vfs {
     /// Deletes a volume and its data.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         let root = self.volumes_root()?;
-        self.unlink(&Creds::root(), root, name.as_bytes())
+        self.unlink(&Creds::root(), root, name.as_bytes())?;
+        self.sync()
     }
 
     /// Grows a volume to `size` bytes (shrinking would destroy data a file
@@ -129,6 +131,7 @@ impl Vfs {
             return Err(VfsError::Invalid("volumes only grow; the new size is smaller than the current one"));
         }
         self.setattr(&Creds::root(), v.ino, &SetAttr { size: Some(size), ..SetAttr::default() })?;
+        self.sync()?;
         self.volume(name)
     }
 }

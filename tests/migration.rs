@@ -1,0 +1,122 @@
+//! A version-1 store, made by the code before the v2 format
+//! (`tests/data/v1-store`, see `scripts/fixtures/make-v1-store.sh`), opens
+//! with this build: migrated in place on first start (one log line), with
+//! the fsynced data that was only in its write-ahead log replayed on top;
+//! every file, link, xattr and the volume read back byte-identical; fsck is
+//! clean; and the next start opens schema 2 without migrating again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), data).expect("write");
+    let out = child.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("hash").to_string()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+fn manifest() -> BTreeMap<String, String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-store/MANIFEST");
+    std::fs::read_to_string(path)
+        .expect("MANIFEST")
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn check_contents(d: &mut Daemon, s: &Scratch, want: &BTreeMap<String, String>) {
+    let (m, p) = (s.path.join("mnt"), s.path.join("p"));
+    d.mount(&m);
+    std::fs::create_dir_all(&p).expect("mkdir");
+    d.cli(&["mount", "--fs", "projects", p.to_str().expect("utf8")]);
+    for (key, hash) in want {
+        let (fs, name) = key.split_once('/').expect("fs/name");
+        if let Some(target) = hash.strip_prefix("-> ") {
+            let got = std::fs::read_link(m.join(name)).expect("readlink");
+            assert_eq!(got, PathBuf::from(target), "{key}");
+            continue;
+        }
+        let data = match fs {
+            "default" => std::fs::read(m.join(name)).unwrap_or_else(|e| panic!("read {key}: {e}")),
+            "projects" => std::fs::read(p.join(name)).unwrap_or_else(|e| panic!("read {key}: {e}")),
+            "volume" => {
+                let port = common::nbd::nbd_port(d);
+                let out =
+                    run(Command::new(require_tool("nbdcopy")).arg(format!("nbd://127.0.0.1:{port}/{name}")).arg("-"));
+                out.stdout
+            }
+            other => panic!("unknown fixture entry {other}"),
+        };
+        assert_eq!(&sha256(&data), hash, "{key} reads back as it was written by the old code");
+    }
+    let x = xattr(&m.join("small.txt"), "user.fixture");
+    assert_eq!(x.as_deref(), Some(&b"v1"[..]), "xattr survives");
+    assert_eq!(std::fs::metadata(m.join("small.txt")).expect("stat").nlink(), 2, "hard link count");
+    assert!(std::fs::metadata(m.join("fifo")).expect("fifo").file_type().is_fifo_like());
+    let mut unflushed = String::new();
+    std::fs::File::open(m.join("unflushed.txt")).and_then(|mut f| f.read_to_string(&mut unflushed)).expect("read");
+    assert_eq!(unflushed, "only in the log\n", "fsynced data that was only in the v1 WAL");
+    d.cli(&["umount", p.to_str().expect("utf8")]);
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+
+impl FifoLike for std::fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        std::os::unix::fs::FileTypeExt::is_fifo(self)
+    }
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = Command::new("python3")
+        .args(["-c", "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))"])
+        .arg(path)
+        .arg(name)
+        .output()
+        .expect("python3");
+    out.status.success().then_some(out.stdout)
+}
+
+#[test]
+fn a_version_1_store_is_migrated_in_place_and_reads_back_byte_identical() {
+    require_root_and_fuse();
+    let s = Scratch::new("migrate");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-store/data");
+    let dir = s.path.join("store");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    copy_tree(&fixture, &dir.join("data"));
+    let want = manifest();
+    assert!(want.len() >= 10, "MANIFEST lists the fixture's files");
+
+    let mut d = Daemon::start(&dir, "");
+    let log = d.log_text();
+    let migrated: Vec<&str> = log.lines().filter(|l| l.contains("from schema 1 to schema 2")).collect();
+    assert_eq!(migrated.len(), 1, "one log line says the store was migrated:\n{log}");
+    assert!(log.contains("replayed write-ahead log"), "the v1 log was replayed after the migration:\n{log}");
+    check_contents(&mut d, &s, &want);
+    d.assert_fsck_clean();
+
+    d.cli(&["flush"]);
+    d.restart();
+    let log = d.log_text();
+    assert_eq!(log.matches("from schema 1 to schema 2").count(), 1, "no second migration:\n{log}");
+    check_contents(&mut d, &s, &want);
+    d.assert_fsck_clean();
+}
