@@ -57,9 +57,9 @@ fn nbd_clients_interoperate() {
     assert!(info["protocol"].as_str().is_some_and(|s| s.contains("newstyle-fixed")), "{info}");
     let list = run(Command::new(require_tool("nbdinfo")).arg("--list").arg(format!("nbd://127.0.0.1:{port}")));
     assert!(list.contains("export=\"vol1\""), "{list}");
-    // base:allocation: the whole volume as data (holes are not reported).
+    // base:allocation: an untouched volume is one hole that reads as zeros.
     let map = run(Command::new(require_tool("nbdinfo")).arg("--map").arg(uri(port, "vol1")));
-    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "268435456", "0", "data"], "{map}");
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "268435456", "3", "hole,zero"], "{map}");
 
     // Patterns written, read back, discarded and zeroed, at both ends.
     let end = (256u64 << 20) - 4096;

@@ -332,13 +332,16 @@ impl Daemon {
         self.detach_mounts();
     }
 
-    /// kill -9, then clear the dead FUSE mounts it leaves behind.
+    /// kill -9. The dead FUSE mounts stay, as after a real crash: a client
+    /// still using one gets ENOTCONN (had they been detached at once, a
+    /// writer would go on writing into the directory below the mountpoint
+    /// and count those writes as the daemon's). `restart` or `stop` clears
+    /// them.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.detach_mounts();
     }
 
     fn detach_mounts(&self) {
