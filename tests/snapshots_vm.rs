@@ -51,7 +51,8 @@ fn nfs_clients_read_snapshots_and_write_clones() {
     let tree = d.view(&mp).join("tree");
     std::fs::create_dir_all(tree.join("docs/deep")).expect("mkdir");
     for i in 0..30u32 {
-        let data: Vec<u8> = (0..(i * 7919 % 200_000)).map(|j| (j.wrapping_mul(31).wrapping_add(i) % 251) as u8).collect();
+        let data: Vec<u8> =
+            (0..(i * 7919 % 200_000)).map(|j| (j.wrapping_mul(31).wrapping_add(i) % 251) as u8).collect();
         std::fs::write(tree.join(format!("docs/f{i}")), data).expect("write");
     }
     std::fs::write(tree.join("docs/deep/notes.txt"), b"version one\n").expect("write");

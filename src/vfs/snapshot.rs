@@ -273,10 +273,10 @@ impl Vfs {
         Ok(())
     }
 
-    fn clone_from(&self, snap: &SnapshotRecord, name: &str, volume: bool) -> Result<()> {
-        // A clone reads its origin's block map at the snapshot: data of the
-        // snapshot still dirty in the write-back cache is flushed first
-        // (what the flush costs is the dirty data, not the source's size).
+    /// Flushes the data of snapshot `snap` still dirty in the write-back
+    /// cache, for what reads its block map directly (a clone, an export).
+    /// What it costs is the dirty data, not the source's size.
+    pub(crate) fn flush_snapshot_data(&self, snap: &SnapshotRecord) -> Result<()> {
         let reg = self.store.meta.registry();
         let dirty_in_it = self.store.cells.dirty().iter().any(|c| {
             self.store.inode(c.ino).ok().flatten().is_some_and(|i| reg.scope_of(c.ino, i.fs_id).0 == snap.scope)
@@ -285,6 +285,12 @@ impl Vfs {
         if dirty_in_it {
             self.store.flush_and_wait()?;
         }
+        Ok(())
+    }
+
+    fn clone_from(&self, snap: &SnapshotRecord, name: &str, volume: bool) -> Result<()> {
+        // A clone reads its origin's block map at the snapshot.
+        self.flush_snapshot_data(snap)?;
         self.change(&[], |tx, _| {
             let s = tx.snapshot(snap.id)?.ok_or(VfsError::NotFound)?;
             if s.state == SNAPSHOT_DELETING {

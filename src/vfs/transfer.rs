@@ -134,6 +134,8 @@ impl Vfs {
             None => None,
         };
         let ino = Scope(snap.scope).volume_ino().ok_or(VfsError::Invalid("not a volume snapshot"))?;
+        // The blocks to send come from the block map at the snapshot.
+        self.flush_snapshot_data(&snap)?;
         let inode = self.store.meta.read()?.inode_at(ino, snap.epoch)?.ok_or(VfsError::NotFound)?;
         let bs = u64::from(inode.block_size);
         let view = Vfs::snapshot_view(&snap);

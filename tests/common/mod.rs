@@ -164,6 +164,7 @@ impl Daemon {
 
     /// As [`Daemon::start`], inside network namespace `ns` (if any).
     pub fn start_in(dir: &Path, extra: &str, ns: Option<&NetNs>) -> Daemon {
+        std::fs::create_dir_all(dir).expect("daemon dir");
         let socket = dir.join("storfs.sock");
         let config = dir.join("storfs.toml");
         // The default NFS and NBD ports may be taken on the machine (a
