@@ -71,7 +71,7 @@ import random, sys
 n, gib, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 r = random.Random(seed)
 for b in r.sample(range(gib * 4096), n):
-    print(f"-c\nwrite -P {b % 250 + 1} {b * 262144} 4k")
+    print(f"-c\nwrite -P {(b + seed * 7) % 250 + 1} {b * 262144} 4k")
 EOP
 }
 
