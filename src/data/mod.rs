@@ -529,25 +529,7 @@ impl Store {
     /// The WAL position of the latest snapshot of the scope of `ino` (in
     /// file system `fs_id`) taken before record `lsn`.
     pub fn boundary(&self, ino: Ino, fs_id: u32, lsn: u64) -> Option<u64> {
-        let reg = self.meta.registry();
-        if !reg.any() {
-            return None;
-        }
-        reg.boundary_below(reg.scope_of(ino, fs_id), lsn)
-    }
-
-    /// Whether dropping the dirty data of `ino` (a truncation, a purge)
-    /// would lose data a snapshot of its scope holds: it is then flushed
-    /// first.
-    pub fn dirty_in_snapshot(&self, ino: Ino) -> Result<bool> {
-        let reg = self.meta.registry();
-        if !reg.any() {
-            return Ok(false);
-        }
-        let Some(cell) = self.cells.peek(ino) else { return Ok(false) };
-        let Some(inode) = self.inode(ino)? else { return Ok(false) };
-        let Some(last) = reg.of(reg.scope_of(ino, inode.fs_id)).last() else { return Ok(false) };
-        Ok(cell.lock().has_upto(last.lsn))
+        self.meta.registry().boundary_of(ino, fs_id, lsn)
     }
 
     /// Whether the WAL is over the dirty limit (writers wait).

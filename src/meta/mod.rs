@@ -437,6 +437,22 @@ pub trait MetaRead {
     fn births(&self, ino: Ino, from: u64, to: u64) -> Result<Vec<u64>>;
     /// Up to `n` history rows of `scope` that died in `(lo, hi]`, after `after`.
     fn dead_rows(&self, scope: Scope, lo: u64, hi: u64, after: Option<&DeadRow>, n: usize) -> Result<Vec<DeadRow>>;
+    /// Visits every history row of `scope` that died in `(lo, hi]`, reading
+    /// the dead list a page at a time.
+    fn each_dead(&self, scope: Scope, lo: u64, hi: u64, f: &mut dyn FnMut(&DeadRow) -> Result<()>) -> Result<()> {
+        const PAGE: usize = 4096;
+        let mut after = None;
+        loop {
+            let rows = self.dead_rows(scope, lo, hi, after.as_ref(), PAGE)?;
+            for d in &rows {
+                f(d)?;
+            }
+            if rows.len() < PAGE {
+                return Ok(());
+            }
+            after = rows.last().cloned();
+        }
+    }
     /// Every reclaim job, by id.
     fn reclaim_jobs(&self) -> Result<Vec<(u64, Vec<u8>)>>;
     /// Every births entry (fsck).

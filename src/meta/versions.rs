@@ -178,6 +178,16 @@ impl Registry {
         self.of(scope).iter().rev().find(|p| p.lsn < lsn).map(|p| p.lsn)
     }
 
+    /// [`Registry::boundary_below`] for the scope of inode `ino` (of file
+    /// system `fs_id`): what a piece of dirty data written at `lsn` must not
+    /// overwrite in place.
+    pub fn boundary_of(&self, ino: Ino, fs_id: u32, lsn: u64) -> Option<u64> {
+        if !self.any() {
+            return None;
+        }
+        self.boundary_below(self.scope_of(ino, fs_id), lsn)
+    }
+
     /// The snapshots around epoch `e` of `scope` (excluding it): the latest
     /// before and the first after.
     pub fn neighbours(&self, scope: Scope, e: u64) -> (Option<SnapPoint>, Option<SnapPoint>) {

@@ -503,7 +503,7 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                 }
                 let pos = item.data_pos + (blk * inode.block_size as u64 + boff as u64 - offset);
                 let piece = Piece { off: boff, len: blen, src: Src::Wal { seg: item.seg.clone(), pos }, lsn };
-                cd.insert_piece(blk, piece, boundary(tx, *ino, inode.fs_id, lsn));
+                cd.insert_piece(blk, piece, tx.reg().boundary_of(*ino, inode.fs_id, lsn));
             }
         }
         Record::Zero { ino, offset, len, time } => {
@@ -516,7 +516,7 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
                 pending.set(*ino, inode.clone(), lsn);
             }
             let cell = cells.get(*ino);
-            let b = boundary(tx, *ino, inode.fs_id, lsn);
+            let b = tx.reg().boundary_of(*ino, inode.fs_id, lsn);
             zero_range(&mut cell.lock(), *ino, inode.block_size, *offset, *len, lsn, item.seg, tx, b)?;
         }
         rec => {
@@ -534,15 +534,6 @@ pub fn replay(pending: &Pending, cells: &Cells, tx: &WriteTx, applied: u64, item
         }
     }
     Ok(())
-}
-
-/// The WAL position of the latest snapshot of the scope of `ino` before `lsn`.
-fn boundary(tx: &WriteTx, ino: Ino, fs_id: u32, lsn: u64) -> Option<u64> {
-    let reg = tx.reg();
-    if !reg.any() {
-        return None;
-    }
-    reg.boundary_below(reg.scope_of(ino, fs_id), lsn)
 }
 
 /// Effects of a namespace record on dirty blocks.
@@ -566,7 +557,7 @@ fn rebuild_cells(
         Record::SetAttr { ino, size: Some(size), .. } => {
             if let Some(inode) = tx.inode(*ino)? {
                 let cell = cells.get(*ino);
-                let b = boundary(tx, *ino, inode.fs_id, lsn);
+                let b = tx.reg().boundary_of(*ino, inode.fs_id, lsn);
                 truncate_dirty(&mut cell.lock(), *ino, inode.block_size, *size, lsn, seg, tx, b)?;
             }
         }

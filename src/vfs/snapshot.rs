@@ -192,23 +192,16 @@ impl Vfs {
         let (prev, next) = reg.neighbours(scope, s.epoch);
         let hi = next.map_or(LIVE, |n| n.epoch);
         let mut total = 0u64;
-        let mut after = None;
-        loop {
-            let rows = rtx.dead_rows(scope, s.epoch, hi, after.as_ref(), 4096)?;
-            for d in &rows {
-                if d.kind == Kind::Block
-                    && prev.is_none_or(|p| d.born > p.epoch)
-                    && let Some(row) = rtx.vget(Kind::Block, &d.key, d.died - 1)?
-                    && !row.tomb
-                {
-                    total += u64::from(BlockRef::decode(&row.body).map_err(crate::meta::MetaError::from)?.len);
-                }
+        rtx.each_dead(scope, s.epoch, hi, &mut |d| {
+            if d.kind == Kind::Block
+                && prev.is_none_or(|p| d.born > p.epoch)
+                && let Some(row) = rtx.vget(Kind::Block, &d.key, d.died - 1)?
+                && !row.tomb
+            {
+                total += u64::from(BlockRef::decode(&row.body)?.len);
             }
-            if rows.len() < 4096 {
-                break;
-            }
-            after = rows.last().cloned();
-        }
+            Ok(())
+        })?;
         Ok(total)
     }
 
@@ -371,22 +364,15 @@ impl Vfs {
         let guard = cell.as_ref().map(|c| c.lock());
         let rtx = self.store.meta.read()?;
         let mut candidates: BTreeSet<u64> = rtx.births(ino, a.epoch, to_epoch)?.into_iter().collect();
-        let mut after = None;
-        loop {
-            let rows = rtx.dead_rows(Scope(a.scope), a.epoch, to_epoch, after.as_ref(), 4096)?;
-            for d in &rows {
-                if d.kind == Kind::Block
-                    && keys::key_ino(&d.key) == Some(ino)
-                    && let Some(blk) = keys::key_second(&d.key)
-                {
-                    candidates.insert(blk);
-                }
+        rtx.each_dead(Scope(a.scope), a.epoch, to_epoch, &mut |d| {
+            if d.kind == Kind::Block
+                && keys::key_ino(&d.key) == Some(ino)
+                && let Some(blk) = keys::key_second(&d.key)
+            {
+                candidates.insert(blk);
             }
-            if rows.len() < 4096 {
-                break;
-            }
-            after = rows.last().cloned();
-        }
+            Ok(())
+        })?;
         // Dirty data written after FROM and by TO (or now) is a change too.
         let to_lsn = b.as_ref().map_or(u64::MAX, |b| b.lsn);
         let mut dirty = BTreeSet::new();
