@@ -708,8 +708,13 @@ pub trait MetaRead {
 
     /// Bytes the block-map entries of `ino` hold (the sum of their lengths).
     fn block_bytes(&self, ino: Ino) -> Result<u64> {
+        self.block_bytes_at(ino, LIVE)
+    }
+
+    /// [`MetaRead::block_bytes`] as seen at epoch `at`.
+    fn block_bytes_at(&self, ino: Ino, at: u64) -> Result<u64> {
         let mut total = 0;
-        self.merged(Kind::Block, ino, LIVE, None, usize::MAX, &mut |_, _, row| {
+        self.merged(Kind::Block, ino, at, None, usize::MAX, &mut |_, _, row| {
             total += u64::from(BlockRef::decode(&row.body)?.len);
             Ok(true)
         })?;

@@ -58,11 +58,7 @@ impl Vfs {
         let rtx = self.store.meta.read()?;
         let inode = rtx.inode_at(ino, view.epoch)?.ok_or(VfsError::Stale)?;
         let used = match inode.kind {
-            FileKind::File => {
-                let flushed: u64 =
-                    rtx.blocks_at(ino, 0..u64::MAX, view.epoch)?.iter().map(|(_, b)| u64::from(b.len)).sum();
-                flushed.min(inode.size)
-            }
+            FileKind::File => rtx.block_bytes_at(ino, view.epoch)?.min(inode.size),
             _ => inode.size,
         };
         Ok(Attr { ino, inode, used })
