@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use storfs::data::cost::CostConfig;
+pub use storfs::data::tier::LifecycleConfig;
 
 /// A byte count written with units ("4GiB", "512MiB", "65536").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -222,11 +224,21 @@ pub struct StorageConfig {
     pub pack_size: Size,
     /// Size of write-ahead log segment files.
     pub wal_segment_size: Size,
+    /// How chunks are compressed before they are packed.
+    pub compression: storfs::chunk::codec::Compression,
+    /// zstd level (-7 to 22; low is fast).
+    pub compression_level: i32,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { block_size: Size(1 << 20), pack_size: Size(32 << 20), wal_segment_size: Size(64 << 20) }
+        StorageConfig {
+            block_size: Size(1 << 20),
+            pack_size: Size(32 << 20),
+            wal_segment_size: Size(64 << 20),
+            compression: storfs::chunk::codec::Compression::Zstd,
+            compression_level: 1,
+        }
     }
 }
 
@@ -513,6 +525,12 @@ pub struct Config {
     /// Bounds on what clients can make the daemon hold.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Tiering between Standard and Infrequent Access.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    /// Prices for `storfs cost`.
+    #[serde(default)]
+    pub cost: CostConfig,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -589,6 +607,8 @@ impl Default for Config {
             nfs: NfsConfig::default(),
             nbd: NbdConfig::default(),
             limits: LimitsConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            cost: CostConfig::default(),
         }
     }
 }
@@ -723,6 +743,41 @@ impl Config {
         {
             return bad("cache.flush_interval", "must be between 10ms and 1h".into());
         }
+        if !(-7..=22).contains(&self.storage.compression_level) {
+            return bad(
+                "storage.compression_level",
+                format!("must be from -7 to 22, got {}", self.storage.compression_level),
+            );
+        }
+        let l = &self.lifecycle;
+        let mut transitions = vec![
+            ("lifecycle.transition_to_ia", l.transition_to_ia),
+            ("lifecycle.snapshot_transition_to_ia", l.snapshot_transition_to_ia),
+        ];
+        for o in l.fs.values().chain(l.volumes.values()) {
+            transitions.extend(o.transition_to_ia.map(|t| ("lifecycle.<name>.transition_to_ia", t)));
+            transitions.extend(o.snapshot_transition_to_ia.map(|t| ("lifecycle.<name>.snapshot_transition_to_ia", t)));
+        }
+        for (key, t) in transitions {
+            if t.0.is_some_and(|d| d < Duration::from_secs(1)) {
+                return bad(key, "must be \"off\" or at least 1s".into());
+            }
+        }
+        let c = &self.cost;
+        for (key, v) in [
+            ("cost.standard_gb_month", Some(c.standard_gb_month)),
+            ("cost.ia_gb_month", Some(c.ia_gb_month)),
+            ("cost.ia_retrieval_gb", c.ia_retrieval_gb),
+            ("cost.put_per_1000", c.put_per_1000),
+            ("cost.get_per_1000", c.get_per_1000),
+            ("cost.ia_put_per_1000", c.ia_put_per_1000),
+            ("cost.ia_get_per_1000", c.ia_get_per_1000),
+        ] {
+            let Some(v) = v else { continue };
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(key, format!("must be a price of 0 or more, got {v}"));
+            }
+        }
         if !(0.0..1.0).contains(&self.gc.repack_threshold) {
             return bad("gc.repack_threshold", format!("must be in [0, 1), got {}", self.gc.repack_threshold));
         }
@@ -805,6 +860,29 @@ dirty_wait_timeout = "0"   # "0": writers wait for space forever
 block_size = "{block}"        # new file systems' block (dedup unit)
 pack_size = "{pack}"        # pack objects' target size
 wal_segment_size = "{seg}"
+compression = "zstd"        # or "lz4", "off"; chunks that do not shrink are stored plain
+compression_level = 1       # zstd level (-7 to 22)
+
+[lifecycle]                 # Standard / Infrequent Access by access age (reads and writes of data)
+transition_to_ia = "30d"    # "off", or any duration
+transition_to_standard = "after_1_access"   # or "never"
+snapshot_transition_to_ia = "1d"   # data only snapshots still use
+interval = "1h"             # tiering pass; "0": only on `storfs tier run`
+ia_min_age = "30d"          # IA packs younger than this are not rewritten unless read again
+# [lifecycle.fs.projects]   # per file system overrides of the three transitions
+# transition_to_ia = "7d"
+# [lifecycle.volumes.vol1]  # per volume overrides
+# transition_to_ia = "off"
+
+[cost]                      # prices for `storfs cost` (USD per GB = 2^30 bytes; defaults: S3 us-east-1)
+standard_gb_month = 0.023   # local backend: what a GB of backend.path costs
+ia_gb_month = 0.0125        # local backend: what a GB of backend.ia_path costs
+# The rest default to S3 us-east-1's with kind = "s3" and to 0 with "local":
+# ia_retrieval_gb = 0.01
+# put_per_1000 = 0.005      # PUT, COPY, POST, LIST
+# get_per_1000 = 0.0004     # GET, HEAD
+# ia_put_per_1000 = 0.01
+# ia_get_per_1000 = 0.001
 
 [gc]
 interval = "{gc}"

@@ -6,6 +6,7 @@
 //! GC, repack and fsck walk these structures but must commit through the
 //! checkpoint protocol, so they live with the flusher in `data`.
 
+pub mod codec;
 pub mod pack;
 
 use std::fmt;
@@ -44,6 +45,11 @@ impl fmt::Debug for ChunkId {
 
 use crate::meta::{BlockRef, Ino, MetaError, MetaRead, WriteTx, counter};
 
+/// Now, in Unix seconds (chunk access times, pack ages).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The one way a block-map entry changes. Writes `new` (`None`: a hole)
 /// as block `blk` of `ino`, born at epoch `born`, and moves the references:
 /// the new chunk (whose index entry must exist) gains one; the old one
@@ -59,6 +65,8 @@ pub fn set_block(tx: &WriteTx, ino: Ino, blk: u64, new: Option<&BlockRef>, born:
             ))
         })?;
         c.refs += 1;
+        // Writing a block is an access of its chunk (a dedup hit too).
+        c.access = c.access.max(unix_now());
         tx.put_chunk(&b.chunk, &c)?;
         tx.add_counter(counter::LOGICAL_BYTES, i64::from(b.len))?;
     }
@@ -87,6 +95,7 @@ pub fn release_chunk(tx: &WriteTx, id: &ChunkId) -> Result<(), MetaError> {
     }
     tx.del_chunk(id)?;
     tx.add_counter(counter::STORED_BYTES, -(c.stored_len as i64))?;
+    tx.add_counter(counter::UNIQUE_BYTES, -(c.raw_len as i64))?;
     if let Some(mut p) = tx.pack(c.pack)? {
         p.live_bytes = p.live_bytes.saturating_sub(c.stored_len as u64);
         p.live_chunks = p.live_chunks.saturating_sub(1);

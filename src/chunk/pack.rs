@@ -105,17 +105,39 @@ impl PackBuilder {
         end + CHUNK_HEADER_LEN
     }
 
-    /// Keeps the first `len` staged bytes as chunk `id`.
+    /// Keeps the first `len` staged bytes as chunk `id`, stored plain.
     pub fn commit_staged(&mut self, id: ChunkId, len: usize) -> PackIndexEntry {
         let start = self.staged_start();
         self.buf.truncate(start + len);
+        self.index_chunk(start, id, super::codec::PLAIN, len, len)
+    }
+
+    /// Keeps chunk `id` (the `raw_len` staged bytes, plain) stored as
+    /// `stored`, encoded as `flags` says, in place of the staged bytes.
+    pub fn commit_staged_encoded(&mut self, id: ChunkId, raw_len: usize, stored: &[u8], flags: u8) -> PackIndexEntry {
+        let start = self.staged_start();
+        self.buf.truncate(start);
+        self.buf.extend_from_slice(stored);
+        self.index_chunk(start, id, flags, raw_len, stored.len())
+    }
+
+    /// Writes the in-line header of the chunk whose data starts at `start`
+    /// and adds it to the index.
+    fn index_chunk(
+        &mut self,
+        start: usize,
+        id: ChunkId,
+        flags: u8,
+        raw_len: usize,
+        stored_len: usize,
+    ) -> PackIndexEntry {
         let header = start - CHUNK_HEADER_LEN;
-        let l = len as u32;
+        let (raw, stored) = (raw_len as u32, stored_len as u32);
         self.buf[header..header + 32].copy_from_slice(&id.0);
-        self.buf[header + 32] = 0;
-        self.buf[header + 33..header + 37].copy_from_slice(&l.to_le_bytes());
-        self.buf[header + 37..header + 41].copy_from_slice(&l.to_le_bytes());
-        let entry = PackIndexEntry { id, offset: start as u64, stored_len: l, raw_len: l, flags: 0 };
+        self.buf[header + 32] = flags;
+        self.buf[header + 33..header + 37].copy_from_slice(&raw.to_le_bytes());
+        self.buf[header + 37..header + 41].copy_from_slice(&stored.to_le_bytes());
+        let entry = PackIndexEntry { id, offset: start as u64, stored_len: stored, raw_len: raw, flags };
         self.index.push(entry);
         entry
     }
@@ -128,15 +150,16 @@ impl PackBuilder {
 
     /// Appends a chunk stored plain; returns its index entry.
     pub fn add(&mut self, id: ChunkId, data: &[u8]) -> PackIndexEntry {
-        let len = data.len() as u32;
-        self.buf.extend_from_slice(&id.0);
-        self.buf.push(0);
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        let entry = PackIndexEntry { id, offset: self.buf.len() as u64, stored_len: len, raw_len: len, flags: 0 };
-        self.buf.extend_from_slice(data);
-        self.index.push(entry);
-        entry
+        self.add_stored(id, data, data.len(), super::codec::PLAIN)
+    }
+
+    /// Appends a chunk as stored elsewhere (`stored`, encoded as `flags`,
+    /// `raw_len` bytes plain): repacking copies chunks without decoding them.
+    pub fn add_stored(&mut self, id: ChunkId, stored: &[u8], raw_len: usize, flags: u8) -> PackIndexEntry {
+        let start = self.buf.len() + CHUNK_HEADER_LEN;
+        self.buf.resize(start, 0);
+        self.buf.extend_from_slice(stored);
+        self.index_chunk(start, id, flags, raw_len, stored.len())
     }
 
     /// Bytes so far (without index and trailer).

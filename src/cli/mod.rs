@@ -54,6 +54,18 @@ pub enum Command {
         #[command(subcommand)]
         cmd: SnapshotCommand,
     },
+    /// Lifecycle tiering between Standard and Infrequent Access.
+    Tier {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: TierCommand,
+    },
+    /// This month's storage bill so far and projected, from the price table.
+    Cost {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount a file system locally (served by the daemon through FUSE).
     Mount {
         /// Directory to mount on.
@@ -92,6 +104,26 @@ pub enum Command {
         /// Read the newest metadata snapshot and the log after it from the bucket.
         #[arg(long, required = true)]
         from_bucket: bool,
+    },
+}
+
+/// Tiering subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TierCommand {
+    /// Run a tiering pass now.
+    Run {
+        /// Only say what would move.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bytes per class per file system and volume, and what the next pass would move.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -244,6 +276,67 @@ pub enum VolumeCommand {
 }
 
 /// Formats a byte count with binary units.
+fn print_tier_status(v: &Value) {
+    let b = |x: &Value| human(x.as_u64().unwrap_or(0));
+    println!(
+        "{:<8} {:<20} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "KIND", "NAME", "STANDARD", "IA", "SNAP-STD", "SNAP-IA", "NEXT→IA", "NEXT→STD"
+    );
+    for s in v["scopes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<20} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+            s["kind"].as_str().unwrap_or(""),
+            s["name"].as_str().unwrap_or(""),
+            b(&s["live"]["standard"]),
+            b(&s["live"]["infrequent"]),
+            b(&s["snapshot_only"]["standard"]),
+            b(&s["snapshot_only"]["infrequent"]),
+            b(&s["next_to_ia"]),
+            b(&s["next_to_standard"])
+        );
+    }
+    println!(
+        "total: {} standard, {} infrequent access; next pass: {} to IA, {} back to standard",
+        b(&v["total"]["standard"]),
+        b(&v["total"]["infrequent"]),
+        b(&v["next_to_ia_bytes"]),
+        b(&v["next_to_standard_bytes"])
+    );
+}
+
+fn print_cost(v: &Value) {
+    let f = |x: &Value| x.as_f64().unwrap_or(0.0);
+    for (label, bill) in [("so far", &v["so_far"]), ("projected", &v["projected"])] {
+        println!(
+            "{} {label:<9} ${:.4}: storage ${:.4} standard ({:.3} GB-months) + ${:.4} IA ({:.3} GB-months), requests ${:.4}, IA retrieval ${:.4}, early deletion ${:.4}",
+            v["month"].as_str().unwrap_or(""),
+            f(&bill["usd_total"]),
+            f(&bill["usd_storage_standard"]),
+            f(&bill["gb_months_standard"]),
+            f(&bill["usd_storage_infrequent"]),
+            f(&bill["gb_months_infrequent"]),
+            f(&bill["usd_requests"]),
+            f(&bill["usd_ia_retrieval"]),
+            f(&bill["usd_early_deletion"])
+        );
+    }
+    println!(
+        "a month of today's data: ${:.4} (all standard and uncompressed: ${:.4}; saving ${:.4})",
+        f(&v["monthly_usd"]),
+        f(&v["all_standard_uncompressed_monthly_usd"]),
+        f(&v["saving_monthly_usd"])
+    );
+    for s in v["scopes"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<7} {:<20} ${:.4}/month (all standard, uncompressed: ${:.4})",
+            s["kind"].as_str().unwrap_or(""),
+            s["name"].as_str().unwrap_or(""),
+            f(&s["monthly_usd"]),
+            f(&s["all_standard_uncompressed_monthly_usd"])
+        );
+    }
+}
+
 fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
@@ -457,6 +550,43 @@ impl Cli {
             },
             Command::Volume { cmd } => self.volume(cmd)?,
             Command::Snapshot { cmd } => self.snapshot(cmd)?,
+            Command::Tier { cmd: TierCommand::Run { dry_run, json } } => {
+                let v = self.call(&Request::TierRun { dry_run: *dry_run })?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                    println!(
+                        "tier{}: {} chunks ({}) to infrequent access, {} chunks ({}) back to standard; {} packs written, {} GETs ({}), {} packs deleted, {:.1}s",
+                        if *dry_run { " (dry run)" } else { "" },
+                        n("to_ia_chunks"),
+                        human(n("to_ia_bytes")),
+                        n("to_standard_chunks"),
+                        human(n("to_standard_bytes")),
+                        n("packs_written"),
+                        n("gets"),
+                        human(n("bytes_read")),
+                        n("packs_deleted"),
+                        v["seconds"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            Command::Tier { cmd: TierCommand::Status { json } } => {
+                let v = self.call(&Request::TierStatus)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_tier_status(&v);
+                }
+            }
+            Command::Cost { json } => {
+                let v = self.call(&Request::Cost)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_cost(&v);
+                }
+            }
             Command::Mount { mountpoint, fs } => {
                 let abs = absolute(mountpoint)?;
                 self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone() })?;
@@ -607,12 +737,17 @@ fn print_status(v: &Value) {
         b(&d["max_dirty"])
     );
     println!(
-        "stored    {} in {} packs ({}); logical {}; dedup ratio {:.2}; {} inodes",
+        "stored    {} in {} packs ({}: {} standard, {} infrequent access); logical {}, after dedup {}, after compression {}; dedup ratio {:.2}, compression ratio {:.2}; {} inodes",
         b(&s["stored_bytes"]),
         s["packs"],
         b(&s["pack_bytes"]),
+        b(&s["standard_bytes"]),
+        b(&s["infrequent_bytes"]),
         b(&s["logical_bytes"]),
+        b(&s["unique_bytes"]),
+        b(&s["stored_bytes"]),
         s["dedup_ratio"].as_f64().unwrap_or(1.0),
+        s["compression_ratio"].as_f64().unwrap_or(1.0),
         s["inodes"]
     );
     println!(

@@ -163,6 +163,16 @@ pub enum Request {
     Gc,
     /// Check consistency and read back every chunk.
     Fsck,
+    /// Run a tiering pass now.
+    TierRun {
+        /// Only say what would move.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Bytes per storage class, and what the next pass would move.
+    TierStatus,
+    /// The month's bill so far and projected.
+    Cost,
 }
 
 /// The daemon's answer.

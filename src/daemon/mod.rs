@@ -44,6 +44,7 @@ pub struct Daemon {
     nfs_conns: Arc<storfs::net::Connections>,
     nbd_conns: Arc<storfs::net::Connections>,
     budget: Arc<storfs::net::Budget>,
+    ledger: storfs::data::cost::Ledger,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -178,6 +179,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         background_flush: true,
         // Set by the store from where the packs really are.
         packs_on_log_disk: false,
+        compression: config.storage.compression,
+        compression_level: config.storage.compression_level,
+        access_grain: storfs::data::tier::access_grain(&config.lifecycle),
+        ia_min_age: config.lifecycle.ia_min_age,
     };
     let vfs = Vfs::open(VfsOptions {
         state_dir: config.data_dir.join("state"),
@@ -273,6 +278,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nbd,
         nbd_addr,
         backend_stats,
+        ledger: Default::default(),
         nfs_conns,
         nbd_conns,
         budget,
@@ -281,6 +287,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
     runtime.spawn(control::serve(listener, handler));
     spawn_gc_timer(&daemon)?;
+    spawn_tiering(&daemon)?;
 
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -361,6 +368,48 @@ fn spawn_gc_timer(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The tiering thread: samples the cost ledger every minute and runs a
+/// tiering pass every `lifecycle.interval` (never when "0").
+fn spawn_tiering(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    let d = daemon.clone();
+    std::thread::Builder::new().name("storfs-tier".into()).spawn(move || {
+        let interval = d.config.lifecycle.interval;
+        let mut last_pass = Instant::now();
+        loop {
+            for _ in 0..60 {
+                std::thread::sleep(Duration::from_secs(1));
+                if d.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                if !interval.is_zero() && last_pass.elapsed() >= interval {
+                    last_pass = Instant::now();
+                    match d.tier(false) {
+                        Ok(r) => tracing::info!(?r, "tiering pass"),
+                        Err(e) => tracing::warn!(error = %e, "tiering pass failed"),
+                    }
+                }
+            }
+            if let Err(e) = d.ledger.sample(d.vfs.store(), &d.backend_stats) {
+                tracing::warn!(error = %e, "cost ledger sample failed");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+impl Daemon {
+    fn policies(&self) -> Result<storfs::data::tier::Policies, String> {
+        let rtx = self.vfs.store().meta.read().map_err(|e| e.to_string())?;
+        storfs::data::tier::Policies::resolve(&rtx, &self.config.lifecycle).map_err(|e| e.to_string())
+    }
+
+    fn tier(&self, dry_run: bool) -> Result<storfs::data::tier::TierReport, String> {
+        let policies = self.policies()?;
+        self.vfs.flush().map_err(|e| format!("flush before tiering failed: {e}"))?;
+        self.vfs.store().tier(&policies, dry_run).map_err(|e| format!("tiering failed: {e}"))
+    }
 }
 
 fn vfs_err(what: &str, e: VfsError) -> String {
@@ -543,6 +592,21 @@ impl Daemon {
             Request::Gc => {
                 self.vfs.flush().map_err(|e| format!("flush before gc failed: {e}"))?;
                 json(self.vfs.store().gc().map_err(|e| format!("gc failed: {e}"))?)
+            }
+            Request::TierRun { dry_run } => json(self.tier(dry_run)?),
+            Request::TierStatus => {
+                let policies = self.policies()?;
+                json(self.vfs.store().tier_status(&policies).map_err(|e| format!("tier status failed: {e}"))?)
+            }
+            Request::Cost => {
+                let policies = self.policies()?;
+                let prices = self.config.cost.prices(self.config.backend.kind == BackendKind::S3);
+                let store = self.vfs.store();
+                json(
+                    store
+                        .cost(&self.ledger, &self.backend_stats, &prices, &policies)
+                        .map_err(|e| format!("cost failed: {e}"))?,
+                )
             }
             Request::Fsck => {
                 self.vfs.flush().map_err(|e| format!("flush before fsck failed: {e}"))?;

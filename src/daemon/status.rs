@@ -29,12 +29,20 @@ pub struct Storage {
     pub packs: u64,
     /// Bytes in pack objects.
     pub pack_bytes: u64,
-    /// Bytes of referenced chunks (after dedup).
+    /// Bytes of referenced chunks (after dedup and compression).
     pub stored_bytes: u64,
-    /// Bytes of file data as files see it.
+    /// Bytes of file data as files see it (live blocks).
     pub logical_bytes: u64,
+    /// Plain bytes of referenced chunks (after dedup, before compression).
+    pub unique_bytes: u64,
     /// logical / stored.
     pub dedup_ratio: f64,
+    /// unique / stored: what compression saves.
+    pub compression_ratio: f64,
+    /// Pack bytes in Standard.
+    pub standard_bytes: u64,
+    /// Pack bytes in Infrequent Access.
+    pub infrequent_bytes: u64,
     /// Inodes.
     pub inodes: u64,
 }
@@ -177,6 +185,9 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
     let packs = rtx.packs().map_err(err)?;
     let stored = rtx.counter(counter::STORED_BYTES).map_err(err)?;
     let logical = rtx.counter(counter::LOGICAL_BYTES).map_err(err)?;
+    let unique = rtx.counter(counter::UNIQUE_BYTES).map_err(err)?;
+    let class_bytes =
+        |c: storfs::backend::StorageClass| packs.iter().filter(|(_, p)| p.class == c.code()).map(|(_, p)| p.size).sum();
     let wal = store.wal.stats();
     let s = &store.stats;
     let c = store.chunks.stats();
@@ -220,7 +231,11 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             pack_bytes: packs.iter().map(|(_, p)| p.size).sum(),
             stored_bytes: stored,
             logical_bytes: logical,
+            unique_bytes: unique,
             dedup_ratio: if stored == 0 { 1.0 } else { logical as f64 / stored as f64 },
+            compression_ratio: if stored == 0 { 1.0 } else { unique as f64 / stored as f64 },
+            standard_bytes: class_bytes(storfs::backend::StorageClass::Standard),
+            infrequent_bytes: class_bytes(storfs::backend::StorageClass::InfrequentAccess),
             inodes: rtx.counter(counter::INODES).map_err(err)?,
         },
         activity: Activity {

@@ -48,6 +48,10 @@ pub struct CacheStats {
     pub readahead_fetches: AtomicU64,
     /// Reads that waited for a chunk being fetched ahead.
     pub readahead_hits: AtomicU64,
+    /// GETs from Infrequent-Access packs (reads, read-ahead and tiering).
+    pub ia_gets: AtomicU64,
+    /// Bytes retrieved from Infrequent-Access packs.
+    pub ia_bytes: AtomicU64,
 }
 
 /// Chunk files in a local directory, bounded in total size; the least
@@ -199,6 +203,8 @@ struct Io {
     /// for it instead of fetching it a second time.
     fetching: Mutex<HashSet<ChunkId>>,
     landed: Condvar,
+    /// Packs in Infrequent Access (their reads are billed differently).
+    ia_packs: parking_lot::RwLock<HashSet<u64>>,
 }
 
 impl Io {
@@ -213,8 +219,15 @@ impl Io {
             let data = self.backend.get_range(&key, range.clone())?;
             self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
             self.stats.backend_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            if data.len() == entry.raw_len as usize && ChunkId::of(&data) == *id {
-                return Ok(data);
+            if self.ia_packs.read().contains(&entry.pack) {
+                self.stats.ia_gets.fetch_add(1, Ordering::Relaxed);
+                self.stats.ia_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            if data.len() == entry.stored_len as usize
+                && let Ok(plain) = crate::chunk::codec::decode(entry.flags, data, entry.raw_len as usize)
+                && ChunkId::of(&plain) == *id
+            {
+                return Ok(plain);
             }
             last = Some(ChunkError::Corrupt { id: *id, pack: entry.pack });
         }
@@ -263,10 +276,10 @@ pub struct ChunkReader {
     ahead: Option<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>>,
     streams: Mutex<HashMap<Ino, Stream>>,
     /// Queue of the thread copying uploaded chunks into the disk cache.
-    keeper: Option<std::sync::mpsc::SyncSender<(ChunkId, Bytes)>>,
-    /// Packs read since the last checkpoint, with the time (Unix seconds);
-    /// the checkpoint records it as the pack's last read (tiering input).
-    touched: Mutex<HashMap<u64, u64>>,
+    keeper: Option<std::sync::mpsc::SyncSender<Uploaded>>,
+    /// Chunks read since the last checkpoint, with the time (Unix seconds);
+    /// the checkpoint records it as the chunk's access time (tiering input).
+    touched: Mutex<HashMap<ChunkId, u64>>,
 }
 
 impl std::fmt::Debug for ChunkReader {
@@ -277,6 +290,8 @@ impl std::fmt::Debug for ChunkReader {
 
 /// Streams remembered for read-ahead; past this many the table starts over.
 const MAX_STREAMS: usize = 4096;
+/// Chunks whose access is remembered between two checkpoints (~48 MiB).
+const MAX_TOUCHED: usize = 1 << 20;
 
 impl ChunkReader {
     /// A reader over `backend` with `mem_bytes` of memory cache and, if
@@ -304,6 +319,7 @@ impl ChunkReader {
             stats: CacheStats::default(),
             fetching: Mutex::new(HashSet::new()),
             landed: Condvar::new(),
+            ia_packs: parking_lot::RwLock::new(HashSet::new()),
         });
         let ahead = if readahead > 0 { Some(spawn_readahead(&io, READAHEAD_THREADS)?) } else { None };
         let keeper = if io.disk.is_some() { Some(spawn_keeper(&io)?) } else { None };
@@ -327,10 +343,10 @@ impl ChunkReader {
         &self.io.stats
     }
 
-    /// The chunk's plain bytes. Counts as a read of its pack, from whichever
-    /// cache it comes.
+    /// The chunk's plain bytes. Counts as an access of the chunk (tiering's
+    /// age), from whichever cache it comes.
     pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        self.touch(entry.pack);
+        self.touch(id);
         let io = &*self.io;
         if let Some(b) = io.mem.get(id) {
             io.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
@@ -359,9 +375,9 @@ impl ChunkReader {
     /// the chunk reads from the backend when needed. The flusher never
     /// waits for it (copying every uploaded byte again in line cost a third
     /// of the upload rate on 2 cores).
-    pub fn keep_uploaded(&self, id: &ChunkId, data: Bytes) {
+    pub fn keep_uploaded(&self, chunk: Uploaded) {
         if let Some(keeper) = &self.keeper {
-            let _ = keeper.try_send((*id, data));
+            let _ = keeper.try_send(chunk);
         }
     }
 
@@ -420,16 +436,28 @@ impl ChunkReader {
         }
     }
 
-    fn touch(&self, pack: u64) {
+    fn touch(&self, id: &ChunkId) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut t = self.touched.lock();
-        if t.get(&pack) != Some(&now) {
-            t.insert(pack, now);
+        // Bounded: past the cap a checkpoint is due anyway; later reads of
+        // the same chunks record the access again.
+        if t.len() < MAX_TOUCHED || t.contains_key(id) {
+            t.insert(*id, now);
         }
     }
 
-    /// Packs read since the last call, with when (Unix seconds).
-    pub fn take_touched(&self) -> HashMap<u64, u64> {
+    /// Notes that `pack` is in Infrequent Access.
+    pub fn mark_ia(&self, pack: u64) {
+        self.io.ia_packs.write().insert(pack);
+    }
+
+    /// Notes that `pack` is gone.
+    pub fn forget_pack(&self, pack: u64) {
+        self.io.ia_packs.write().remove(&pack);
+    }
+
+    /// Chunks read since the last call, with when (Unix seconds).
+    pub fn take_touched(&self) -> HashMap<ChunkId, u64> {
         std::mem::take(&mut *self.touched.lock())
     }
 
@@ -449,16 +477,30 @@ impl ChunkReader {
 /// Uploaded chunks waiting for the disk cache; past this the copy is skipped.
 const KEEP_QUEUE: usize = 64;
 
+/// A chunk just uploaded, as stored in its pack.
+pub struct Uploaded {
+    /// Its id.
+    pub id: ChunkId,
+    /// Its stored bytes.
+    pub stored: Bytes,
+    /// Their encoding.
+    pub flags: u8,
+    /// Its plain length.
+    pub raw_len: usize,
+}
+
 /// Starts the thread copying uploaded chunks into the disk cache; it ends
 /// when the reader (the sender) goes.
-fn spawn_keeper(io: &Arc<Io>) -> std::io::Result<std::sync::mpsc::SyncSender<(ChunkId, Bytes)>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(ChunkId, Bytes)>(KEEP_QUEUE);
+fn spawn_keeper(io: &Arc<Io>) -> std::io::Result<std::sync::mpsc::SyncSender<Uploaded>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Uploaded>(KEEP_QUEUE);
     let io = io.clone();
     std::thread::Builder::new().name("storfs-keep".into()).spawn(move || {
         run_when_idle();
-        for (id, data) in rx {
+        for u in rx {
+            // The cache holds plain bytes; a compressed chunk is decoded here.
+            let Ok(plain) = crate::chunk::codec::decode(u.flags, u.stored, u.raw_len) else { continue };
             if let Some(disk) = &io.disk {
-                disk.insert(&id, &data);
+                disk.insert(&u.id, &plain);
             }
         }
     })?;
@@ -534,6 +576,7 @@ mod tests {
                     raw_len: e.raw_len,
                     flags: 0,
                     refs: 1,
+                    access: 0,
                 },
             ));
         }
@@ -610,6 +653,7 @@ mod tests {
                 raw_len: e.raw_len,
                 flags: 0,
                 refs: 1,
+                access: 0,
             };
             chunks.push((id, entry));
         }

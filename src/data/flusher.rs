@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -22,7 +22,7 @@ use super::dirty::Piece;
 use super::{DataError, Result, Store};
 use crate::backend::{PutOptions, StorageClass};
 use crate::chunk::pack::{PackBuilder, PackIndexEntry, pack_key};
-use crate::chunk::{ChunkId, set_block};
+use crate::chunk::{ChunkId, set_block, unix_now};
 use crate::meta::{BlockRef, ChunkEntry, Ino, MetaRead, PackEntry, ReadTx, counter};
 
 /// One block's new content, waiting for its pack to be committed.
@@ -71,10 +71,6 @@ fn join_upload(upload: Option<std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>
         Some(Err(_)) => Err(DataError::Corrupt("a pack upload thread panicked".into())),
         None => Ok(Vec::new()),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Store {
@@ -231,7 +227,11 @@ impl Store {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             batch.pack.discard_staged();
         } else {
-            let e = batch.pack.commit_staged(id, used);
+            let mut comp = self.compressor.lock();
+            let e = match comp.compress(&batch.pack.staged()[..used]) {
+                Some((stored, flags)) => batch.pack.commit_staged_encoded(id, used, stored, flags),
+                None => batch.pack.commit_staged(id, used),
+            };
             batch.new_chunks.insert(id, e);
         }
         batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)), born });
@@ -308,7 +308,12 @@ impl Store {
             for (cid, e) in &new_chunks {
                 let range = e.offset as usize..(e.offset + e.stored_len as u64) as usize;
                 if range.end <= bytes.len() {
-                    self.chunks.keep_uploaded(cid, bytes.slice(range));
+                    self.chunks.keep_uploaded(super::cache::Uploaded {
+                        id: *cid,
+                        stored: bytes.slice(range),
+                        flags: e.flags,
+                        raw_len: e.raw_len as usize,
+                    });
                 }
             }
             // Chunks queued for the disk cache hold slices of the buffer;
@@ -381,6 +386,7 @@ impl Store {
                             raw_len: e.raw_len,
                             flags: e.flags,
                             refs: 0,
+                            access: unix_now(),
                         };
                         tx.put_chunk(&id, &entry)?;
                         if let Some(mut pack) = tx.pack(pid)? {
@@ -389,6 +395,7 @@ impl Store {
                             tx.put_pack(pid, &pack)?;
                         }
                         tx.add_counter(counter::STORED_BYTES, e.stored_len as i64)?;
+                        tx.add_counter(counter::UNIQUE_BYTES, e.raw_len as i64)?;
                     }
                     set_block(&tx, item.ino, item.blk, Some(&BlockRef { chunk: id, len, flushed_lsn: cut }), born)?;
                 }
@@ -402,6 +409,32 @@ impl Store {
             // cycle writes its versions again (the committed ones in place).
             if !left.contains(&(guards[gi].0, blk)) {
                 guards[gi].1.remove_upto(blk, cut);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the access times of the chunks read since the last call
+    /// (each only if it moves by at least `access_grain`), and the packs'
+    /// last reads: one metadata write per chunk per grain, not per read.
+    fn record_access(&self, tx: &crate::meta::WriteTx) -> Result<()> {
+        let grain = self.opts.access_grain.as_secs();
+        let mut packs: HashMap<u64, u64> = HashMap::new();
+        for (id, at) in self.chunks.take_touched() {
+            let Some(mut c) = tx.chunk(&id)? else { continue };
+            if c.access.saturating_add(grain) <= at {
+                c.access = at;
+                tx.put_chunk(&id, &c)?;
+            }
+            let p = packs.entry(c.pack).or_default();
+            *p = (*p).max(at);
+        }
+        for (pack, at) in packs {
+            if let Some(mut p) = tx.pack(pack)?
+                && p.last_read.saturating_add(grain) <= at
+            {
+                p.last_read = at;
+                tx.put_pack(pack, &p)?;
             }
         }
         Ok(())
@@ -426,14 +459,7 @@ impl Store {
             }
         }
         tx.set_counter(counter::APPLIED_LSN, cut)?;
-        for (pack, at) in self.chunks.take_touched() {
-            if let Some(mut p) = tx.pack(pack)?
-                && p.last_read < at
-            {
-                p.last_read = at;
-                tx.put_pack(pack, &p)?;
-            }
-        }
+        self.record_access(&tx)?;
         let releasable = self.wal.releasable(cut);
         self.wal.sync_to(cut)?;
         tx.commit_durable()?;

@@ -201,6 +201,7 @@ impl Store {
         r.packs = packs.len() as u64;
         let mut live: HashMap<u64, (u64, u32)> = HashMap::new();
         let mut stored = 0u64;
+        let mut unique = 0u64;
         let indexed: HashSet<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
         for (id, c) in &chunks {
             let want = refs.get(id).copied().unwrap_or(0);
@@ -216,6 +217,24 @@ impl Store {
             l.0 += c.stored_len as u64;
             l.1 += 1;
             stored += c.stored_len as u64;
+            unique += c.raw_len as u64;
+        }
+        // The pack -> chunks index lists exactly the chunks in each pack.
+        for (pack, c_list) in by_pack_index(&chunks) {
+            let listed: HashSet<ChunkId> = rtx.pack_chunks(pack)?.into_iter().map(|(id, _)| id).collect();
+            if listed != c_list {
+                r.error(format!(
+                    "pack {pack:016x}: its chunk list holds {} chunks, the index puts {} there",
+                    listed.len(),
+                    c_list.len()
+                ));
+            }
+        }
+        for id in packs.keys().filter(|id| !live.contains_key(id)) {
+            let listed = rtx.pack_chunks(*id)?.len();
+            if listed > 0 {
+                r.error(format!("pack {id:016x} has no live chunk, but its chunk list names {listed}"));
+            }
         }
         for id in refs.keys() {
             if !indexed.contains(id) {
@@ -238,6 +257,10 @@ impl Store {
         let c_stored = rtx.counter(counter::STORED_BYTES)?;
         if c_stored != stored {
             r.error(format!("stored byte counter is {c_stored}, chunk index holds {stored}"));
+        }
+        let c_unique = rtx.counter(counter::UNIQUE_BYTES)?;
+        if c_unique != unique {
+            r.error(format!("unique byte counter is {c_unique}, chunk index holds {unique}"));
         }
 
         // Pack objects.
@@ -278,16 +301,27 @@ impl Store {
                 };
                 for (id, c) in &by_pack[&pack] {
                     let range = c.offset as usize..c.offset as usize + c.stored_len as usize;
-                    match bytes.get(range) {
-                        Some(data) if data.len() == c.raw_len as usize && ChunkId::of(data) == *id => {
-                            r.bytes_verified += data.len() as u64;
-                        }
-                        Some(_) => r.error(format!("chunk {id} in pack {pack:016x} fails its hash")),
-                        None => r.error(format!("chunk {id} lies outside pack {pack:016x}")),
+                    let Some(data) = bytes.get(range) else {
+                        r.error(format!("chunk {id} lies outside pack {pack:016x}"));
+                        continue;
+                    };
+                    match crate::chunk::codec::decode(c.flags, bytes.slice_ref(data), c.raw_len as usize) {
+                        Ok(plain) if ChunkId::of(&plain) == *id => r.bytes_verified += plain.len() as u64,
+                        Ok(_) => r.error(format!("chunk {id} in pack {pack:016x} fails its hash")),
+                        Err(e) => r.error(format!("chunk {id} in pack {pack:016x} does not decode: {e}")),
                     }
                 }
             }
         }
         Ok(r)
     }
+}
+
+/// The chunks the chunk index places in each pack.
+fn by_pack_index(chunks: &[(ChunkId, ChunkEntry)]) -> HashMap<u64, HashSet<ChunkId>> {
+    let mut out: HashMap<u64, HashSet<ChunkId>> = HashMap::new();
+    for (id, c) in chunks {
+        out.entry(c.pack).or_default().insert(*id);
+    }
+    out
 }

@@ -1,21 +1,22 @@
 //! Garbage collection: delete packs no chunk lives in, delete orphan pack
 //! objects (uploaded but never committed, e.g. a crash between upload and
-//! commit), and repack packs that are mostly dead or too small.
+//! commit), and repack packs that are mostly dead or too small (through
+//! [`Store::relocate`], which tiering uses too).
 //!
 //! Every decision that leads to deleting an object is committed durably
 //! (through the checkpoint) before the object is deleted, so a crash can
 //! never leave metadata pointing at a deleted pack.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
 
 use serde::Serialize;
 
 use super::ship::GC_SHIP_WAIT;
-use super::{DataError, Result, Store};
-use crate::backend::{PutOptions, StorageClass};
-use crate::chunk::ChunkId;
-use crate::chunk::pack::{PackBuilder, pack_key, parse_pack_key};
+use super::tier::Moved;
+use super::{Result, Store};
+use crate::backend::StorageClass;
+use crate::chunk::pack::{pack_key, parse_pack_key};
+use crate::chunk::{ChunkId, unix_now};
 use crate::meta::{ChunkEntry, MetaRead, PackEntry};
 
 /// What a GC run did.
@@ -44,11 +45,19 @@ impl Store {
         Ok(report)
     }
 
-    fn gc_dead_packs(&self, report: &mut GcReport) -> Result<()> {
+    /// Deletes packs no live chunk is left in (IA packs within their
+    /// minimum billed life wait, unless read again; then the early deletion
+    /// is charged in the cost ledger).
+    pub(super) fn gc_dead_packs(&self, report: &mut GcReport) -> Result<()> {
+        let now = unix_now();
         let tx = self.meta.write()?;
-        let dead: Vec<(u64, PackEntry)> = tx.packs()?.into_iter().filter(|(_, p)| p.live_chunks == 0).collect();
-        for (id, _) in &dead {
+        let dead: Vec<(u64, PackEntry)> =
+            tx.packs()?.into_iter().filter(|(_, p)| p.live_chunks == 0 && !self.ia_too_young(p, now)).collect();
+        for (id, p) in &dead {
             tx.del_pack(*id)?;
+            if p.class == StorageClass::InfrequentAccess.code() {
+                super::cost::charge_early_deletion(&tx, p.size, now.saturating_sub(p.created), self.opts.ia_min_age)?;
+            }
         }
         self.commit_checkpoint(tx)?;
         if !self.metadata_shipped(GC_SHIP_WAIT) {
@@ -58,6 +67,7 @@ impl Store {
         for (id, p) in dead {
             match self.chunks.backend().delete(&pack_key(id)) {
                 Ok(()) => {
+                    self.chunks.forget_pack(id);
                     report.dead_packs += 1;
                     report.bytes_freed += p.size;
                 }
@@ -90,139 +100,79 @@ impl Store {
                 continue;
             }
             self.chunks.backend().delete(&obj.key)?;
+            if obj.class == StorageClass::InfrequentAccess {
+                let age = obj.modified.elapsed().map_or(0, |d| d.as_secs());
+                let tx = self.meta.write()?;
+                super::cost::charge_early_deletion(&tx, obj.size, age, self.opts.ia_min_age)?;
+                tx.commit()?;
+            }
             report.orphan_packs += 1;
             report.bytes_freed += obj.size;
         }
         Ok(())
     }
 
-    /// Packs worth rewriting: mostly dead, or small ones that can be merged.
+    /// Packs worth rewriting: mostly dead, or small ones of one class that
+    /// can be merged. IA packs younger than `ia_min_age` are left alone
+    /// unless read again (rewriting them early is billed as a deletion).
     fn repack_candidates(&self) -> Result<Vec<(u64, PackEntry)>> {
-        let packs = self.meta.read()?.packs()?;
+        let now = unix_now();
+        let packs: Vec<(u64, PackEntry)> = self
+            .meta
+            .read()?
+            .packs()?
+            .into_iter()
+            .filter(|(_, p)| p.live_chunks > 0 && !self.ia_too_young(p, now))
+            .collect();
         let threshold = self.opts.repack_threshold;
         let small = (self.opts.pack_target / 4) as u64;
-        let mut out: Vec<(u64, PackEntry)> = packs
-            .iter()
-            .filter(|(_, p)| p.live_chunks > 0 && (p.live_bytes as f64) < threshold * p.data_bytes() as f64)
-            .copied()
-            .collect();
-        let smalls: Vec<(u64, PackEntry)> = packs
-            .iter()
-            .filter(|(id, p)| p.live_chunks > 0 && p.size < small && !out.iter().any(|(o, _)| o == id))
-            .copied()
-            .collect();
-        if smalls.len() >= 2 {
-            out.extend(smalls);
+        let mut out: Vec<(u64, PackEntry)> =
+            packs.iter().filter(|(_, p)| (p.live_bytes as f64) < threshold * p.data_bytes() as f64).copied().collect();
+        for class in [StorageClass::Standard, StorageClass::InfrequentAccess] {
+            let smalls: Vec<(u64, PackEntry)> = packs
+                .iter()
+                .filter(|(id, p)| p.class == class.code() && p.size < small && !out.iter().any(|(o, _)| o == id))
+                .copied()
+                .collect();
+            if smalls.len() >= 2 {
+                out.extend(smalls);
+            }
         }
         Ok(out)
     }
 
+    /// An IA pack within its minimum billed life and not read since it was
+    /// written: rewriting or deleting it now would be billed for nothing.
+    pub(super) fn ia_too_young(&self, p: &PackEntry, now: u64) -> bool {
+        p.class == StorageClass::InfrequentAccess.code()
+            && now.saturating_sub(p.created) < self.opts.ia_min_age.as_secs()
+            && p.last_read < p.created
+    }
+
+    /// Copies the live chunks of the candidate packs into new packs of the
+    /// same class; the emptied packs are then dead, and deleted as such.
     fn repack(&self, report: &mut GcReport) -> Result<()> {
         let candidates = self.repack_candidates()?;
         if candidates.is_empty() {
             return Ok(());
         }
-        let old: HashMap<u64, PackEntry> = candidates.iter().copied().collect();
-        let mut moving: Vec<(ChunkId, ChunkEntry)> = Vec::new();
-        self.meta.read()?.for_each_chunk(&mut |id, c| {
-            if old.contains_key(&c.pack) {
-                moving.push((id, c));
+        let rtx = self.meta.read()?;
+        for class in [StorageClass::Standard, StorageClass::InfrequentAccess] {
+            let mut moving: Vec<(ChunkId, ChunkEntry)> = Vec::new();
+            let mut packs = 0;
+            for (id, _) in candidates.iter().filter(|(_, p)| p.class == class.code()) {
+                moving.extend(rtx.pack_chunks(*id)?);
+                packs += 1;
             }
-            Ok(())
-        })?;
-        moving.sort_by_key(|(_, c)| (c.pack, c.offset));
-
-        // Copy the live chunks into new packs, one old pack read at a time.
-        let mut built: Vec<(u64, PackBuilder)> = vec![(rand::random(), PackBuilder::new())];
-        let mut placed: HashMap<ChunkId, (u64, ChunkEntry)> = HashMap::new();
-        let mut i = 0;
-        while i < moving.len() {
-            let pack = moving[i].1.pack;
-            let bytes = self.chunks.backend().get(&pack_key(pack))?;
-            while i < moving.len() && moving[i].1.pack == pack {
-                let (id, c) = moving[i];
-                i += 1;
-                let range = c.offset as usize..c.offset as usize + c.stored_len as usize;
-                let data = bytes
-                    .get(range)
-                    .ok_or_else(|| DataError::Corrupt(format!("chunk {id} lies outside pack {pack:016x}")))?;
-                if ChunkId::of(data) != id {
-                    return Err(DataError::Corrupt(format!("chunk {id} in pack {pack:016x} fails its hash")));
-                }
-                if built.last().is_some_and(|(_, b)| b.len() >= self.opts.pack_target) {
-                    built.push((rand::random(), PackBuilder::new()));
-                }
-                let (new_id, b) =
-                    built.last_mut().ok_or_else(|| DataError::Corrupt("no pack under construction".into()))?;
-                let e = b.add(id, data);
-                placed.insert(id, (*new_id, ChunkEntry { pack: *new_id, offset: e.offset, ..c }));
-            }
-        }
-        let mut new_entries: HashMap<u64, PackEntry> = HashMap::new();
-        for (id, b) in built {
-            if b.is_empty() {
+            if moving.is_empty() {
                 continue;
             }
-            let chunks = b.entries().len() as u32;
-            let bytes = b.finish();
-            self.inflight.lock().insert(id);
-            new_entries.insert(
-                id,
-                PackEntry {
-                    size: bytes.len() as u64,
-                    live_bytes: 0,
-                    chunks,
-                    live_chunks: 0,
-                    class: StorageClass::Standard.code(),
-                    created: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                    last_read: 0,
-                },
-            );
-            let put = self.chunks.backend().put(&pack_key(id), bytes, PutOptions::default());
-            if let Err(e) = put {
-                self.inflight.lock().retain(|p| !new_entries.contains_key(p));
-                return Err(e.into());
-            }
+            let mut m = Moved::default();
+            self.relocate(moving, class, &mut m)?;
+            report.repacked_packs += packs;
+            report.new_packs += m.packs_written as usize;
         }
-
-        let tx = self.meta.write()?;
-        for (id, old_entry) in &moving {
-            let Some(cur) = tx.chunk(id)? else { continue };
-            if cur.pack != old_entry.pack || cur.offset != old_entry.offset {
-                continue;
-            }
-            let Some((new_pack, moved)) = placed.get(id) else { continue };
-            tx.put_chunk(id, &ChunkEntry { refs: cur.refs, ..*moved })?;
-            if let Some(p) = new_entries.get_mut(new_pack) {
-                p.live_bytes += cur.stored_len as u64;
-                p.live_chunks += 1;
-            }
-        }
-        for (id, p) in &new_entries {
-            tx.put_pack(*id, p)?;
-        }
-        for id in old.keys() {
-            tx.del_pack(*id)?;
-        }
-        let committed = self.commit_checkpoint(tx);
-        self.inflight.lock().retain(|p| !new_entries.contains_key(p));
-        committed?;
-        if !self.metadata_shipped(GC_SHIP_WAIT) {
-            tracing::warn!("metadata not shipped yet; repacked packs stay as orphans for a later GC run");
-            return Ok(());
-        }
-        for (id, p) in &old {
-            if let Err(e) = self.chunks.backend().delete(&pack_key(*id)) {
-                tracing::warn!(pack = id, error = %e, "could not delete repacked pack; GC will retry");
-                continue;
-            }
-            report.bytes_freed += p.size;
-        }
-        report.repacked_packs += old.len();
-        report.new_packs += new_entries.len();
-        self.stats.packs_written.fetch_add(new_entries.len() as u64, Ordering::Relaxed);
-        Ok(())
+        drop(rtx);
+        self.gc_dead_packs(report)
     }
 }

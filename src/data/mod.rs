@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod cells;
+pub mod cost;
 pub mod dirty;
 pub mod flusher;
 pub mod fsck;
@@ -15,6 +16,7 @@ pub mod gc;
 pub mod reclaim;
 pub mod record;
 pub mod ship;
+pub mod tier;
 pub mod usage;
 pub mod wal;
 
@@ -58,6 +60,16 @@ pub struct DataOptions {
     /// on the same file system): data writes then leave room to pack every
     /// dirty byte, so a full disk can always drain.
     pub packs_on_log_disk: bool,
+    /// How chunks are compressed before they are packed.
+    pub compression: crate::chunk::codec::Compression,
+    /// zstd level.
+    pub compression_level: i32,
+    /// A chunk's recorded access time moves only when it is at least this
+    /// much older than the new access (fewer metadata writes for hot data).
+    pub access_grain: Duration,
+    /// Infrequent-Access packs younger than this are neither repacked nor
+    /// deleted unless read again (S3 Standard-IA bills 30 days at least).
+    pub ia_min_age: Duration,
 }
 
 impl Default for DataOptions {
@@ -72,6 +84,10 @@ impl Default for DataOptions {
             repack_threshold: 0.5,
             background_flush: true,
             packs_on_log_disk: false,
+            compression: crate::chunk::codec::Compression::Zstd,
+            compression_level: 1,
+            access_grain: Duration::from_secs(3600),
+            ia_min_age: Duration::from_secs(30 * 86400),
         }
     }
 }
@@ -151,6 +167,10 @@ pub struct DataStats {
     pub upload_retries: AtomicU64,
     /// Writers that had to wait for dirty space.
     pub write_waits: AtomicU64,
+    /// Tiering passes run.
+    pub tier_passes: AtomicU64,
+    /// Packs written to Infrequent Access.
+    pub ia_puts: AtomicU64,
 }
 
 /// Keeps data writes from taking the last free space of the cache disk.
@@ -230,8 +250,10 @@ pub struct Store {
     pub stats: DataStats,
     /// Packs being uploaded and not committed yet (GC must not take them for orphans).
     pub inflight: Mutex<HashSet<u64>>,
-    /// Serializes GC, repack and fsck.
+    /// Serializes GC, repack, tiering and fsck.
     pub maintenance: Mutex<()>,
+    /// Compresses the flusher's new chunks (only the flusher takes it).
+    compressor: Mutex<crate::chunk::codec::Compressor>,
     /// Bytes each file stores, for `st_blocks` (dropped on block-map commits).
     pub usage: usage::UsageCache,
     /// Where the current reclaim job stopped (job id, last row handled).
@@ -296,6 +318,7 @@ impl Store {
             dir: wal.dir().to_path_buf(),
             state: Mutex::new(SpaceState { checked: None, free: 0, reserve: 0, since: 0 }),
         };
+        let compressor = crate::chunk::codec::Compressor::new(opts.compression, opts.compression_level);
         Store {
             space_guard,
             meta,
@@ -308,6 +331,7 @@ impl Store {
             stats: DataStats::default(),
             inflight: Mutex::new(HashSet::new()),
             maintenance: Mutex::new(()),
+            compressor: Mutex::new(compressor),
             usage: usage::UsageCache::default(),
             reclaim_cursor: Mutex::new(None),
             reclaim_stats: reclaim::ReclaimStats::default(),

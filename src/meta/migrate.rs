@@ -16,7 +16,7 @@ use redb::{ReadableTable, TableDefinition, TableHandle};
 use super::journal::{self, apply_bytes, corrupt, split_key, u64_key};
 use super::keys::{Kind, block_key, cookie_key, ino_key, named_key};
 use super::versions::{BIRTHS, ROWS, encode_row};
-use super::{CHUNKS, ChunkEntry, FILESYSTEMS, FsRecord, META, PACKS, PackEntry, Result, counter};
+use super::{CHUNKS, ChunkEntry, FILESYSTEMS, FsRecord, META, PACKS, PackEntry, Result, counter, rebuild_pack_chunks};
 
 const INODES_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DIRENTS_V1: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("dirents");
@@ -184,7 +184,7 @@ pub(super) fn v1_to_v2(db: &redb::Database, path: &std::path::Path) -> Result<()
     super::create_tables(&tx)?;
     {
         let mut m = tx.open_table(META)?;
-        m.insert(counter::SCHEMA_VERSION, super::SCHEMA_VERSION)?;
+        m.insert(counter::SCHEMA_VERSION, 2)?;
         m.insert(counter::EPOCH, 1)?;
         m.insert(counter::NEXT_SNAPSHOT, 1)?;
         m.insert(counter::NEXT_SPACE, 1)?;
@@ -199,6 +199,53 @@ pub(super) fn v1_to_v2(db: &redb::Database, path: &std::path::Path) -> Result<()
         packs = packs.len(),
         took = ?started.elapsed(),
         "migrated the metadata store in place from schema 1 to schema 2 (versioned rows for snapshots)"
+    );
+    Ok(())
+}
+
+/// Migrates a schema-2 store to schema 3 in one durable transaction: every
+/// chunk entry gains its access time (its pack's last read, or its
+/// creation: the best age a schema-2 store knows), and the `pack_chunks`
+/// index is built. A crash during it leaves the schema-2 store as it was.
+pub(super) fn v2_to_v3(db: &redb::Database, path: &std::path::Path) -> Result<()> {
+    let started = Instant::now();
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::Immediate)?;
+    let mut ages: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for item in tx.open_table(PACKS)?.iter()? {
+        let (k, v) = item?;
+        let p = PackEntry::decode(v.value())?;
+        ages.insert(k.value(), p.last_read.max(p.created));
+    }
+    let mut chunks: Vec<([u8; 32], Vec<u8>)> = Vec::new();
+    let mut unique = 0u64;
+    for item in tx.open_table(CHUNKS)?.iter()? {
+        let (k, v) = item?;
+        let mut c = ChunkEntry::decode(v.value())?;
+        c.access = ages.get(&c.pack).copied().unwrap_or(0);
+        unique += c.raw_len as u64;
+        chunks.push((k.value(), c.encode()));
+    }
+    {
+        let mut t = tx.open_table(CHUNKS)?;
+        for (k, v) in &chunks {
+            t.insert(k, v.as_slice())?;
+        }
+    }
+    super::create_tables(&tx)?;
+    rebuild_pack_chunks(&tx)?;
+    {
+        let mut m = tx.open_table(META)?;
+        m.insert(counter::UNIQUE_BYTES, unique)?;
+        m.insert(counter::SCHEMA_VERSION, super::SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    tracing::info!(
+        store = %path.display(),
+        chunks = chunks.len(),
+        packs = ages.len(),
+        took = ?started.elapsed(),
+        "migrated the metadata store in place from schema 2 to schema 3 (chunk access times for tiering)"
     );
     Ok(())
 }

@@ -54,6 +54,9 @@ const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots")
 const SNAP_NAMES: TableDefinition<(u64, &str), u64> = TableDefinition::new("snapshot_names");
 const SPACES: TableDefinition<u32, &[u8]> = TableDefinition::new("spaces");
 const RECLAIM: TableDefinition<u64, &[u8]> = TableDefinition::new("reclaim");
+/// Which chunks each pack holds (derived from `chunks`, kept by
+/// `put_chunk`/`del_chunk`; not shipped: restore rebuilds it).
+const PACK_CHUNKS: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("pack_chunks");
 
 /// Name of the reserved file system holding block volumes.
 pub const VOLUMES_FS: &str = ".volumes";
@@ -76,6 +79,8 @@ pub mod counter {
     pub const LOGICAL_BYTES: &str = "logical_bytes";
     /// Stored bytes of referenced chunks (after dedup and compression).
     pub const STORED_BYTES: &str = "stored_bytes";
+    /// Plain bytes of indexed chunks (after dedup, before compression).
+    pub const UNIQUE_BYTES: &str = "unique_bytes";
     /// Number of inodes.
     pub const INODES: &str = "inodes";
     /// The current epoch (`versions`): what rows written now are born in.
@@ -183,9 +188,12 @@ impl MetaStore {
             tx.set_counter(counter::NEXT_SPACE, 1)?;
             tx.set_counter(counter::NEXT_JOB, 1)?;
             tx.commit_durable()?;
-        } else if version == 1 {
+        } else if version == 1 || version == 2 {
             tx.abort()?;
-            migrate::v1_to_v2(&store.db, path)?;
+            if version == 1 {
+                migrate::v1_to_v2(&store.db, path)?;
+            }
+            migrate::v2_to_v3(&store.db, path)?;
         } else if version != SCHEMA_VERSION {
             return Err(MetaError::Version { found: version, supported: SCHEMA_VERSION });
         } else {
@@ -289,6 +297,9 @@ impl MetaStore {
                     create_tables(&tx)?;
                 }
                 journal::apply(&tx, &d)?;
+            }
+            if version.is_some_and(|v| v >= 2) {
+                rebuild_pack_chunks(&tx)?;
             }
             tx.commit()?;
         }
@@ -422,6 +433,8 @@ pub trait MetaRead {
     fn packs(&self) -> Result<Vec<(u64, PackEntry)>>;
     /// Every inode on the orphan list.
     fn orphans(&self) -> Result<Vec<Ino>>;
+    /// The chunks stored in `pack`, by offset (one range of `pack_chunks`).
+    fn pack_chunks(&self, pack: u64) -> Result<Vec<(ChunkId, ChunkEntry)>>;
     /// Calls `f` for every chunk-index entry.
     fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, ChunkEntry) -> Result<()>) -> Result<()>;
     /// Calls `f` for every stored row version of `kind` (live and history,
@@ -877,6 +890,24 @@ macro_rules! impl_meta_read {
                 Ok(out)
             }
 
+            fn pack_chunks(&self, pack: u64) -> Result<Vec<(ChunkId, ChunkEntry)>> {
+                let index = self.tx.open_table(PACK_CHUNKS)?;
+                let chunks = self.tx.open_table(CHUNKS)?;
+                let mut out = Vec::new();
+                for item in index.range((pack, [0u8; 32])..=(pack, [0xff; 32]))? {
+                    let id = item?.0.value().1;
+                    let v = chunks.get(&id)?.ok_or_else(|| {
+                        MetaError::Object(format!(
+                            "pack {pack:016x} lists chunk {} missing from the index",
+                            ChunkId(id)
+                        ))
+                    })?;
+                    out.push((ChunkId(id), ChunkEntry::decode(v.value())?));
+                }
+                out.sort_by_key(|(_, c)| c.offset);
+                Ok(out)
+            }
+
             fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, ChunkEntry) -> Result<()>) -> Result<()> {
                 let t = self.tx.open_table(CHUNKS)?;
                 for item in t.iter()? {
@@ -1038,7 +1069,21 @@ fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
     tx.open_table(HISTORY)?;
     tx.open_table(DEAD)?;
     tx.open_table(BIRTHS)?;
+    tx.open_table(PACK_CHUNKS)?;
     Ok(())
+}
+
+/// Fills `pack_chunks` from `chunks` (migration to schema 3, restore).
+fn rebuild_pack_chunks(tx: &redb::WriteTransaction) -> Result<u64> {
+    let mut index = tx.open_table(PACK_CHUNKS)?;
+    index.retain(|_, _| false)?;
+    let mut n = 0;
+    for item in tx.open_table(CHUNKS)?.iter()? {
+        let (k, v) = item?;
+        index.insert((ChunkEntry::decode(v.value())?.pack, k.value()), ())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 impl WriteTx {
@@ -1331,17 +1376,28 @@ impl WriteTx {
         }
     }
 
-    /// Writes a chunk-index entry.
+    /// Writes a chunk-index entry (and keeps the pack's list of chunks).
     pub fn put_chunk(&self, id: &ChunkId, c: &ChunkEntry) -> Result<()> {
         let v = c.encode();
-        self.tx.open_table(CHUNKS)?.insert(&id.0, v.as_slice())?;
+        let old = self.tx.open_table(CHUNKS)?.insert(&id.0, v.as_slice())?.map(|o| o.value().to_vec());
+        let old_pack = old.map(|o| ChunkEntry::decode(&o)).transpose()?.map(|o| o.pack);
+        if old_pack != Some(c.pack) {
+            let mut index = self.tx.open_table(PACK_CHUNKS)?;
+            if let Some(p) = old_pack {
+                index.remove((p, id.0))?;
+            }
+            index.insert((c.pack, id.0), ())?;
+        }
         self.note(journal::table::CHUNKS, &id.0, Some(&v));
         Ok(())
     }
 
     /// Removes a chunk-index entry.
     pub fn del_chunk(&self, id: &ChunkId) -> Result<()> {
-        self.tx.open_table(CHUNKS)?.remove(&id.0)?;
+        let old = self.tx.open_table(CHUNKS)?.remove(&id.0)?.map(|o| o.value().to_vec());
+        if let Some(o) = old {
+            self.tx.open_table(PACK_CHUNKS)?.remove((ChunkEntry::decode(&o)?.pack, id.0))?;
+        }
         self.note(journal::table::CHUNKS, &id.0, None);
         Ok(())
     }

@@ -12,11 +12,13 @@ pub type Ino = u64;
 
 /// Version of the on-disk schema this build reads and writes. Version 1
 /// stores are migrated in place on first open (`meta::migrate`).
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Layout version byte that starts every record of a non-versioned table
 /// (chunks, packs, file systems, snapshots, spaces) from schema 2 on.
 pub const RECORD_V2: u8 = 2;
+/// Layout version of chunk entries written by schema 3 (with the access time).
+pub const RECORD_V3: u8 = 3;
 
 fn check_v2(d: &mut Dec<'_>, what: &str) -> Result<(), DecodeError> {
     let v = d.u8()?;
@@ -326,30 +328,39 @@ pub struct ChunkEntry {
     pub flags: u8,
     /// Number of block-map entries referring to the chunk.
     pub refs: u64,
+    /// Last time a client read or wrote the chunk's data, Unix seconds
+    /// (tiering's access age; 0 in a schema-2 record: unknown).
+    pub access: u64,
 }
 
 impl ChunkEntry {
-    /// Encodes the record (layout 2: a version byte, then layout 1).
+    /// Encodes the record (layout 3: a version byte, the schema-2 fields,
+    /// then the access time).
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(34);
-        e.u8(RECORD_V2);
+        let mut e = Enc::with_capacity(42);
+        e.u8(RECORD_V3);
         e.u64(self.pack).u64(self.offset).u32(self.stored_len).u32(self.raw_len).u8(self.flags).u64(self.refs);
+        e.u64(self.access);
         e.finish()
     }
 
-    /// Decodes [`ChunkEntry::encode`].
+    /// Decodes [`ChunkEntry::encode`], or a schema-2 record (layout 2, no
+    /// access time), which logs shipped by schema 2 still hold.
     pub fn decode(buf: &[u8]) -> Result<ChunkEntry, DecodeError> {
         let mut d = Dec::new(buf, "chunk");
-        check_v2(&mut d, "chunk")?;
-        Self::decode_fields(d)
+        match d.u8()? {
+            RECORD_V2 => Self::decode_fields(d, false),
+            RECORD_V3 => Self::decode_fields(d, true),
+            v => Err(DecodeError(format!("chunk layout version {v} unknown"))),
+        }
     }
 
     /// Decodes a schema-1 record (no version byte).
     pub fn decode_v1(buf: &[u8]) -> Result<ChunkEntry, DecodeError> {
-        Self::decode_fields(Dec::new(buf, "chunk"))
+        Self::decode_fields(Dec::new(buf, "chunk"), false)
     }
 
-    fn decode_fields(mut d: Dec<'_>) -> Result<ChunkEntry, DecodeError> {
+    fn decode_fields(mut d: Dec<'_>, access: bool) -> Result<ChunkEntry, DecodeError> {
         let c = ChunkEntry {
             pack: d.u64()?,
             offset: d.u64()?,
@@ -357,6 +368,7 @@ impl ChunkEntry {
             raw_len: d.u32()?,
             flags: d.u8()?,
             refs: d.u64()?,
+            access: if access { d.u64()? } else { 0 },
         };
         d.end()?;
         Ok(c)
@@ -635,8 +647,12 @@ mod tests {
     fn record_sizes_match_docs_format() {
         assert_eq!(inode().encode().len(), 106);
         assert_eq!(DirEnt { ino: 1, kind: FileKind::File, cookie: 2 }.encode().len(), 17);
-        let c = ChunkEntry { pack: 0, offset: 0, stored_len: 0, raw_len: 0, flags: 0, refs: 0 };
-        assert_eq!(c.encode().len(), 34);
+        let c = ChunkEntry { pack: 0, offset: 0, stored_len: 0, raw_len: 0, flags: 0, refs: 0, access: 0 };
+        assert_eq!(c.encode().len(), 42);
+        // A schema-2 entry (34 bytes, no access time) still decodes.
+        let mut v2 = c.encode()[..34].to_vec();
+        v2[0] = RECORD_V2;
+        assert_eq!(ChunkEntry::decode(&v2), Ok(c));
         let p = PackEntry { size: 0, live_bytes: 0, chunks: 0, live_chunks: 0, class: 0, created: 0, last_read: 0 };
         assert_eq!(p.encode().len(), 42);
         let f = FsRecord { id: 0, root: 0, created: Timestamp::default(), block_size: 4096, flags: 0 };
@@ -653,7 +669,7 @@ mod tests {
         assert_eq!(DirEnt::decode(&d.encode()), Ok(d));
         let b = BlockRef { chunk: ChunkId([9; 32]), len: 4096, flushed_lsn: 17 };
         assert_eq!(BlockRef::decode(&b.encode()), Ok(b));
-        let c = ChunkEntry { pack: 1, offset: 2, stored_len: 3, raw_len: 4, flags: 0, refs: 6 };
+        let c = ChunkEntry { pack: 1, offset: 2, stored_len: 3, raw_len: 4, flags: 0, refs: 6, access: 7 };
         assert_eq!(ChunkEntry::decode(&c.encode()), Ok(c));
         let p = PackEntry { size: 1, live_bytes: 2, chunks: 3, live_chunks: 4, class: 1, created: 6, last_read: 7 };
         assert_eq!(PackEntry::decode(&p.encode()), Ok(p));

@@ -177,6 +177,11 @@ impl Vfs {
         let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk, opts.readahead)
             .map_err(|e| VfsError::Io(e.into()))?;
         let background = opts.data.background_flush;
+        for (id, p) in meta.read()?.packs()? {
+            if p.class == crate::backend::StorageClass::InfrequentAccess.code() {
+                chunks.mark_ia(id);
+            }
+        }
         let store = Arc::new(Store::new(meta, wal, cells, pending, chunks, opts.data));
         let vfs = Arc::new(Vfs {
             store,

@@ -297,7 +297,13 @@ impl Daemon {
 
     /// `storfs status --json`.
     pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.cli(&["status", "--json"])).expect("status json")
+        self.cli_json(&["status", "--json"])
+    }
+
+    /// Runs a CLI command that must succeed and print JSON; returns it.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("storfs {args:?}: not JSON ({e}): {out}"))
     }
 
     /// Mounts the default file system at `mp` (created if needed).
