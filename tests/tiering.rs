@@ -182,6 +182,9 @@ transition_to_ia = "off"
     assert_eq!(n(&report["to_standard_chunks"]), 0, "{report}");
 
     let ia = chunks_under(&ia_dir);
+    for f in pack_files(&ia_dir) {
+        assert!(std::fs::metadata(&f).expect("stat").len() >= 128 << 10, "no IA object under 128 KiB: {f:?}");
+    }
     for (what, data) in [("cold", &cold), ("meta (metadata only)", &meta), ("snapshot-only", &old)] {
         assert!(block_ids(data).is_subset(&ia), "{what} data is in IA packs under ia_path");
     }

@@ -375,6 +375,10 @@ pub struct TierReport {
     pub seconds: f64,
 }
 
+/// The smallest object S3 Standard-IA bills as itself (smaller ones are
+/// billed as 128 KiB): no IA pack is written smaller.
+pub const MIN_IA_OBJECT: u64 = 128 << 10;
+
 /// What one pass moves.
 struct Plan {
     to_ia: Vec<(ChunkId, ChunkEntry)>,
@@ -446,6 +450,11 @@ impl Store {
             }
             Ok(())
         })?;
+        // Fewer cold bytes than the smallest IA object wait for company.
+        if plan.to_ia.iter().map(|(_, c)| c.stored_len as u64).sum::<u64>() < MIN_IA_OBJECT {
+            plan.to_ia.clear();
+            per.values_mut().for_each(|st| st.next_to_ia = 0);
+        }
         let s = &mut plan.status;
         s.next_to_ia_chunks = plan.to_ia.len() as u64;
         s.next_to_ia_bytes = plan.to_ia.iter().map(|(_, c)| c.stored_len as u64).sum();
@@ -513,13 +522,23 @@ impl Store {
     /// meanwhile stays where it is). A source pack left without live
     /// chunks is dead, and GC's dead-pack step deletes it once that is
     /// durable and shipped. Caller holds `maintenance`.
+    ///
+    /// Moving fewer than [`MIN_IA_OBJECT`] bytes into IA does nothing (the
+    /// chunks wait for company); the last IA pack takes the rest rather
+    /// than leave a small one.
     pub(super) fn relocate(
         &self,
         mut moving: Vec<(ChunkId, ChunkEntry)>,
         class: StorageClass,
         m: &mut Moved,
     ) -> Result<()> {
+        let ia = class == StorageClass::InfrequentAccess;
+        let mut rest: u64 = moving.iter().map(|(_, c)| c.stored_len as u64).sum();
+        if ia && rest < MIN_IA_OBJECT {
+            return Ok(());
+        }
         moving.sort_by_key(|(_, c)| (c.pack, c.offset));
+        let target = if ia { self.opts.pack_target.max(MIN_IA_OBJECT as usize) } else { self.opts.pack_target };
         let backend = self.chunks.backend().clone();
         let sizes: HashMap<u64, PackEntry> = self.meta.read()?.packs()?.into_iter().collect();
         let mut out = PackBuilder::new();
@@ -562,7 +581,8 @@ impl Store {
                 }
                 let e = out.add_stored(*id, &stored, c.raw_len as usize, c.flags);
                 placed.push((*id, *c, e));
-                if out.len() >= self.opts.pack_target {
+                rest -= c.stored_len as u64;
+                if out.len() >= target && !(ia && rest < MIN_IA_OBJECT) {
                     self.land(std::mem::take(&mut out), &mut placed, class, m)?;
                 }
             }

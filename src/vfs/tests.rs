@@ -531,3 +531,30 @@ fn volumes_are_sparse_files_in_a_hidden_namespace() {
     assert!(matches!(env.vfs.volume("vol1"), Err(VfsError::NotFound)));
     assert_eq!(env.vfs.volumes().expect("list").len(), 1);
 }
+
+#[test]
+fn tiering_never_writes_an_ia_object_under_128_kib() {
+    use crate::data::tier::{LifecycleConfig, Policies, Transition};
+    let env = Env::new();
+    env.file("small", &pattern(40 << 10, 5));
+    env.vfs.flush().expect("flush");
+    let config =
+        LifecycleConfig { transition_to_ia: Transition(Some(std::time::Duration::ZERO)), ..LifecycleConfig::default() };
+    let store = env.vfs.store();
+    let policies = Policies::resolve(&store.meta.read().expect("r"), &config).expect("policies");
+    let plan = store.tier(&policies, true).expect("dry run");
+    assert_eq!(plan.to_ia_chunks, 0, "40 KiB alone is not worth an IA object, and the dry run says so: {plan:?}");
+    let r = store.tier(&policies, false).expect("tier");
+    assert_eq!((r.to_ia_chunks, r.packs_written), (0, 0), "40 KiB alone is not worth an IA object: {r:?}");
+    let noise: Vec<u8> = (0..512 << 10).map(|_| rand::random::<u8>()).collect();
+    env.file("big", &noise);
+    env.vfs.flush().expect("flush");
+    let r = store.tier(&policies, false).expect("tier");
+    assert!(r.to_ia_chunks > 128 && r.packs_written >= 1, "with company it all moves: {r:?}");
+    for (_, p) in store.meta.read().expect("r").packs().expect("packs") {
+        if p.class == crate::backend::StorageClass::InfrequentAccess.code() {
+            assert!(p.size >= crate::data::tier::MIN_IA_OBJECT, "IA pack of {} bytes", p.size);
+        }
+    }
+    env.fsck_clean();
+}
