@@ -129,7 +129,7 @@ EOP
   mkdir -p "$WORK/hot"; cli mount --fs hot "$WORK/hot" >/dev/null
   local tenth=$((MIB / 10))
   R[read.ia]+="$(read_mibs "$MNT/cold" "$tenth") "
-  R[read.standard]+="$(read_mibs "$WORK/hot/data" "$((MIB / 40))") "
+  R[read.standard]+="$(read_mibs "$WORK/hot/data" "$tenth") "
   sleep 1
   before=$(s3_requests)
   t0=$(now_ms); rep=$(cli tier run --json); t1=$(now_ms)
@@ -161,7 +161,7 @@ interval = \"0\""
     cli flush >/dev/null
     t1=$(now_ms)
     R[w.$mode]+="$(python3 -c "print(f'{$MIB * 1000 / ($t1 - $t0):.0f}')") "
-    R[ratio.$mode]+="$(cli status --json | json 'f"{d[\"storage\"][\"unique_bytes\"] / d[\"storage\"][\"stored_bytes\"]:.2f}"') "
+    R[ratio.$mode]+="$(cli status --json | json 'round(d["storage"]["unique_bytes"] / d["storage"]["stored_bytes"], 2)') "
     stop_storfs
   done
 }

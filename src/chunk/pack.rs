@@ -112,13 +112,33 @@ impl PackBuilder {
         self.index_chunk(start, id, super::codec::PLAIN, len, len)
     }
 
-    /// Keeps chunk `id` (the `raw_len` staged bytes, plain) stored as
-    /// `stored`, encoded as `flags` says, in place of the staged bytes.
-    pub fn commit_staged_encoded(&mut self, id: ChunkId, raw_len: usize, stored: &[u8], flags: u8) -> PackIndexEntry {
-        let start = self.staged_start();
-        self.buf.truncate(start);
-        self.buf.extend_from_slice(stored);
-        self.index_chunk(start, id, flags, raw_len, stored.len())
+    /// Compresses every chunk added so far (all plain) in place, keeping
+    /// each plain unless `comp` says compressing it is worth it. Chunks
+    /// only shrink, so each one's new place is at or before its old one.
+    pub fn compress(&mut self, comp: &mut super::codec::Compressor) {
+        let mut at = MAGIC.len();
+        let index = std::mem::take(&mut self.index);
+        for e in &index {
+            let (start, len) = (e.offset as usize, e.stored_len as usize);
+            let data = at + CHUNK_HEADER_LEN;
+            let packed =
+                if e.flags == super::codec::PLAIN { comp.compress(&self.buf[start..start + len]) } else { None };
+            let flags = match packed {
+                Some((stored, flags)) => {
+                    self.buf[data..data + stored.len()].copy_from_slice(stored);
+                    self.index_chunk(data, e.id, flags, e.raw_len as usize, stored.len());
+                    flags
+                }
+                None => {
+                    self.buf.copy_within(start..start + len, data);
+                    self.index_chunk(data, e.id, e.flags, e.raw_len as usize, len);
+                    e.flags
+                }
+            };
+            debug_assert!(flags == e.flags || e.flags == super::codec::PLAIN);
+            at = data + self.index.last().map_or(0, |x| x.stored_len as usize);
+        }
+        self.buf.truncate(at);
     }
 
     /// Writes the in-line header of the chunk whose data starts at `start`
@@ -252,6 +272,32 @@ pub fn read_index(pack: &[u8]) -> Result<Vec<PackIndexEntry>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressing_in_place_keeps_every_chunk_and_the_index_true() {
+        use crate::chunk::codec::{Compression, Compressor, PLAIN, decode};
+        let text: Vec<u8> = b"packs compress in place ".iter().copied().cycle().take(100_000).collect();
+        let noise: Vec<u8> = (0..50_000).map(|_| rand::random::<u8>()).collect();
+        let chunks = [text.clone(), noise, text[..3000].to_vec(), b"tiny".to_vec()];
+        let mut b = PackBuilder::new();
+        for c in &chunks {
+            let staged = b.stage(c.len());
+            staged.copy_from_slice(c);
+            b.commit_staged(ChunkId::of(c), c.len());
+        }
+        b.compress(&mut Compressor::new(Compression::Zstd, 1));
+        let pack = b.finish();
+        let idx = read_index(&pack).expect("index");
+        assert_eq!(idx.len(), chunks.len());
+        assert_ne!(idx[0].flags, PLAIN, "text is compressed");
+        assert_eq!(idx[1].flags, PLAIN, "noise stays plain");
+        for (e, c) in idx.iter().zip(&chunks) {
+            let stored = pack.slice(e.offset as usize..(e.offset + e.stored_len as u64) as usize);
+            assert_eq!(&decode(e.flags, stored, e.raw_len as usize).expect("decode")[..], &c[..]);
+            assert_eq!(e.id, ChunkId::of(c));
+        }
+        assert!(pack.len() < 60_000 + 3000, "the pack shrank: {}", pack.len());
+    }
 
     #[test]
     fn build_and_read_back() {

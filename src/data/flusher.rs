@@ -21,6 +21,7 @@ use super::cells::Cell;
 use super::dirty::Piece;
 use super::{DataError, Result, Store};
 use crate::backend::{PutOptions, StorageClass};
+use crate::chunk::codec::Compressor;
 use crate::chunk::pack::{PackBuilder, PackIndexEntry, pack_key};
 use crate::chunk::{ChunkId, set_block, unix_now};
 use crate::meta::{BlockRef, ChunkEntry, Ino, MetaRead, PackEntry, ReadTx, counter};
@@ -227,11 +228,7 @@ impl Store {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             batch.pack.discard_staged();
         } else {
-            let mut comp = self.compressor.lock();
-            let e = match comp.compress(&batch.pack.staged()[..used]) {
-                Some((stored, flags)) => batch.pack.commit_staged_encoded(id, used, stored, flags),
-                None => batch.pack.commit_staged(id, used),
-            };
+            let e = batch.pack.commit_staged(id, used);
             batch.new_chunks.insert(id, e);
         }
         batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)), born });
@@ -280,7 +277,14 @@ impl Store {
     /// Uploads the pack and commits its blocks; returns the pack buffer for
     /// reuse when nobody else holds it.
     fn commit_batch(&self, batch: Batch) -> Result<Vec<u8>> {
-        let Batch { cut, pack, new_chunks, items } = batch;
+        let Batch { cut, mut pack, mut new_chunks, items } = batch;
+        // Compressed here, on the upload threads (several at once), not
+        // while the flusher assembles the next pack.
+        if !pack.is_empty() {
+            let mut comp = Compressor::new(self.opts.compression, self.opts.compression_level);
+            pack.compress(&mut comp);
+            new_chunks.extend(pack.entries().iter().map(|e| (e.id, *e)));
+        }
         let mut spare = Vec::new();
         let mut uploaded = None;
         let pack_id = if pack.is_empty() {

@@ -252,8 +252,6 @@ pub struct Store {
     pub inflight: Mutex<HashSet<u64>>,
     /// Serializes GC, repack, tiering and fsck.
     pub maintenance: Mutex<()>,
-    /// Compresses the flusher's new chunks (only the flusher takes it).
-    compressor: Mutex<crate::chunk::codec::Compressor>,
     /// Bytes each file stores, for `st_blocks` (dropped on block-map commits).
     pub usage: usage::UsageCache,
     /// Where the current reclaim job stopped (job id, last row handled).
@@ -318,7 +316,6 @@ impl Store {
             dir: wal.dir().to_path_buf(),
             state: Mutex::new(SpaceState { checked: None, free: 0, reserve: 0, since: 0 }),
         };
-        let compressor = crate::chunk::codec::Compressor::new(opts.compression, opts.compression_level);
         Store {
             space_guard,
             meta,
@@ -331,7 +328,6 @@ impl Store {
             stats: DataStats::default(),
             inflight: Mutex::new(HashSet::new()),
             maintenance: Mutex::new(()),
-            compressor: Mutex::new(compressor),
             usage: usage::UsageCache::default(),
             reclaim_cursor: Mutex::new(None),
             reclaim_stats: reclaim::ReclaimStats::default(),
