@@ -1,5 +1,6 @@
 //! Stores made by older code (`tests/data/v1-store`, schema 1, before
-//! snapshots; `tests/data/v2-store`, schema 2, before tiering; see
+//! snapshots; `tests/data/v2-store`, schema 2, before tiering;
+//! `tests/data/v3-store`, schema 3, before framed chunks; see
 //! `scripts/fixtures/make-store.sh`) open with this build: migrated in
 //! place on first start (one log line per step), with the fsynced data that
 //! was only in their write-ahead logs replayed on top; every file, link,
@@ -139,10 +140,18 @@ fn migrates_in_place(fixture: &str, steps: &[&str]) {
 
 #[test]
 fn a_version_1_store_is_migrated_in_place_and_reads_back_byte_identical() {
-    migrates_in_place("v1-store", &["from schema 1 to schema 2", "from schema 2 to schema 3"]);
+    migrates_in_place(
+        "v1-store",
+        &["from schema 1 to schema 2", "from schema 2 to schema 3", "from schema 3 to schema 4"],
+    );
 }
 
 #[test]
 fn a_version_2_store_with_snapshots_is_migrated_in_place_and_reads_back_byte_identical() {
-    migrates_in_place("v2-store", &["from schema 2 to schema 3"]);
+    migrates_in_place("v2-store", &["from schema 2 to schema 3", "from schema 3 to schema 4"]);
+}
+
+#[test]
+fn a_version_3_store_with_compressed_chunks_is_migrated_in_place_and_reads_back_byte_identical() {
+    migrates_in_place("v3-store", &["from schema 3 to schema 4"]);
 }

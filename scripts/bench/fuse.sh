@@ -12,6 +12,9 @@
 #   seq-read     fio, 1 MiB reads of that file, page cache dropped first
 #   rand-write   fio, 4 KiB random writes over a 1 GiB file for 20 s, fsync at the end
 #   rand-read    fio, 4 KiB random reads of that file for 20 s, page cache dropped first
+#   cold-read    fio, 4 KiB random reads of the SIZE file for 20 s, page cache
+#                dropped first: with the default SIZE a working set 4x the
+#                daemon's memory cache (set to 512 MiB here, the default)
 #   small-files  create 10,000 files of 4 KiB (distinct contents) then syncfs,
 #                by 1 process and by 4 processes at once
 #
@@ -40,6 +43,8 @@ trap cleanup EXIT
 
 cat > "$WORK/storfs.toml" <<EOF
 data_dir = "$WORK/data"
+[cache]
+memory = "512MiB"
 [control]
 socket = "$SOCK"
 EOF
@@ -98,6 +103,8 @@ for round in $(seq "$ROUNDS"); do
     R[$side.seqw]+="$(fio_run "$dir" bw --name=seq --rw=write --bs=1M --size=${SIZE_MIB}M --end_fsync=1) "
     settle $side
     R[$side.seqr]+="$(fio_run "$dir" bw --name=seq --rw=read --bs=1M --size=${SIZE_MIB}M) "
+    settle $side
+    R[$side.coldr]+="$(fio_run "$dir" iops --name=seq --rw=randread --bs=4k --size=${SIZE_MIB}M --time_based --runtime=20) "
     R[$side.randw]+="$(fio_run "$dir" iops --name=rand --rw=randwrite --bs=4k --size=1G --time_based --runtime=20 --end_fsync=1) "
     settle $side
     R[$side.randr]+="$(fio_run "$dir" iops --name=rand --rw=randread --bs=4k --size=1G --time_based --runtime=20) "
@@ -114,5 +121,6 @@ row "seq write 1 MiB (MiB/s)" seqw
 row "seq read 1 MiB (MiB/s)" seqr
 row "rand write 4 KiB (IOPS)" randw
 row "rand read 4 KiB (IOPS)" randr
+row "rand read 4 KiB, ${SIZE_MIB} MiB cold (IOPS)" coldr
 row "create 10k x 4 KiB, 1 process (files/s)" small1
 row "create 10k x 4 KiB, 4 processes (files/s)" small4

@@ -12,6 +12,9 @@ pub const PLAIN: u8 = 0;
 pub const ZSTD: u8 = 1;
 /// Flags code: an LZ4 block (lz4_flex's raw block format, no frame).
 pub const LZ4: u8 = 2;
+/// Flags code: frames of 32 KiB, each plain, zstd or LZ4, behind a table
+/// of their hashes ([`super::frames`]); every chunk longer than a frame.
+pub const FRAMED: u8 = 3;
 
 /// `[storage] compression`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +97,17 @@ pub fn decode(flags: u8, stored: Bytes, raw_len: usize) -> Result<Bytes, String>
     let plain = match flags {
         PLAIN => stored,
         ZSTD => {
-            let v = zstd::bulk::decompress(&stored, raw_len).map_err(|e| format!("zstd: {e}"))?;
-            Bytes::from(v)
+            // One decompression context per thread: creating one per chunk
+            // (what `zstd::bulk::decompress` does) cost more than a 32 KiB frame.
+            thread_local! {
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+            }
+            let v = DCTX.with(|d| match d.borrow_mut().as_mut() {
+                Some(d) => d.decompress(&stored, raw_len),
+                None => zstd::bulk::decompress(&stored, raw_len),
+            });
+            Bytes::from(v.map_err(|e| format!("zstd: {e}"))?)
         }
         LZ4 => {
             let mut v = vec![0u8; raw_len];
@@ -103,6 +115,7 @@ pub fn decode(flags: u8, stored: Bytes, raw_len: usize) -> Result<Bytes, String>
             v.truncate(n);
             Bytes::from(v)
         }
+        FRAMED => Bytes::from(super::frames::decode(&stored, raw_len)?),
         other => return Err(format!("unknown chunk encoding {other}")),
     };
     if plain.len() != raw_len {

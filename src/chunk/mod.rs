@@ -7,6 +7,7 @@
 //! checkpoint protocol, so they live with the flusher in `data`.
 
 pub mod codec;
+pub mod frames;
 pub mod pack;
 
 use std::fmt;

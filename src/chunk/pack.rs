@@ -112,33 +112,36 @@ impl PackBuilder {
         self.index_chunk(start, id, super::codec::PLAIN, len, len)
     }
 
-    /// Compresses every chunk added so far (all plain) in place, keeping
-    /// each plain unless `comp` says compressing it is worth it. Chunks
-    /// only shrink, so each one's new place is at or before its old one.
-    pub fn compress(&mut self, comp: &mut super::codec::Compressor) {
-        let mut at = MAGIC.len();
+    /// Encodes every chunk added so far for storing: chunks longer than one
+    /// frame are framed (see [`super::frames`]: partial reads verify only
+    /// what they fetch), each frame or shorter chunk compressed when `comp`
+    /// says that is worth it. Chunks already encoded are kept as they are.
+    /// Framing adds a small table, so the pack is rebuilt in a new buffer.
+    pub fn encode(&mut self, comp: &mut super::codec::Compressor) {
+        let room = self.buf.len() + self.buf.len() / 512 + 64;
+        let old = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
+        self.buf.extend_from_slice(MAGIC);
         let index = std::mem::take(&mut self.index);
         for e in &index {
-            let (start, len) = (e.offset as usize, e.stored_len as usize);
-            let data = at + CHUNK_HEADER_LEN;
-            let packed =
-                if e.flags == super::codec::PLAIN { comp.compress(&self.buf[start..start + len]) } else { None };
-            let flags = match packed {
-                Some((stored, flags)) => {
-                    self.buf[data..data + stored.len()].copy_from_slice(stored);
-                    self.index_chunk(data, e.id, flags, e.raw_len as usize, stored.len());
-                    flags
-                }
-                None => {
-                    self.buf.copy_within(start..start + len, data);
-                    self.index_chunk(data, e.id, e.flags, e.raw_len as usize, len);
-                    e.flags
-                }
+            let plain = &old[e.offset as usize..e.offset as usize + e.stored_len as usize];
+            let start = self.buf.len() + CHUNK_HEADER_LEN;
+            self.buf.resize(start, 0);
+            let flags = if e.flags != super::codec::PLAIN {
+                self.buf.extend_from_slice(plain);
+                e.flags
+            } else if super::frames::applies(plain.len()) {
+                super::frames::encode(plain, comp, &mut self.buf);
+                super::codec::FRAMED
+            } else if let Some((stored, code)) = comp.compress(plain) {
+                self.buf.extend_from_slice(stored);
+                code
+            } else {
+                self.buf.extend_from_slice(plain);
+                super::codec::PLAIN
             };
-            debug_assert!(flags == e.flags || e.flags == super::codec::PLAIN);
-            at = data + self.index.last().map_or(0, |x| x.stored_len as usize);
+            let stored_len = self.buf.len() - start;
+            self.index_chunk(start, e.id, flags, e.raw_len as usize, stored_len);
         }
-        self.buf.truncate(at);
     }
 
     /// Writes the in-line header of the chunk whose data starts at `start`
@@ -274,9 +277,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compressing_in_place_keeps_every_chunk_and_the_index_true() {
-        use crate::chunk::codec::{Compression, Compressor, PLAIN, decode};
-        let text: Vec<u8> = b"packs compress in place ".iter().copied().cycle().take(100_000).collect();
+    fn encoding_keeps_every_chunk_and_the_index_true() {
+        use crate::chunk::codec::{Compression, Compressor, FRAMED, PLAIN, ZSTD, decode};
+        let text: Vec<u8> = b"packs compress in frames ".iter().copied().cycle().take(100_000).collect();
         let noise: Vec<u8> = (0..50_000).map(|_| rand::random::<u8>()).collect();
         let chunks = [text.clone(), noise, text[..3000].to_vec(), b"tiny".to_vec()];
         let mut b = PackBuilder::new();
@@ -285,12 +288,15 @@ mod tests {
             staged.copy_from_slice(c);
             b.commit_staged(ChunkId::of(c), c.len());
         }
-        b.compress(&mut Compressor::new(Compression::Zstd, 1));
+        b.encode(&mut Compressor::new(Compression::Zstd, 1));
         let pack = b.finish();
         let idx = read_index(&pack).expect("index");
         assert_eq!(idx.len(), chunks.len());
-        assert_ne!(idx[0].flags, PLAIN, "text is compressed");
-        assert_eq!(idx[1].flags, PLAIN, "noise stays plain");
+        assert_eq!(idx[0].flags, FRAMED, "chunks over a frame are framed");
+        assert_eq!(idx[1].flags, FRAMED);
+        assert!(idx[1].stored_len < 50_100, "noise stays plain inside its frames");
+        assert_eq!(idx[2].flags, ZSTD, "a short chunk is compressed whole");
+        assert_eq!(idx[3].flags, PLAIN, "a tiny one is not worth it");
         for (e, c) in idx.iter().zip(&chunks) {
             let stored = pack.slice(e.offset as usize..(e.offset + e.stored_len as u64) as usize);
             assert_eq!(&decode(e.flags, stored, e.raw_len as usize).expect("decode")[..], &c[..]);

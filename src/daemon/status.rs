@@ -76,6 +76,9 @@ pub struct Activity {
     pub backend_reads: u64,
     /// Bytes read from the backend.
     pub backend_read_bytes: u64,
+    /// Single 32 KiB frames read from the backend (partial reads of
+    /// framed chunks, each verified alone).
+    pub frame_reads: u64,
 }
 
 /// The object backend: requests and queues.
@@ -252,6 +255,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             readahead_fetches: get(&c.readahead_fetches),
             backend_reads: get(&c.backend_reads),
             backend_read_bytes: get(&c.backend_bytes),
+            frame_reads: get(&c.frame_reads),
         },
         mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{BackendError, ObjectBackend};
-use crate::chunk::ChunkId;
 use crate::chunk::pack::pack_key;
+use crate::chunk::{ChunkId, codec, frames};
 use crate::meta::{ChunkEntry, Ino};
 
 /// Errors reading a chunk.
@@ -52,6 +52,8 @@ pub struct CacheStats {
     pub ia_gets: AtomicU64,
     /// Bytes retrieved from Infrequent-Access packs.
     pub ia_bytes: AtomicU64,
+    /// Single frames of framed chunks read (partial reads) from the backend.
+    pub frame_reads: AtomicU64,
 }
 
 /// Chunk files in a local directory, bounded in total size; the least
@@ -196,7 +198,9 @@ fn parse_hex_id(s: &str) -> Option<ChunkId> {
 /// What the readers and the read-ahead threads share.
 struct Io {
     backend: Arc<dyn ObjectBackend>,
-    mem: moka::sync::Cache<ChunkId, Bytes>,
+    /// Whole chunks ([`WHOLE`]), verified frame tables ([`TABLE`]) and
+    /// single frames (by number) of framed chunks read in part.
+    mem: moka::sync::Cache<(ChunkId, u32), Bytes>,
     disk: Option<DiskCache>,
     stats: CacheStats,
     /// Chunks a read-ahead thread is fetching: a reader that needs one waits
@@ -207,31 +211,41 @@ struct Io {
     ia_packs: parking_lot::RwLock<HashSet<u64>>,
 }
 
+/// Memory-cache key of a whole chunk.
+const WHOLE: u32 = u32::MAX;
+/// Memory-cache key of a framed chunk's verified table.
+const TABLE: u32 = u32::MAX - 1;
+/// Tries per read: a short or damaged body is retried a few times before
+/// it is reported, since it is usually the network, not the object.
+const TRIES: usize = 3;
+
 impl Io {
+    /// Bytes `range` of the stored chunk `entry` (offsets from the chunk's
+    /// start), from the backend, counted.
+    fn get_stored(&self, entry: &ChunkEntry, range: std::ops::Range<usize>) -> Result<Bytes, ChunkError> {
+        let at = entry.offset + range.start as u64;
+        let data = self.backend.get_range(&pack_key(entry.pack), at..at + range.len() as u64)?;
+        self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.backend_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.ia_packs.read().contains(&entry.pack) {
+            self.stats.ia_gets.fetch_add(1, Ordering::Relaxed);
+            self.stats.ia_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(data)
+    }
+
     /// Reads from the backend, bypassing the caches, and verifies the bytes.
     fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        let key = pack_key(entry.pack);
-        let range = entry.offset..entry.offset + entry.stored_len as u64;
-        // A short or damaged body is retried a few times before it is
-        // reported: it is usually the network, not the object.
-        let mut last = None;
-        for _ in 0..3 {
-            let data = self.backend.get_range(&key, range.clone())?;
-            self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
-            self.stats.backend_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            if self.ia_packs.read().contains(&entry.pack) {
-                self.stats.ia_gets.fetch_add(1, Ordering::Relaxed);
-                self.stats.ia_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+        for _ in 0..TRIES {
+            let data = self.get_stored(entry, 0..entry.stored_len as usize)?;
             if data.len() == entry.stored_len as usize
                 && let Ok(plain) = crate::chunk::codec::decode(entry.flags, data, entry.raw_len as usize)
                 && ChunkId::of(&plain) == *id
             {
                 return Ok(plain);
             }
-            last = Some(ChunkError::Corrupt { id: *id, pack: entry.pack });
         }
-        Err(last.unwrap_or(ChunkError::Corrupt { id: *id, pack: entry.pack }))
+        Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
     }
 
     /// Fetches a chunk and keeps it in both caches.
@@ -240,8 +254,70 @@ impl Io {
         if let Some(disk) = &self.disk {
             disk.insert(id, &data);
         }
-        self.mem.insert(*id, data.clone());
+        self.mem.insert((*id, WHOLE), data.clone());
         Ok(data)
+    }
+
+    /// The verified frame table of a framed chunk, from memory or the
+    /// backend. Cached with the place it was read from: a chunk written
+    /// again later may be stored (framed, compressed) differently.
+    fn table(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<frames::Table, ChunkError> {
+        let raw = u64::from(entry.raw_len);
+        let stored = entry.stored_len as usize;
+        let mut place = [0u8; 16];
+        place[..8].copy_from_slice(&entry.pack.to_le_bytes());
+        place[8..].copy_from_slice(&entry.offset.to_le_bytes());
+        if let Some(b) = self.mem.get(&(*id, TABLE))
+            && b.len() > 16
+            && b[..16] == place
+            && let Ok(t) = frames::Table::parse(&b[16..], raw)
+            && t.stored_len() == stored
+        {
+            return Ok(t);
+        }
+        let mut want = frames::table_len(raw).min(stored);
+        for _ in 0..TRIES {
+            let data = self.get_stored(entry, 0..want)?;
+            match frames::Table::parse(&data, raw) {
+                Ok(t) if t.stored_len() == stored && t.verify(id) => {
+                    let mut keep = Vec::with_capacity(16 + t.head());
+                    keep.extend_from_slice(&place);
+                    keep.extend_from_slice(&data[..t.head()]);
+                    self.mem.insert((*id, TABLE), Bytes::from(keep));
+                    return Ok(t);
+                }
+                // Framed with another frame size: the table is longer.
+                Err(Some(n)) if n <= stored && data.len() == want => want = n,
+                _ => {}
+            }
+        }
+        Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
+    }
+
+    /// Frame `i` of a framed chunk, verified, from memory or the backend.
+    /// Cached by where it starts in the chunk (in KiB) and checked for its
+    /// length: plain bytes at one place of one chunk are always the same.
+    fn frame(&self, id: &ChunkId, entry: &ChunkEntry, t: &frames::Table, i: usize) -> Result<Bytes, ChunkError> {
+        let key = (*id, (t.plain_start(i) >> 10) as u32);
+        let len = t.plain_len(i);
+        if let Some(b) = self.mem.get(&key)
+            && b.len() == len
+        {
+            self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let range = t.stored_range(i);
+        for _ in 0..TRIES {
+            let data = self.get_stored(entry, range.clone())?;
+            if data.len() == range.len()
+                && let Ok(plain) = t.open_frame(i, data)
+            {
+                self.stats.frame_reads.fetch_add(1, Ordering::Relaxed);
+                self.mem.insert(key, plain.clone());
+                return Ok(plain);
+            }
+        }
+        Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
     }
 
     /// Waits while a read-ahead thread fetches `id`; true if it did.
@@ -273,7 +349,7 @@ pub struct ChunkReader {
     /// Read-ahead: bytes fetched ahead of a sequential reader, the queue of
     /// the threads fetching them, and each inode's reading position.
     readahead: u64,
-    ahead: Option<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>>,
+    ahead: Option<std::sync::mpsc::SyncSender<Vec<(ChunkId, ChunkEntry)>>>,
     streams: Mutex<HashMap<Ino, Stream>>,
     /// Queue of the thread copying uploaded chunks into the disk cache.
     keeper: Option<std::sync::mpsc::SyncSender<Uploaded>>,
@@ -306,7 +382,7 @@ impl ChunkReader {
     ) -> std::io::Result<ChunkReader> {
         let mem = moka::sync::Cache::builder()
             .max_capacity(mem_bytes)
-            .weigher(|_k: &ChunkId, v: &Bytes| (v.len() as u32).max(64))
+            .weigher(|_k: &(ChunkId, u32), v: &Bytes| (v.len() as u32).max(64))
             .build();
         let disk = match disk {
             Some((dir, limit)) if limit > 0 => Some(DiskCache::open(dir, limit)?),
@@ -348,12 +424,12 @@ impl ChunkReader {
     pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
         self.touch(id);
         let io = &*self.io;
-        if let Some(b) = io.mem.get(id) {
+        if let Some(b) = io.mem.get(&(*id, WHOLE)) {
             io.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
         }
         if io.wait_fetching(id)
-            && let Some(b) = io.mem.get(id)
+            && let Some(b) = io.mem.get(&(*id, WHOLE))
         {
             io.stats.readahead_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
@@ -362,10 +438,42 @@ impl ChunkReader {
             && let Some(b) = disk.get(id)
         {
             io.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-            io.mem.insert(*id, b.clone());
+            io.mem.insert((*id, WHOLE), b.clone());
             return Ok(b);
         }
         io.fill(id, entry)
+    }
+
+    /// Plain bytes `from..to` of the chunk (cut at its end). A framed
+    /// chunk that is not cached whole is read by the frames covering the
+    /// range, each verified on its own, when the pack is local (no disk
+    /// cache): a cold 4 KiB read then costs one 32 KiB frame, not the
+    /// chunk. With a disk cache (a remote backend) the whole chunk is
+    /// fetched, since it is kept on disk for the reads to come.
+    pub fn read(&self, id: &ChunkId, entry: &ChunkEntry, from: usize, to: usize) -> Result<Bytes, ChunkError> {
+        let io = &*self.io;
+        let raw = entry.raw_len as usize;
+        let (from, to) = (from.min(raw), to.min(raw));
+        let partial = entry.flags == codec::FRAMED && io.disk.is_none() && (to - from) <= raw / 2;
+        if !partial || io.mem.contains_key(&(*id, WHOLE)) || io.fetching.lock().contains(id) {
+            return Ok(self.get(id, entry)?.slice(from..to));
+        }
+        self.touch(id);
+        let t = io.table(id, entry)?;
+        let frames = t.frames(from as u64, to as u64);
+        if frames.len() == 1 {
+            let start = t.plain_start(frames.start) as usize;
+            let f = io.frame(id, entry, &t, frames.start)?;
+            return Ok(f.slice(from - start..(to - start).min(f.len())));
+        }
+        let mut out = Vec::with_capacity(to - from);
+        for i in frames {
+            let start = t.plain_start(i) as usize;
+            let f = io.frame(id, entry, &t, i)?;
+            let (a, b) = (from.max(start) - start, (to - start).min(f.len()));
+            out.extend_from_slice(&f[a..b]);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Keeps a chunk just uploaded to a remote backend (one with a disk
@@ -412,27 +520,49 @@ impl ChunkReader {
         let window = max_window.min(1u64 << st.run.min(20));
         let from = st.ahead_to.max(st.last).saturating_add(1);
         let to = st.last.saturating_add(window);
-        if from > to {
+        // Asked for again only once half the window is used up, so blocks
+        // go out in runs that one GET per pack fetches.
+        if from > to || to - from + 1 < (window / 2).max(1) {
             return None;
         }
         st.ahead_to = to;
         Some(from..to + 1)
     }
 
-    /// Asks the read-ahead threads for a chunk, unless it is cached or on
-    /// its way already. Never blocks: with the queue full it is skipped.
-    pub fn prefetch(&self, id: ChunkId, entry: ChunkEntry) {
+    /// Asks the read-ahead threads for chunks, skipping those cached or on
+    /// their way already. Neighbouring chunks of one pack are fetched by one
+    /// ranged GET (up to [`MAX_SPAN`] bytes, skipping at most [`MAX_GAP`]
+    /// bytes of other chunks), so a sequential reader costs a GET per
+    /// read-ahead run, not per chunk. Never blocks: with the queue full a
+    /// run is skipped (its reader fetches it).
+    pub fn prefetch(&self, mut chunks: Vec<(ChunkId, ChunkEntry)>) {
         let Some(ahead) = &self.ahead else { return };
         let io = &*self.io;
-        if io.mem.contains_key(&id) || io.disk.as_ref().is_some_and(|d| d.contains(&id)) {
-            return;
+        chunks
+            .retain(|(id, _)| !io.mem.contains_key(&(*id, WHOLE)) && !io.disk.as_ref().is_some_and(|d| d.contains(id)));
+        {
+            let mut fetching = io.fetching.lock();
+            chunks.retain(|(id, _)| fetching.insert(*id));
         }
-        if !io.fetching.lock().insert(id) {
-            return;
+        chunks.sort_unstable_by_key(|(_, e)| (e.pack, e.offset));
+        let mut runs: Vec<Vec<(ChunkId, ChunkEntry)>> = Vec::new();
+        for c in chunks {
+            match runs.last_mut() {
+                Some(run) if joins(run, &c.1) => run.push(c),
+                _ => runs.push(vec![c]),
+            }
         }
-        if ahead.try_send((id, entry)).is_err() {
-            io.fetching.lock().remove(&id);
-            io.landed.notify_all();
+        for run in runs {
+            if let Err(e) = ahead.try_send(run) {
+                let run = match e {
+                    std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r) => r,
+                };
+                let mut fetching = io.fetching.lock();
+                for (id, _) in &run {
+                    fetching.remove(id);
+                }
+                io.landed.notify_all();
+            }
         }
     }
 
@@ -520,28 +650,83 @@ fn run_when_idle() {
 
 /// Threads fetching ahead: enough to keep several ranged GETs in flight.
 const READAHEAD_THREADS: usize = 8;
+/// Most bytes one read-ahead GET spans.
+const MAX_SPAN: u64 = 32 << 20;
+/// Most bytes of other chunks a read-ahead GET fetches to join two runs.
+const MAX_GAP: u64 = 256 << 10;
+
+/// True when chunk `e` can be fetched with `run` in one GET: same pack,
+/// after it, within the gap and span limits.
+fn joins(run: &[(ChunkId, ChunkEntry)], e: &ChunkEntry) -> bool {
+    let (Some((_, first)), Some((_, last))) = (run.first(), run.last()) else { return false };
+    let end = last.offset + u64::from(last.stored_len);
+    e.pack == first.pack
+        && e.offset >= end
+        && e.offset - end <= MAX_GAP
+        && e.offset + u64::from(e.stored_len) - first.offset <= MAX_SPAN
+}
+
+impl Io {
+    /// Fetches a run of chunks of one pack with one ranged GET and keeps
+    /// each that verifies in both caches; a chunk that does not is left for
+    /// its reader, which fetches (and reports) it alone.
+    fn fill_run(&self, run: &[(ChunkId, ChunkEntry)]) {
+        let [(id, first), ..] = run else { return };
+        if run.len() == 1 {
+            match self.fill(id, first) {
+                Ok(_) => self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::debug!(chunk = %id, error = %e, "read-ahead fetch failed");
+                    0
+                }
+            };
+            return;
+        }
+        let (_, last) = run[run.len() - 1];
+        let span = (last.offset + u64::from(last.stored_len) - first.offset) as usize;
+        let data = match self.get_stored(first, 0..span) {
+            Ok(d) if d.len() == span => d,
+            Ok(_) | Err(_) => {
+                tracing::debug!(pack = %format_args!("{:016x}", first.pack), "read-ahead run fetch failed");
+                return;
+            }
+        };
+        for (id, e) in run {
+            let at = (e.offset - first.offset) as usize;
+            let stored = data.slice(at..at + e.stored_len as usize);
+            match codec::decode(e.flags, stored, e.raw_len as usize) {
+                Ok(plain) if ChunkId::of(&plain) == *id => {
+                    if let Some(disk) = &self.disk {
+                        disk.insert(id, &plain);
+                    }
+                    self.mem.insert((*id, WHOLE), plain);
+                    self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => tracing::debug!(chunk = %id, "read-ahead: chunk does not verify; its reader fetches it"),
+            }
+        }
+    }
+}
 
 /// Starts the read-ahead threads; they end when the reader (the sender) goes.
 fn spawn_readahead(
     io: &Arc<Io>,
     threads: usize,
-) -> std::io::Result<std::sync::mpsc::SyncSender<(ChunkId, ChunkEntry)>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(ChunkId, ChunkEntry)>(1024);
+) -> std::io::Result<std::sync::mpsc::SyncSender<Vec<(ChunkId, ChunkEntry)>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(ChunkId, ChunkEntry)>>(1024);
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..threads {
         let (io, rx) = (io.clone(), rx.clone());
         std::thread::Builder::new().name(format!("storfs-ahead-{i}")).spawn(move || {
             loop {
                 let job = rx.lock().recv();
-                let Ok((id, entry)) = job else { return };
-                match io.fill(&id, &entry) {
-                    Ok(_) => {
-                        io.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // The reader that needs it fetches it itself and reports.
-                    Err(e) => tracing::debug!(chunk = %id, error = %e, "read-ahead fetch failed"),
+                let Ok(run) = job else { return };
+                io.fill_run(&run);
+                let mut fetching = io.fetching.lock();
+                for (id, _) in &run {
+                    fetching.remove(id);
                 }
-                io.fetching.lock().remove(&id);
+                drop(fetching);
                 io.landed.notify_all();
             }
         })?;
@@ -624,7 +809,12 @@ mod tests {
         assert_eq!(r.sequential(1, 1, 1, bs), Some(3..6));
         assert_eq!(r.sequential(1, 2, 2, bs), Some(6..11));
         assert_eq!(r.sequential(1, 2, 2, bs), None, "same block again: window already asked for");
-        assert_eq!(r.sequential(1, 3, 3, bs), Some(11..12));
+        // At full size it is asked for again only once half of it is used,
+        // in one run of half a window (one GET for neighbouring chunks).
+        for blk in 3..6 {
+            assert_eq!(r.sequential(1, blk, blk, bs), None, "block {blk}: 5 or more blocks still ahead");
+        }
+        assert_eq!(r.sequential(1, 6, 6, bs), Some(11..15));
         // Another inode has its own stream; a file read from the middle
         // starts none until it goes on in order.
         assert_eq!(r.sequential(2, 40, 40, bs), None);
@@ -660,16 +850,14 @@ mod tests {
         fault.put(&pack_key(9), pb.finish(), PutOptions::default()).expect("put");
         handle.set_latency(std::time::Duration::from_millis(30));
         let r = ChunkReader::new(Arc::new(fault), 1 << 20, None, 1 << 20).expect("reader");
-        for (id, e) in &chunks {
-            r.prefetch(*id, *e);
-        }
+        r.prefetch(chunks.clone());
         // Readers racing the read-ahead threads wait for them or find the
         // chunk cached; no chunk is fetched twice.
         for (id, e) in &chunks {
             assert_eq!(ChunkId::of(&r.get(id, e).expect("get")), *id);
         }
         let s = r.stats();
-        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 16, "each chunk fetched once");
+        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 1, "neighbours in one pack: one GET for all");
         assert_eq!(s.readahead_fetches.load(Ordering::Relaxed), 16);
         assert_eq!(
             s.readahead_hits.load(Ordering::Relaxed) + s.mem_hits.load(Ordering::Relaxed),
@@ -677,9 +865,40 @@ mod tests {
             "every read served by the read-ahead"
         );
         // Cached chunks are not asked for again.
-        r.prefetch(chunks[0].0, chunks[0].1);
+        r.prefetch(vec![chunks[0]]);
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 16);
+        assert_eq!(s.backend_reads.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_damaged_chunk_in_a_read_ahead_run_fails_alone() {
+        let backend = Arc::new(MemoryBackend::new());
+        let mut pb = PackBuilder::new();
+        let mut chunks = Vec::new();
+        for i in 0..4u8 {
+            let data = vec![i + 1; 4096];
+            let e = pb.add(ChunkId::of(&data), &data);
+            let entry = ChunkEntry {
+                pack: 3,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                flags: 0,
+                refs: 1,
+                access: 0,
+            };
+            chunks.push((e.id, entry));
+        }
+        let mut pack = pb.finish().to_vec();
+        pack[chunks[2].1.offset as usize + 10] ^= 1;
+        backend.put(&pack_key(3), Bytes::from(pack), PutOptions::default()).expect("put");
+        let r = ChunkReader::new(backend, 1 << 20, None, 1 << 20).expect("reader");
+        r.prefetch(chunks.clone());
+        for (i, (id, e)) in chunks.iter().enumerate() {
+            let got = r.get(id, e);
+            assert_eq!(got.is_ok(), i != 2, "chunk {i}: {got:?}");
+        }
+        assert!(matches!(r.get(&chunks[2].0, &chunks[2].1), Err(ChunkError::Corrupt { .. })));
     }
 
     #[test]

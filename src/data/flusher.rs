@@ -282,7 +282,7 @@ impl Store {
         // while the flusher assembles the next pack.
         if !pack.is_empty() {
             let mut comp = Compressor::new(self.opts.compression, self.opts.compression_level);
-            pack.compress(&mut comp);
+            pack.encode(&mut comp);
             new_chunks.extend(pack.entries().iter().map(|e| (e.id, *e)));
         }
         let mut spare = Vec::new();

@@ -410,11 +410,14 @@ impl Store {
     /// Starts fetching the stored chunks of blocks `blocks` of `ino`.
     fn prefetch(&self, ino: Ino, blocks: std::ops::Range<u64>) -> Result<()> {
         let rtx = self.meta.read()?;
+        let mut chunks = Vec::new();
         for (_, r) in rtx.blocks(ino, blocks)? {
             if let Some(entry) = rtx.chunk(&r.chunk)? {
-                self.chunks.prefetch(r.chunk, entry);
+                chunks.push((r.chunk, entry));
             }
         }
+        drop(rtx);
+        self.chunks.prefetch(chunks);
         Ok(())
     }
 
@@ -471,9 +474,9 @@ impl Store {
             let from = (off - p.blk * bs) as usize;
             let to = (end - p.blk * bs) as usize;
             if to <= r.len as usize {
-                let data = self.chunks.get(&r.chunk, entry)?;
-                if to <= data.len() {
-                    return Ok(data.slice(from..to));
+                let data = self.chunks.read(&r.chunk, entry, from, to)?;
+                if data.len() == to - from {
+                    return Ok(data);
                 }
             }
         }
@@ -486,11 +489,10 @@ impl Store {
             let dst_off = (blk_start + from - off) as usize;
             let dst = &mut buf[dst_off..dst_off + (to - from) as usize];
             if let Some((r, entry)) = &p.base {
-                let data = self.chunks.get(&r.chunk, entry)?;
-                let have = (data.len() as u64).min(r.len as u64);
+                let have = to.min(r.len as u64);
                 if from < have {
-                    let n = (have.min(to) - from) as usize;
-                    dst[..n].copy_from_slice(&data[from as usize..from as usize + n]);
+                    let data = self.chunks.read(&r.chunk, entry, from as usize, have as usize)?;
+                    dst[..data.len()].copy_from_slice(&data);
                 }
             }
             for piece in &p.pieces {

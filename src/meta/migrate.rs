@@ -237,7 +237,7 @@ pub(super) fn v2_to_v3(db: &redb::Database, path: &std::path::Path) -> Result<()
     {
         let mut m = tx.open_table(META)?;
         m.insert(counter::UNIQUE_BYTES, unique)?;
-        m.insert(counter::SCHEMA_VERSION, super::SCHEMA_VERSION)?;
+        m.insert(counter::SCHEMA_VERSION, 3)?;
     }
     tx.commit()?;
     tracing::info!(
@@ -246,6 +246,22 @@ pub(super) fn v2_to_v3(db: &redb::Database, path: &std::path::Path) -> Result<()
         packs = ages.len(),
         took = ?started.elapsed(),
         "migrated the metadata store in place from schema 2 to schema 3 (chunk access times for tiering)"
+    );
+    Ok(())
+}
+
+/// Migrates a schema-3 store to schema 4: framed chunks (encoding 3, for
+/// verified partial reads) appear from now on, which older builds cannot
+/// read, so the version moves; nothing stored changes. Chunks written
+/// before keep their encodings and are read whole, as before.
+pub(super) fn v3_to_v4(db: &redb::Database, path: &std::path::Path) -> Result<()> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::Immediate)?;
+    tx.open_table(META)?.insert(counter::SCHEMA_VERSION, 4)?;
+    tx.commit()?;
+    tracing::info!(
+        store = %path.display(),
+        "migrated the metadata store in place from schema 3 to schema 4 (framed chunks for partial reads)"
     );
     Ok(())
 }

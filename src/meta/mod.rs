@@ -188,12 +188,15 @@ impl MetaStore {
             tx.set_counter(counter::NEXT_SPACE, 1)?;
             tx.set_counter(counter::NEXT_JOB, 1)?;
             tx.commit_durable()?;
-        } else if version == 1 || version == 2 {
+        } else if (1..SCHEMA_VERSION).contains(&version) {
             tx.abort()?;
             if version == 1 {
                 migrate::v1_to_v2(&store.db, path)?;
             }
-            migrate::v2_to_v3(&store.db, path)?;
+            if version <= 2 {
+                migrate::v2_to_v3(&store.db, path)?;
+            }
+            migrate::v3_to_v4(&store.db, path)?;
         } else if version != SCHEMA_VERSION {
             return Err(MetaError::Version { found: version, supported: SCHEMA_VERSION });
         } else {
@@ -703,7 +706,10 @@ pub trait MetaRead {
             return Ok(out);
         }
         let after = range.start.checked_sub(1).map(u64::to_be_bytes);
-        self.merged(Kind::Block, ino, at, after.as_ref().map(|a| a.as_slice()), usize::MAX, &mut |_, k, row| {
+        // At most one entry per block: fetch no more (a read of one block
+        // of a big file must not decode the rest of its block map).
+        let limit = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        self.merged(Kind::Block, ino, at, after.as_ref().map(|a| a.as_slice()), limit, &mut |_, k, row| {
             let blk = u64::from_be_bytes(k.try_into().map_err(|_| DecodeError("block key".into()))?);
             if blk >= range.end {
                 return Ok(false);

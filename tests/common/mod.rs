@@ -399,3 +399,65 @@ pub fn assert_clear_error(o: &Output, want: &str) {
     assert!(err.starts_with("storfs: "), "{err}");
     assert!(err.contains(want), "error should mention {want:?}: {err}");
 }
+
+/// `n` random bytes (incompressible).
+pub fn random(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
+
+/// The index of one pack object.
+pub fn pack_index(bytes: &[u8]) -> Vec<storfs::chunk::pack::PackIndexEntry> {
+    use storfs::chunk::pack::{TRAILER_LEN, parse_index, parse_trailer};
+    let size = bytes.len() as u64;
+    let (off, crc) = parse_trailer(&bytes[bytes.len() - TRAILER_LEN as usize..], size).expect("trailer");
+    parse_index(&bytes[off as usize..bytes.len() - TRAILER_LEN as usize], crc, size).expect("index")
+}
+
+/// Every chunk held by the pack files under `dir`.
+pub fn chunks_under(dir: &Path) -> std::collections::HashSet<storfs::chunk::ChunkId> {
+    pack_files(dir).iter().flat_map(|p| pack_index(&std::fs::read(p).expect("read pack"))).map(|e| e.id).collect()
+}
+
+/// The pack files of a local backend directory.
+pub fn pack_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("packs")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().expect("type").is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Drops the kernel's page cache, so reads of a mount reach the daemon.
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+}
+
+/// Reads a file past every cache: the kernel's page cache is dropped, so
+/// the read reaches the daemon (and counts as an access).
+pub fn read_fresh(path: &Path) -> Vec<u8> {
+    drop_caches();
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Writes `data` to `path` and fsyncs it.
+pub fn write_synced(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(data).expect("write");
+    f.sync_all().expect("fsync");
+}
+
+/// Stored bytes of an incompressible chunk of `raw` bytes: chunks longer
+/// than a frame carry their frame table.
+pub fn plain_stored(raw: usize) -> u64 {
+    use storfs::chunk::frames;
+    (raw + if frames::applies(raw) { frames::table_len(raw as u64) } else { 0 }) as u64
+}
