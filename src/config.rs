@@ -207,7 +207,7 @@ impl Default for CacheConfig {
             max_dirty: Size(4 << 30),
             memory: Size(512 << 20),
             disk: Size(10 << 30),
-            readahead: Size(32 << 20),
+            readahead: Size(64 << 20),
             flush_interval: Dur(Duration::from_secs(5)),
             dirty_wait_timeout: Dur(Duration::ZERO),
         }

@@ -124,6 +124,21 @@ pub fn decode(flags: u8, stored: Bytes, raw_len: usize) -> Result<Bytes, String>
     Ok(plain)
 }
 
+/// The plain bytes of chunk `id` stored as `stored` with `flags`, checked
+/// against the id: an error names what is wrong. A framed chunk is checked
+/// frame by frame against its table and the table against the id, so its
+/// bytes are hashed once, not twice.
+pub fn open(id: &super::ChunkId, flags: u8, stored: Bytes, raw_len: usize) -> Result<Bytes, String> {
+    if flags == FRAMED {
+        return super::frames::decode_checked(&stored, raw_len, id).map(Bytes::from);
+    }
+    let plain = decode(flags, stored, raw_len)?;
+    if super::ChunkId::of(&plain) != *id {
+        return Err("fails its hash".into());
+    }
+    Ok(plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

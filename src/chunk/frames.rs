@@ -84,17 +84,35 @@ fn merge(cvs: &[ChainingValue], shift: u8, len: u64, root: bool) -> Option<Chain
     })
 }
 
+/// The id of chunk `plain` and, when it is to be framed, its frames'
+/// chaining values (the id is their merge: the bytes are hashed once for
+/// both dedup and the frame table).
+pub fn chunk_id(plain: &[u8]) -> (ChunkId, Option<Vec<ChainingValue>>) {
+    if !applies(plain.len()) {
+        return (ChunkId::of(plain), None);
+    }
+    let shift = FRAME_SHIFT;
+    let cvs: Vec<ChainingValue> =
+        plain.chunks(frame_len(shift) as usize).enumerate().map(|(i, f)| frame_cv(i, shift, f)).collect();
+    match merge(&cvs, shift, plain.len() as u64, true) {
+        Some(root) => (ChunkId(root), Some(cvs)),
+        None => (ChunkId::of(plain), None),
+    }
+}
+
 /// Appends the framed form of `plain` (longer than one frame) to `out`,
-/// compressing each frame with `comp` where that is worth it.
-pub fn encode(plain: &[u8], comp: &mut Compressor, out: &mut Vec<u8>) {
+/// compressing each frame with `comp` where that is worth it. `cvs` are
+/// its frames' chaining values if known (from [`chunk_id`]).
+pub fn encode(plain: &[u8], comp: &mut Compressor, out: &mut Vec<u8>, cvs: Option<&[ChainingValue]>) {
     let shift = FRAME_SHIFT;
     let flen = frame_len(shift) as usize;
     let table_at = out.len();
     out.resize(table_at + table_len_with(plain.len() as u64, shift), 0);
     out[table_at] = shift;
     let data_at = out.len();
+    let known = cvs.filter(|c| c.len() == frame_count(plain.len() as u64, shift));
     for (i, frame) in plain.chunks(flen).enumerate() {
-        let cv = frame_cv(i, shift, frame);
+        let cv = known.map_or_else(|| frame_cv(i, shift, frame), |c| c[i]);
         let code = match comp.compress(frame) {
             Some((stored, code)) => {
                 out.extend_from_slice(stored);
@@ -211,6 +229,20 @@ impl Table {
 /// table; the caller checks the whole against the chunk id).
 pub fn decode(stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     let t = Table::parse(stored, raw_len as u64).map_err(|_| "bad frame table".to_string())?;
+    decode_frames(&t, stored, raw_len)
+}
+
+/// The plain bytes of framed chunk `id`: the table checked against the id,
+/// each frame against the table (every byte hashed once).
+pub fn decode_checked(stored: &[u8], raw_len: usize, id: &ChunkId) -> Result<Vec<u8>, String> {
+    let t = Table::parse(stored, raw_len as u64).map_err(|_| "bad frame table".to_string())?;
+    if !t.verify(id) {
+        return Err("its frame table does not match its hash".into());
+    }
+    decode_frames(&t, stored, raw_len)
+}
+
+fn decode_frames(t: &Table, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     if t.stored_len() != stored.len() {
         return Err(format!("frames take {} bytes, the chunk {}", t.stored_len(), stored.len()));
     }
@@ -237,8 +269,9 @@ mod tests {
         for len in [32769usize, 65536, 65537, 98304, 100_000, 256 << 10, (1 << 20) - 1, 1 << 20, 3_000_000] {
             let plain = sample(len);
             let mut out = Vec::new();
-            encode(&plain, &mut Compressor::new(Compression::Zstd, 1), &mut out);
-            let id = ChunkId::of(&plain);
+            let (id, cvs) = chunk_id(&plain);
+            assert_eq!(id, ChunkId::of(&plain), "{len}: the merged id is the BLAKE3 hash");
+            encode(&plain, &mut Compressor::new(Compression::Zstd, 1), &mut out, cvs.as_deref());
             let t = Table::parse(&out, len as u64).expect("table");
             assert!(t.verify(&id), "{len}");
             assert_eq!(t.stored_len(), out.len());
@@ -258,7 +291,7 @@ mod tests {
         let len = 256 << 10;
         let plain = sample(len);
         let mut out = Vec::new();
-        encode(&plain, &mut Compressor::new(Compression::Off, 1), &mut out);
+        encode(&plain, &mut Compressor::new(Compression::Off, 1), &mut out, None);
         let id = ChunkId::of(&plain);
         let t = Table::parse(&out, len as u64).expect("table");
         let mut bad = out.clone();
@@ -269,6 +302,9 @@ mod tests {
             assert_eq!(t.open_frame(i, bad.slice(t.stored_range(i))).is_ok(), i != 3, "frame {i}");
         }
         assert!(decode(&bad, len).is_err());
+        assert!(decode_checked(&out, len, &id).is_ok());
+        assert!(decode_checked(&bad, len, &id).is_err());
+        assert!(decode_checked(&out, len, &ChunkId::of(b"x")).is_err());
         let mut table = out[..t.head()].to_vec();
         table[1 + ENTRY_LEN * 5 + 7] ^= 0x40;
         assert!(!Table::parse(&table, len as u64).expect("parses").verify(&id));

@@ -61,6 +61,9 @@ pub struct PackIndexEntry {
 pub struct PackBuilder {
     buf: Vec<u8>,
     index: Vec<PackIndexEntry>,
+    /// Frame chaining values of chunks added plain, by index position,
+    /// when known (computed with their id), for [`PackBuilder::encode`].
+    cvs: Vec<Option<Vec<[u8; 32]>>>,
 }
 
 impl Default for PackBuilder {
@@ -80,7 +83,7 @@ impl PackBuilder {
     pub fn with_buffer(mut buf: Vec<u8>) -> PackBuilder {
         buf.clear();
         buf.extend_from_slice(MAGIC);
-        PackBuilder { buf, index: Vec::new() }
+        PackBuilder { buf, index: Vec::new(), cvs: Vec::new() }
     }
 
     /// Reserves room for a chunk of up to `len` bytes at the end of the pack
@@ -107,8 +110,16 @@ impl PackBuilder {
 
     /// Keeps the first `len` staged bytes as chunk `id`, stored plain.
     pub fn commit_staged(&mut self, id: ChunkId, len: usize) -> PackIndexEntry {
+        self.commit_staged_with(id, len, None)
+    }
+
+    /// [`PackBuilder::commit_staged`] with the chunk's frame chaining values
+    /// (from [`super::frames::chunk_id`]), so encoding need not hash it again.
+    pub fn commit_staged_with(&mut self, id: ChunkId, len: usize, cvs: Option<Vec<[u8; 32]>>) -> PackIndexEntry {
         let start = self.staged_start();
         self.buf.truncate(start + len);
+        self.cvs.resize(self.index.len(), None);
+        self.cvs.push(cvs);
         self.index_chunk(start, id, super::codec::PLAIN, len, len)
     }
 
@@ -122,7 +133,8 @@ impl PackBuilder {
         let old = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
         self.buf.extend_from_slice(MAGIC);
         let index = std::mem::take(&mut self.index);
-        for e in &index {
+        let cvs = std::mem::take(&mut self.cvs);
+        for (i, e) in index.iter().enumerate() {
             let plain = &old[e.offset as usize..e.offset as usize + e.stored_len as usize];
             let start = self.buf.len() + CHUNK_HEADER_LEN;
             self.buf.resize(start, 0);
@@ -130,7 +142,8 @@ impl PackBuilder {
                 self.buf.extend_from_slice(plain);
                 e.flags
             } else if super::frames::applies(plain.len()) {
-                super::frames::encode(plain, comp, &mut self.buf);
+                let known = cvs.get(i).and_then(|c| c.as_deref());
+                super::frames::encode(plain, comp, &mut self.buf, known);
                 super::codec::FRAMED
             } else if let Some((stored, code)) = comp.compress(plain) {
                 self.buf.extend_from_slice(stored);

@@ -239,8 +239,7 @@ impl Io {
         for _ in 0..TRIES {
             let data = self.get_stored(entry, 0..entry.stored_len as usize)?;
             if data.len() == entry.stored_len as usize
-                && let Ok(plain) = crate::chunk::codec::decode(entry.flags, data, entry.raw_len as usize)
-                && ChunkId::of(&plain) == *id
+                && let Ok(plain) = codec::open(id, entry.flags, data, entry.raw_len as usize)
             {
                 return Ok(plain);
             }
@@ -520,9 +519,11 @@ impl ChunkReader {
         let window = max_window.min(1u64 << st.run.min(20));
         let from = st.ahead_to.max(st.last).saturating_add(1);
         let to = st.last.saturating_add(window);
-        // Asked for again only once half the window is used up, so blocks
-        // go out in runs that one GET per pack fetches.
-        if from > to || to - from + 1 < (window / 2).max(1) {
+        // Once the window is at its full size it is asked for again only
+        // when three quarters of it are used up, so blocks go out in runs of
+        // three quarters of a window that one GET per pack fetches.
+        let was_full = max_window.min(1u64 << st.run.saturating_sub(1).min(20)) == max_window;
+        if from > to || (was_full && to - from + 1 < (window * 3 / 4).max(1)) {
             return None;
         }
         st.ahead_to = to;
@@ -694,8 +695,8 @@ impl Io {
         for (id, e) in run {
             let at = (e.offset - first.offset) as usize;
             let stored = data.slice(at..at + e.stored_len as usize);
-            match codec::decode(e.flags, stored, e.raw_len as usize) {
-                Ok(plain) if ChunkId::of(&plain) == *id => {
+            match codec::open(id, e.flags, stored, e.raw_len as usize) {
+                Ok(plain) => {
                     if let Some(disk) = &self.disk {
                         disk.insert(id, &plain);
                     }
@@ -809,12 +810,12 @@ mod tests {
         assert_eq!(r.sequential(1, 1, 1, bs), Some(3..6));
         assert_eq!(r.sequential(1, 2, 2, bs), Some(6..11));
         assert_eq!(r.sequential(1, 2, 2, bs), None, "same block again: window already asked for");
-        // At full size it is asked for again only once half of it is used,
-        // in one run of half a window (one GET for neighbouring chunks).
-        for blk in 3..6 {
-            assert_eq!(r.sequential(1, blk, blk, bs), None, "block {blk}: 5 or more blocks still ahead");
+        // At full size it is asked for again only once three quarters of it
+        // are used, in one run of 6 blocks (one GET for neighbouring chunks).
+        for blk in 3..8 {
+            assert_eq!(r.sequential(1, blk, blk, bs), None, "block {blk}: 3 or more blocks still ahead");
         }
-        assert_eq!(r.sequential(1, 6, 6, bs), Some(11..15));
+        assert_eq!(r.sequential(1, 8, 8, bs), Some(11..17));
         // Another inode has its own stream; a file read from the middle
         // starts none until it goes on in order.
         assert_eq!(r.sequential(2, 40, 40, bs), None);

@@ -223,12 +223,13 @@ impl Store {
             batch.items.push(Item { ino, blk, generation, content: None, born });
             return Ok(());
         }
-        let id = ChunkId::of(&batch.pack.staged()[..used]);
+        // The frames' hashes come with the id (one pass over the bytes).
+        let (id, cvs) = crate::chunk::frames::chunk_id(&batch.pack.staged()[..used]);
         if batch.new_chunks.contains_key(&id) || rtx.chunk(&id)?.is_some() {
             self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             batch.pack.discard_staged();
         } else {
-            let e = batch.pack.commit_staged(id, used);
+            let e = batch.pack.commit_staged_with(id, used, cvs);
             batch.new_chunks.insert(id, e);
         }
         batch.items.push(Item { ino, blk, generation, content: Some((id, used as u32)), born });
