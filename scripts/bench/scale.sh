@@ -44,7 +44,7 @@ cargo build --release --quiet --bins
 PID= S3PID=
 cleanup() {
   umount -l "$MNT" 2>/dev/null || true
-  [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
   [ -n "$S3PID" ] && kill "$S3PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -71,14 +71,14 @@ interval = "0"
 $1
 EOF
 }
-start() { # → seconds until `status` answers
+start() { # sets START_S: seconds until `status` answers
   local t; t=$(now)
-  "$BIN" --config "$WORK/storfs.toml" serve 2>>"$WORK/daemon.log" & PID=$!
+  "$BIN" --config "$WORK/storfs.toml" serve >/dev/null 2>>"$WORK/daemon.log" & PID=$!
   until cli status >/dev/null 2>&1; do
     kill -0 "$PID" 2>/dev/null || { echo "daemon died:"; tail "$WORK/daemon.log"; exit 1; } >&2
     sleep 0.05
   done
-  since "$t"
+  START_S=$(since "$t")
 }
 stop() { umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; kill "$PID"; wait "$PID" || true; PID=; }
 kill9() { kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=; umount -l "$MNT" 2>/dev/null || true; }
@@ -86,7 +86,7 @@ mount_fs() { mkdir -p "$MNT"; cli mount "$MNT" >/dev/null; }
 
 part_files() {
   write_config $'[cache]\nflush_interval = "1h"'
-  start >/dev/null; mount_fs
+  start; mount_fs
   local have=0
   printf '%10s %10s %9s %9s %8s %9s %8s %9s\n' files create/s stat_us open_us rss_MiB meta_MiB start_s replay_s
   for n in $SIZES; do
@@ -108,7 +108,7 @@ PY
     rate=$(python3 -c "print(f'{($n - $have) / ($(now) - $t):.0f}')")
     # kill -9 with the step's creates only in the WAL: the next start replays them.
     kill9
-    local replay; replay=$(start); mount_fs
+    start; local replay=$START_S; mount_fs
     cli flush >/dev/null
     drop
     read -r stat_us open_us < <(python3 - "$MNT" "$n" <<'PY'
@@ -127,7 +127,7 @@ PY
 )
     local rss meta st
     rss=$(rss_mib); meta=$(meta_mib)
-    stop; st=$(start); mount_fs
+    stop; start; st=$START_S; mount_fs
     printf '%10s %10s %9s %9s %8s %9s %8s %9s\n' "$n" "$rate" "$stat_us" "$open_us" "$rss" "$meta" "$st" "$replay"
     have=$n
   done
@@ -135,7 +135,7 @@ PY
 
 part_dirs() {
   write_config ""
-  start >/dev/null; mount_fs
+  start; mount_fs
   mkdir "$MNT/big"
   local have=0
   printf '%10s %11s %10s %14s\n' entries create_us lookup_us readdir_page_us
@@ -166,7 +166,7 @@ PY
 part_volume() {
   command -v fio >/dev/null && fio --enghelp 2>/dev/null | grep -qw nbd || { echo "fio with the nbd engine is required" >&2; exit 1; }
   write_config ""
-  start >/dev/null
+  start
   cli volume create big --size 1TiB >/dev/null
   local uri=nbd://127.0.0.1:20612/big have=0 snap=0
   printf '%8s %10s %9s %10s %8s\n' GiB rand4k_iops meta_MiB snapshot_s diff_s
@@ -197,7 +197,7 @@ part_packs() {
   local s3
   s3=$(printf '[backend]\nkind = "s3"\nbucket = "scale"\nendpoint = "http://%s"\npath_style = true\n[storage]\nblock_size = "64KiB"\npack_size = "64KiB"' "${line#listening on }")
   write_config "$s3"
-  start >/dev/null; mount_fs
+  start; mount_fs
   local have=0
   printf '%8s %8s %8s %10s\n' packs start_s gc_s recover_s
   for n in $SIZES; do
@@ -207,19 +207,19 @@ import os, sys
 p, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with open(p, "ab") as f:
     for i in range(lo, hi):
-        f.write(i.to_bytes(8, "little") * 8192)
+        f.write(os.urandom(65536))  # incompressible: one chunk fills a pack
     os.fsync(f.fileno())
 PY
     cli flush >/dev/null
     local t gc st rec
     t=$(now); cli gc >/dev/null; gc=$(since "$t")
-    stop; st=$(start); mount_fs
+    stop; start; st=$START_S; mount_fs
     cli flush >/dev/null
     stop
     mv "$WORK/data" "$WORK/data.keep"
     t=$(now); "$BIN" --config "$WORK/storfs.toml" recover --from-bucket >/dev/null 2>>"$WORK/daemon.log"; rec=$(since "$t")
     rm -rf "$WORK/data"; mv "$WORK/data.keep" "$WORK/data"
-    start >/dev/null; mount_fs
+    start; mount_fs
     printf '%8s %8s %8s %10s\n' "$(cli status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["storage"]["packs"])')" "$st" "$gc" "$rec"
     have=$n
   done
