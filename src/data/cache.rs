@@ -743,6 +743,19 @@ mod tests {
     use crate::backend::memory::MemoryBackend;
     use crate::chunk::pack::PackBuilder;
 
+    /// The chunk entry of `e`, a chunk added to pack `pack`.
+    fn entry_in(pack: u64, e: &crate::chunk::pack::PackIndexEntry) -> ChunkEntry {
+        ChunkEntry {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            flags: e.flags,
+            refs: 1,
+            access: 0,
+        }
+    }
+
     fn setup(
         disk: Option<(PathBuf, u64)>,
     ) -> (ChunkReader, Arc<crate::backend::fault::FaultHandle>, Vec<(ChunkId, ChunkEntry)>) {
@@ -753,18 +766,7 @@ mod tests {
             let data = vec![i + 1; 1000 + i as usize];
             let id = ChunkId::of(&data);
             let e = pb.add(id, &data);
-            chunks.push((
-                id,
-                ChunkEntry {
-                    pack: 7,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    flags: 0,
-                    refs: 1,
-                    access: 0,
-                },
-            ));
+            chunks.push((id, entry_in(7, &e)));
         }
         fault.put(&pack_key(7), pb.finish(), PutOptions::default()).expect("put");
         let reader = ChunkReader::new(Arc::new(fault), 1 << 20, disk, 0).expect("reader");
@@ -837,15 +839,7 @@ mod tests {
             let data = vec![i + 1; 4096];
             let id = ChunkId::of(&data);
             let e = pb.add(id, &data);
-            let entry = ChunkEntry {
-                pack: 9,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                flags: 0,
-                refs: 1,
-                access: 0,
-            };
+            let entry = entry_in(9, &e);
             chunks.push((id, entry));
         }
         fault.put(&pack_key(9), pb.finish(), PutOptions::default()).expect("put");
@@ -879,15 +873,7 @@ mod tests {
         for i in 0..4u8 {
             let data = vec![i + 1; 4096];
             let e = pb.add(ChunkId::of(&data), &data);
-            let entry = ChunkEntry {
-                pack: 3,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                flags: 0,
-                refs: 1,
-                access: 0,
-            };
+            let entry = entry_in(3, &e);
             chunks.push((e.id, entry));
         }
         let mut pack = pb.finish().to_vec();
