@@ -174,3 +174,38 @@ fn kill_9_at_many_moments_loses_nothing_fsynced() {
     }
     assert!(seed > 50, "the writer made progress ({seed} files)");
 }
+
+/// A clean stop closes the metadata file, so the next start opens it at once;
+/// only a start after `kill -9` verifies it (and says so), and loses nothing.
+#[test]
+fn clean_stop_closes_metadata_and_only_a_crash_makes_the_next_start_verify_it() {
+    require_root_and_fuse();
+    let scratch = Scratch::new("close");
+    let mut daemon = Daemon::start(&scratch.path, "");
+    let mp = scratch.path.join("mnt");
+    daemon.mount(&mp);
+    let verifies = |d: &Daemon| d.log_text().matches("metadata was not closed cleanly").count();
+    let data = random(256 << 10);
+    for i in 0..50 {
+        write_synced(&mp.join(format!("f{i}")), &data);
+    }
+    // The mount is still up when the daemon stops.
+    daemon.restart();
+    assert_eq!(verifies(&daemon), 0, "a start after a clean stop verified the metadata:\n{}", daemon.log_text());
+    daemon.remount_all();
+    write_synced(&mp.join("after-restart"), &data);
+    daemon.kill9();
+    daemon.restart();
+    let after_crash = verifies(&daemon);
+    assert!(after_crash >= 1, "a start after kill -9 did not verify the metadata:\n{}", daemon.log_text());
+    daemon.remount_all();
+    for i in 0..50 {
+        assert_eq!(read_fresh(&mp.join(format!("f{i}"))), data, "f{i}");
+    }
+    assert_eq!(read_fresh(&mp.join("after-restart")), data);
+    daemon.assert_fsck_clean();
+    daemon.restart();
+    let after = verifies(&daemon);
+    daemon.stop();
+    assert_eq!(after, after_crash, "the start after the verified one verified again:\n{}", daemon.log_text());
+}

@@ -1,6 +1,7 @@
 //! `storfs serve`: opens the store, serves the control socket and FUSE
 //! mounts, runs GC on a timer, and shuts down cleanly on SIGTERM/SIGINT
-//! (unmount, final flush, checkpoint).
+//! (unmount, final flush, checkpoint, and the metadata file closed, so the
+//! next start need not verify it).
 
 pub mod control;
 mod mounts;
@@ -11,11 +12,12 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use nix::sys::signal::{SigSet, Signal};
+use parking_lot::{Condvar, Mutex};
 
 use crate::config::BackendKind;
 use crate::config::Config;
@@ -35,7 +37,7 @@ pub struct Daemon {
     vfs: Arc<Vfs>,
     mounts: mounts::Mounts,
     started: Instant,
-    stopping: AtomicBool,
+    stopping: Stopping,
     /// Address the NFS server listens on, if enabled.
     nfs_addr: Option<std::net::SocketAddr>,
     nbd: Option<Arc<storfs::nbd::Server>>,
@@ -273,7 +275,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         vfs: vfs.clone(),
         mounts: mounts::Mounts::default(),
         started: Instant::now(),
-        stopping: AtomicBool::new(false),
+        stopping: Stopping::default(),
         nfs_addr,
         nbd,
         nbd_addr,
@@ -286,8 +288,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
     runtime.spawn(control::serve(listener, handler));
-    spawn_gc_timer(&daemon)?;
-    spawn_tiering(&daemon)?;
+    let timers = [spawn_gc_timer(&daemon)?, Some(spawn_tiering(&daemon)?)];
 
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -307,14 +308,64 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         break;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    daemon.stopping.store(true, Ordering::SeqCst);
+    daemon.stopping.set();
     let _ = std::fs::remove_file(&config.control.socket);
     let _ = stop_net.send(true);
     runtime.shutdown_timeout(Duration::from_secs(10));
     daemon.mounts.umount_all();
+    // A GC or tiering pass under way finishes first.
+    for t in timers.into_iter().flatten() {
+        let _ = t.join();
+    }
     vfs.shutdown();
+    drop(daemon);
+    close_metadata(vfs);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Set when the daemon stops; wakes the timer threads at once.
+#[derive(Default)]
+struct Stopping {
+    set: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Stopping {
+    fn set(&self) {
+        *self.set.lock() = true;
+        self.wake.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.set.lock()
+    }
+
+    /// Sleeps for `d` or until the daemon stops; true if it stops.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut set = self.set.lock();
+        while !*set && !self.wake.wait_until(&mut set, deadline).timed_out() {}
+        *set
+    }
+}
+
+/// Closes the metadata file by dropping the last reference to the store,
+/// which makes redb record a clean shutdown: the next start opens it at
+/// once instead of verifying every page (a pass that grows with the
+/// metadata, ~1 s per 200,000 files). FUSE sessions end on their own
+/// threads after the unmount, so they are given a few seconds; a lazily
+/// detached mount with files still open keeps the store, and the next start
+/// verifies it (nothing is lost either way: the checkpoint is durable).
+fn close_metadata(vfs: Arc<Vfs>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&vfs) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if Arc::strong_count(&vfs) > 1 {
+        tracing::warn!("the store is still in use (a mount with open files?): the next start verifies the metadata");
+    }
+    drop(vfs);
 }
 
 /// Descriptors kept for the daemon's own files (log segments, metadata,
@@ -349,38 +400,33 @@ fn connection_caps(config: &Config) -> (usize, usize) {
     (scale(nfs), scale(nbd))
 }
 
-fn spawn_gc_timer(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+fn spawn_gc_timer(daemon: &Arc<Daemon>) -> anyhow::Result<Option<JoinHandle<()>>> {
     let interval = daemon.config.gc.interval.0;
     if interval.is_zero() {
-        return Ok(());
+        return Ok(None);
     }
     let d = daemon.clone();
-    std::thread::Builder::new().name("storfs-gc".into()).spawn(move || {
-        loop {
-            std::thread::sleep(interval);
-            if d.stopping.load(Ordering::SeqCst) {
-                return;
-            }
+    let t = std::thread::Builder::new().name("storfs-gc".into()).spawn(move || {
+        while !d.stopping.sleep(interval) {
             match d.vfs.store().gc() {
                 Ok(r) => tracing::info!(?r, "gc"),
                 Err(e) => tracing::warn!(error = %e, "gc failed"),
             }
         }
     })?;
-    Ok(())
+    Ok(Some(t))
 }
 
 /// The tiering thread: samples the cost ledger every minute and runs a
 /// tiering pass every `lifecycle.interval` (never when "0").
-fn spawn_tiering(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+fn spawn_tiering(daemon: &Arc<Daemon>) -> anyhow::Result<JoinHandle<()>> {
     let d = daemon.clone();
-    std::thread::Builder::new().name("storfs-tier".into()).spawn(move || {
+    let t = std::thread::Builder::new().name("storfs-tier".into()).spawn(move || {
         let interval = d.config.lifecycle.interval;
         let mut last_pass = Instant::now();
         loop {
             for _ in 0..60 {
-                std::thread::sleep(Duration::from_secs(1));
-                if d.stopping.load(Ordering::SeqCst) {
+                if d.stopping.sleep(Duration::from_secs(1)) {
                     return;
                 }
                 if !interval.is_zero() && last_pass.elapsed() >= interval {
@@ -396,7 +442,7 @@ fn spawn_tiering(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
             }
         }
     })?;
-    Ok(())
+    Ok(t)
 }
 
 impl Daemon {
@@ -446,7 +492,7 @@ fn snapshot_source<'a>(
 
 impl Daemon {
     fn handle(&self, req: Request, ch: &mut control::Channel) -> Result<serde_json::Value, String> {
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.stopping.is_set() {
             return Err("the daemon is stopping".into());
         }
         match req {

@@ -163,8 +163,29 @@ pub struct MetaStore {
     registry: SharedRegistry,
 }
 
+/// Opens (or creates) the redb file. A file the last process did not close
+/// (a crash, `kill -9`, a mount that outlived the daemon) is verified whole
+/// and its free-page state rebuilt before it opens: time that grows with the
+/// metadata size, so it is logged with its progress.
 fn open_db(path: &Path) -> Result<Database> {
-    Ok(Database::builder().set_cache_size(256 << 20).create(path)?)
+    let started = std::time::Instant::now();
+    let last_logged = std::cell::Cell::new(-1i64);
+    let shown = path.display().to_string();
+    Ok(Database::builder()
+        .set_cache_size(256 << 20)
+        .set_repair_callback(move |session| {
+            let tenth = (session.progress() * 10.0) as i64;
+            if tenth > last_logged.get() {
+                last_logged.set(tenth);
+                tracing::info!(
+                    path = shown,
+                    progress = format!("{:.0}%", session.progress() * 100.0),
+                    elapsed = ?started.elapsed(),
+                    "metadata was not closed cleanly (crash or kill): verifying it"
+                );
+            }
+        })
+        .create(path)?)
 }
 
 impl MetaStore {
