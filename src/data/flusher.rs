@@ -65,6 +65,9 @@ fn trimmed_len(buf: &[u8]) -> usize {
 /// Packs uploading at once while the flusher assembles the next.
 const UPLOADS_IN_FLIGHT: usize = 3;
 
+/// Blocks staged under one metadata read transaction (see `stage_cell`).
+const RTX_BLOCKS: usize = 256;
+
 /// Waits for one pack's upload and commit; its buffer comes back for reuse.
 fn join_upload(upload: Option<std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>>) -> Result<Vec<u8>> {
     match upload.map(|h| h.join()) {
@@ -149,8 +152,16 @@ impl Store {
         let reg = self.meta.registry();
         let scope = reg.scope_of(cell.ino, inode.fs_id);
         let born_of = |layer: &[Piece]| reg.born_for_lsn(scope, layer.iter().map(|p| p.lsn).max().unwrap_or(0));
-        let rtx = self.meta.read()?;
-        for (blk, layers) in blocks {
+        let mut rtx = self.meta.read()?;
+        for (i, (blk, layers)) in blocks.into_iter().enumerate() {
+            // A read transaction pins every page the commits after it free
+            // (redb reuses none of them while it lives), and a volume is
+            // one cell of up to millions of blocks whose packs commit while
+            // it is staged: a fresh one every few hundred blocks keeps the
+            // metadata file from growing by every page those commits copy.
+            if i > 0 && i.is_multiple_of(RTX_BLOCKS) {
+                rtx = self.meta.read()?;
+            }
             let base = match rtx.block(cell.ino, blk)? {
                 Some(b) => {
                     let entry = rtx.chunk(&b.chunk)?.ok_or_else(|| {
@@ -201,6 +212,7 @@ impl Store {
             }
             if batch.pack.len() >= self.opts.pack_target {
                 ship(batch)?;
+                rtx = self.meta.read()?;
             }
         }
         Ok(())
