@@ -530,6 +530,11 @@ impl ChunkReader {
         Some(from..to + 1)
     }
 
+    /// The read-ahead window's size in bytes (0: read-ahead is off).
+    pub fn readahead_bytes(&self) -> u64 {
+        if self.ahead.is_some() { self.readahead } else { 0 }
+    }
+
     /// Asks the read-ahead threads for chunks, skipping those cached or on
     /// their way already. Neighbouring chunks of one pack are fetched by one
     /// ranged GET (up to [`MAX_SPAN`] bytes, skipping at most [`MAX_GAP`]

@@ -389,7 +389,7 @@ impl Store {
         if view.is_live()
             && let Some(ahead) = self.chunks.sequential(ino, first, last, bs)
         {
-            self.prefetch(ino, ahead)?;
+            self.prefetch(ino, ahead, bs)?;
         }
         let mut attempt = 0;
         loop {
@@ -407,13 +407,26 @@ impl Store {
         }
     }
 
-    /// Starts fetching the stored chunks of blocks `blocks` of `ino`.
-    fn prefetch(&self, ino: Ino, blocks: std::ops::Range<u64>) -> Result<()> {
+    /// Starts fetching the stored chunks of blocks `blocks` of `ino` (blocks
+    /// of `bs` bytes), and of the blocks after them whose chunks sit in the
+    /// same pack as the last one (up to half a read-ahead window): the
+    /// window's last GET then takes the rest of its pack, so the next window
+    /// starts at a pack boundary and each pack costs one GET, not two.
+    fn prefetch(&self, ino: Ino, blocks: std::ops::Range<u64>, bs: u64) -> Result<()> {
         let rtx = self.meta.read()?;
         let mut chunks = Vec::new();
-        for (_, r) in rtx.blocks(ino, blocks)? {
+        for (_, r) in rtx.blocks(ino, blocks.clone())? {
             if let Some(entry) = rtx.chunk(&r.chunk)? {
                 chunks.push((r.chunk, entry));
+            }
+        }
+        if let Some(pack) = chunks.last().map(|(_, e)| e.pack) {
+            let more = (self.chunks.readahead_bytes() / 2 / bs.max(1)).max(1);
+            for (_, r) in rtx.blocks(ino, blocks.end..blocks.end.saturating_add(more))? {
+                match rtx.chunk(&r.chunk)? {
+                    Some(entry) if entry.pack == pack => chunks.push((r.chunk, entry)),
+                    _ => break,
+                }
             }
         }
         drop(rtx);

@@ -558,3 +558,47 @@ fn tiering_never_writes_an_ia_object_under_128_kib() {
     }
     env.fsck_clean();
 }
+
+/// A read-ahead run ends at the end of its last chunk's pack, so the next run
+/// starts at a pack boundary and no pack is fetched in two GETs.
+#[test]
+fn read_ahead_takes_the_rest_of_the_last_pack() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend: Arc<dyn ObjectBackend> = Arc::new(MemoryBackend::new());
+    // 4 KiB blocks in 64 KiB packs: a 256 KiB file spans four packs.
+    let opts = VfsOptions { readahead: 1 << 20, mem_cache: 8 << 20, ..options(&dir.path().join("s"), backend) };
+    let vfs = Vfs::open(opts).expect("open");
+    vfs.create_filesystem("default").expect("mkfs");
+    let root = vfs.filesystem("default").expect("fs").root;
+    let a = vfs.create(&Creds::root(), root, b"f", NewNode::File, 0o644).expect("create");
+    let data: Vec<u8> = (0..256 << 10).map(|_| rand::random::<u8>()).collect();
+    vfs.write(&Creds::root(), a.ino, 0, &data).expect("write");
+    vfs.flush().expect("flush");
+    let store = vfs.store();
+    let pack_of = |blk: u64| {
+        let rtx = store.meta.read().expect("r");
+        let b = rtx.block(a.ino, blk).expect("block").expect("stored");
+        rtx.chunk(&b.chunk).expect("chunk").expect("entry").pack
+    };
+    // The first read asks for blocks 1 and 2; the rest of block 2's pack comes too.
+    let last_of_pack = (3..64u64).take_while(|b| pack_of(*b) == pack_of(2)).last().unwrap_or(2);
+    assert!(last_of_pack > 2, "block 2's pack holds later blocks (else nothing here is tested)");
+    assert!(last_of_pack + 1 < 64 && pack_of(last_of_pack + 1) != pack_of(2), "the file spans several packs");
+    store.chunks.clear_memory();
+    let stats = store.chunks.stats();
+    let read = vfs.read(&Creds::root(), a.ino, 0, BS as usize).expect("read");
+    assert_eq!(&read[..], &data[..BS as usize]);
+    let want = last_of_pack; // blocks 1..=last_of_pack
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stats.readahead_fetches.load(Ordering::Relaxed) < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        stats.readahead_fetches.load(Ordering::Relaxed),
+        want,
+        "read-ahead fetched blocks 1..={last_of_pack} (the window and the rest of its pack), and nothing of the next pack"
+    );
+    vfs.shutdown();
+}
