@@ -112,8 +112,10 @@ transition_to_ia = "off"
     let written = Instant::now();
     assert!(chunks_under(&ia_dir).is_empty(), "data written lands in Standard");
 
-    // Halfway: `warm` is read; `meta` only sees metadata operations.
-    until(written, Duration::from_secs(4));
+    // Late in the 8 s: `warm` is read (so it stays young through both
+    // passes, with seconds to spare on a slow machine); `meta` only sees
+    // metadata operations.
+    until(written, Duration::from_secs(7));
     assert_eq!(read_fresh(&m.join("warm")), warm);
     std::fs::metadata(m.join("meta")).expect("stat");
     std::fs::read_dir(&m).expect("readdir").for_each(drop);
@@ -231,7 +233,7 @@ fn s3_puts_cold_packs_as_standard_ia_and_brings_read_data_back() {
     write_synced(&m.join("warm"), &warm);
     d.cli(&["flush"]);
     let written = Instant::now();
-    until(written, Duration::from_secs(4));
+    until(written, Duration::from_secs(7));
     assert_eq!(read_fresh(&m.join("warm")), warm);
     until(written, Duration::from_secs(10));
     let report = tier_run(&d);
