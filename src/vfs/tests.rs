@@ -32,9 +32,14 @@ fn options(state: &Path, backend: Arc<dyn ObjectBackend>) -> VfsOptions {
 
 impl Env {
     fn new() -> Env {
+        Env::with(|o| o)
+    }
+
+    /// A store opened with the test options as `tune` changes them.
+    fn with(tune: impl FnOnce(VfsOptions) -> VfsOptions) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend: Arc<dyn ObjectBackend> = Arc::new(MemoryBackend::new());
-        let vfs = Vfs::open(options(&dir.path().join("s"), backend.clone())).expect("open");
+        let vfs = Vfs::open(tune(options(&dir.path().join("s"), backend.clone()))).expect("open");
         vfs.create_filesystem("default").expect("mkfs");
         Env { dir, backend, vfs }
     }
@@ -564,21 +569,16 @@ fn tiering_never_writes_an_ia_object_under_128_kib() {
 #[test]
 fn read_ahead_takes_the_rest_of_the_last_pack() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backend: Arc<dyn ObjectBackend> = Arc::new(MemoryBackend::new());
     // 4 KiB blocks in 64 KiB packs: a 256 KiB file spans four packs.
-    let opts = VfsOptions { readahead: 1 << 20, mem_cache: 8 << 20, ..options(&dir.path().join("s"), backend) };
-    let vfs = Vfs::open(opts).expect("open");
-    vfs.create_filesystem("default").expect("mkfs");
-    let root = vfs.filesystem("default").expect("fs").root;
-    let a = vfs.create(&Creds::root(), root, b"f", NewNode::File, 0o644).expect("create");
+    let env = Env::with(|o| VfsOptions { readahead: 1 << 20, mem_cache: 8 << 20, ..o });
     let data: Vec<u8> = (0..256 << 10).map(|_| rand::random::<u8>()).collect();
-    vfs.write(&Creds::root(), a.ino, 0, &data).expect("write");
+    let ino = env.file("f", &data);
+    let vfs = &env.vfs;
     vfs.flush().expect("flush");
     let store = vfs.store();
     let pack_of = |blk: u64| {
         let rtx = store.meta.read().expect("r");
-        let b = rtx.block(a.ino, blk).expect("block").expect("stored");
+        let b = rtx.block(ino, blk).expect("block").expect("stored");
         rtx.chunk(&b.chunk).expect("chunk").expect("entry").pack
     };
     // The first read asks for blocks 1 and 2; the rest of block 2's pack comes too.
@@ -587,7 +587,7 @@ fn read_ahead_takes_the_rest_of_the_last_pack() {
     assert!(last_of_pack + 1 < 64 && pack_of(last_of_pack + 1) != pack_of(2), "the file spans several packs");
     store.chunks.clear_memory();
     let stats = store.chunks.stats();
-    let read = vfs.read(&Creds::root(), a.ino, 0, BS as usize).expect("read");
+    let read = vfs.read(&Creds::root(), ino, 0, BS as usize).expect("read");
     assert_eq!(&read[..], &data[..BS as usize]);
     let want = last_of_pack; // blocks 1..=last_of_pack
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
