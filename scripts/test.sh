@@ -16,6 +16,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# qemu, a kernel and the guest tools for the kernel-client tests. First:
+# installing Debian's qemu-system-x86 removes a qemu-utils of another
+# version (a backport), and the packages below then put Debian's back.
+vm_tools=${STORFS_VM_DIR:-../shared/vm}
+"$vm_tools/setup"
+
 # Debian packages: FUSE (mount.fuse runs storfs as the remount helper), fio,
 # what the pjdfstest build needs, the NFS mount helper (the VMs run this
 # machine's userland), libnfs's clients, network namespaces.
@@ -31,9 +37,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse
-# qemu, a kernel and the guest tools for the kernel-client tests.
-vm_tools=${STORFS_VM_DIR:-../shared/vm}
-"$vm_tools/setup"
 
 # Test tools from crates.io, pinned.
 cargo_tool() { # name version
