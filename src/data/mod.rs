@@ -296,6 +296,12 @@ impl View {
 }
 
 /// What a read needs for one block, gathered under the cell lock.
+/// A chunk GC moved or dropped between a read's plan and its fetch: the
+/// read plans again.
+fn moved(e: &DataError) -> bool {
+    matches!(e, DataError::Chunk(ChunkError::Backend(crate::backend::BackendError::NotFound { .. })))
+}
+
 struct BlockPlan {
     blk: u64,
     base: Option<(BlockRef, ChunkEntry)>,
@@ -393,17 +399,61 @@ impl Store {
         }
         let mut attempt = 0;
         loop {
-            let plan = self.read_plan(ino, first, last, off, end, bs, view)?;
+            let plan = {
+                let cell = self.cells.peek(ino);
+                let guard = cell.as_ref().map(|c| c.lock());
+                // The snapshot is taken under the cell lock, and flushes
+                // commit under it too: base and pieces always belong together.
+                let rtx = self.meta.read()?;
+                self.read_plan(&rtx, guard.as_deref(), ino, first, last, off, end, bs, view)?
+            };
             match self.assemble(&plan, off, end, bs) {
                 Ok(b) => return Ok(b),
                 // GC may have moved or dropped a chunk between plan and read.
-                Err(DataError::Chunk(ChunkError::Backend(crate::backend::BackendError::NotFound { .. })))
-                    if attempt < 3 =>
-                {
-                    attempt += 1;
-                }
+                Err(e) if moved(&e) && attempt < 3 => attempt += 1,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Reads `len` bytes at `off` of live file `ino` once `check` has
+    /// accepted its inode (`None`: there is none) and returned it. The
+    /// inode and the block map are read in one transaction under one hold
+    /// of the file's lock: a volume's 4 KiB read opens one, not three.
+    pub fn read_checked<E: From<DataError>>(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+        check: impl FnOnce(Option<Inode>) -> std::result::Result<Inode, E>,
+    ) -> std::result::Result<Bytes, E> {
+        let (inode, plan, span, ahead) = {
+            let cell = self.cells.peek(ino);
+            let guard = cell.as_ref().map(|c| c.lock());
+            let rtx = self.meta.read().map_err(DataError::from)?;
+            let found = match self.pending.get(ino) {
+                Some(i) => Some(i),
+                None => rtx.inode(ino).map_err(DataError::from)?,
+            };
+            let inode = check(found)?;
+            let end = inode.size.min(off.saturating_add(len as u64));
+            if off >= end {
+                return Ok(Bytes::new());
+            }
+            let bs = u64::from(inode.block_size);
+            let (first, last) = (off / bs, (end - 1) / bs);
+            let ahead = self.chunks.sequential(ino, first, last, bs);
+            let plan = self.read_plan(&rtx, guard.as_deref(), ino, first, last, off, end, bs, View::LIVE)?;
+            (inode, plan, end, ahead)
+        };
+        let bs = u64::from(inode.block_size);
+        if let Some(ahead) = ahead {
+            self.prefetch(ino, ahead, bs)?;
+        }
+        match self.assemble(&plan, off, span, bs) {
+            Ok(b) => Ok(b),
+            Err(e) if moved(&e) => Ok(self.read(ino, inode.size, inode.block_size, off, len)?),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -434,9 +484,14 @@ impl Store {
         Ok(())
     }
 
+    /// What each block of `first..=last` reads from: its flushed chunk and
+    /// its dirty pieces (`guard`, the file's cell, locked by the caller
+    /// since before `rtx` began).
     #[allow(clippy::too_many_arguments)]
     fn read_plan(
         &self,
+        rtx: &crate::meta::ReadTx,
+        guard: Option<&CellData>,
         ino: Ino,
         first: u64,
         last: u64,
@@ -445,11 +500,6 @@ impl Store {
         bs: u64,
         view: View,
     ) -> Result<Vec<BlockPlan>> {
-        let cell = self.cells.peek(ino);
-        let guard = cell.as_ref().map(|c| c.lock());
-        // The snapshot is taken under the cell lock, and flushes commit under
-        // it too: base and pieces always belong together.
-        let rtx = self.meta.read()?;
         let bases = rtx.blocks_at(ino, first..last + 1, view.epoch)?;
         let mut bases = bases.into_iter().peekable();
         let mut plan = Vec::with_capacity((last - first + 1) as usize);
@@ -457,8 +507,7 @@ impl Store {
             let blk_start = blk * bs;
             let from = (off.max(blk_start) - blk_start) as u32;
             let to = (end.min(blk_start + bs) - blk_start) as u32;
-            let pieces =
-                guard.as_ref().and_then(|g| g.block(blk)).map(|b| b.pieces_in(from, to, view.lsn)).unwrap_or_default();
+            let pieces = guard.and_then(|g| g.block(blk)).map(|b| b.pieces_in(from, to, view.lsn)).unwrap_or_default();
             while bases.peek().is_some_and(|(b, _)| *b < blk) {
                 bases.next();
             }

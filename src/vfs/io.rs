@@ -51,10 +51,12 @@ impl Vfs {
 
     /// Reads up to `len` bytes at `off`; short at end of file.
     pub fn read(&self, creds: &Creds, ino: Ino, off: u64, len: usize) -> Result<bytes::Bytes> {
-        let a = self.getattr(ino)?;
-        regular_file(&a.inode, "read of a special file")?;
-        perm::check_data(creds, &a.inode, R)?;
-        Ok(self.store.read(ino, a.inode.size, a.inode.block_size, off, len)?)
+        self.store.read_checked(ino, off, len, |found| {
+            let inode = found.ok_or(VfsError::NotFound)?;
+            regular_file(&inode, "read of a special file")?;
+            perm::check_data(creds, &inode, R)?;
+            Ok(inode)
+        })
     }
 
     /// Writes `data` at `off`; returns the bytes written (all of them).
