@@ -36,3 +36,23 @@ fn changes_in_one_mount_are_seen_by_another() {
     std::thread::sleep(Duration::from_millis(1100));
     assert!(!a.join("g").exists(), "unlink in B seen in A");
 }
+
+/// An ioctl the file system does not know fails with ENOTTY, as on a local
+/// file, and quietly: `isatty()` asks one of every file Python opens.
+#[test]
+fn unknown_ioctls_fail_with_enotty_and_log_nothing() {
+    use std::os::fd::AsRawFd;
+    require_root_and_fuse();
+    let s = Scratch::new("tty");
+    let mut d = Daemon::start(&s.path, "");
+    let m = s.path.join("m");
+    d.mount(&m);
+    let f = std::fs::File::create(m.join("f")).expect("create");
+    for _ in 0..100 {
+        // SAFETY: isatty reads nothing from memory we own; the fd is open.
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+    }
+    let log = d.log_text();
+    assert!(!log.contains("WARN") && !log.contains("Not Implemented"), "the daemon warned:\n{log}");
+}
