@@ -295,13 +295,13 @@ impl View {
     }
 }
 
-/// What a read needs for one block, gathered under the cell lock.
 /// A chunk GC moved or dropped between a read's plan and its fetch: the
 /// read plans again.
 fn moved(e: &DataError) -> bool {
     matches!(e, DataError::Chunk(ChunkError::Backend(crate::backend::BackendError::NotFound { .. })))
 }
 
+/// What a read needs for one block, gathered under the cell lock.
 struct BlockPlan {
     blk: u64,
     base: Option<(BlockRef, ChunkEntry)>,
