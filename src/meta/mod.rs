@@ -854,9 +854,14 @@ macro_rules! impl_meta_read {
             }
 
             fn vget(&self, kind: Kind, key: &[u8], at: u64) -> Result<Option<Row>> {
-                let rows = self.tx.open_table(ROWS)?;
-                let history = self.tx.open_table(HISTORY)?;
-                versions::get(&rows, &history, kind, key, at)
+                // The present needs no history (most reads are of it).
+                if let Some(row) = versions::get_live(&self.tx.open_table(ROWS)?, kind, key, at)? {
+                    return Ok(Some(row));
+                }
+                if at == LIVE {
+                    return Ok(None);
+                }
+                versions::get_past(&self.tx.open_table(HISTORY)?, kind, key, at)
             }
 
             fn vscan(
@@ -1173,20 +1178,28 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Sets a counter from its value (0 if unset), in one table open;
+    /// returns the old value.
+    fn update_counter(&self, name: &str, f: impl FnOnce(u64) -> u64) -> Result<u64> {
+        let mut t = self.tx.open_table(META)?;
+        let cur = t.get(name)?.map(|v| v.value()).unwrap_or(0);
+        let value = f(cur);
+        t.insert(name, value)?;
+        self.note(journal::table::META, name.as_bytes(), Some(&value.to_le_bytes()));
+        Ok(cur)
+    }
+
     /// Adds a signed delta to a counter, saturating at zero.
     pub fn add_counter(&self, name: &str, delta: i64) -> Result<()> {
         if delta == 0 {
             return Ok(());
         }
-        let cur = self.counter(name)?;
-        self.set_counter(name, cur.saturating_add_signed(delta))
+        self.update_counter(name, |cur| cur.saturating_add_signed(delta)).map(drop)
     }
 
     /// Returns a counter's value and increments it.
     pub fn next(&self, name: &str) -> Result<u64> {
-        let v = self.counter(name)?;
-        self.set_counter(name, v + 1)?;
-        Ok(v)
+        self.update_counter(name, |v| v + 1)
     }
 
     /// Writes a file system record.
@@ -1265,22 +1278,20 @@ impl WriteTx {
             Some(b) => t.put(kind, key, b, born, false, &keep_in)?,
             None => t.delete(kind, key, born, inherited(&reg, ino), &keep_in)?,
         };
-        drop(t);
         if self.rows.is_some() {
-            self.note_version(kind, key, born, &r)?;
+            let live = t.rows.get((kind as u8, key))?.map(|v| v.value().to_vec());
+            drop(t);
+            self.note_version(kind, key, born, live.as_deref(), &r)?;
         }
         Ok(r)
     }
 
     /// Journals what a versioned write changed: the live row, and the
     /// history, dead-list and births rows it moved or dropped.
-    fn note_version(&self, kind: Kind, key: &[u8], born: u64, r: &Option<Replaced>) -> Result<()> {
+    /// `live` is the row as the write left it.
+    fn note_version(&self, kind: Kind, key: &[u8], born: u64, live: Option<&[u8]>, r: &Option<Replaced>) -> Result<()> {
         use journal::table as jt;
-        let rk = journal::row_key(kind, key);
-        match self.tx.open_table(ROWS)?.get((kind as u8, key))? {
-            Some(v) => self.note(jt::ROWS, &rk, Some(v.value())),
-            None => self.note(jt::ROWS, &rk, None),
-        }
+        self.note(jt::ROWS, &journal::row_key(kind, key), live);
         if let Some(Replaced { row, kept: true, scope: Some(scope) }) = r {
             let died = born;
             let v = versions::encode_row(row.born, row.tomb, &row.body);
@@ -1518,13 +1529,13 @@ impl WriteTx {
     /// referred to.
     pub fn drop_history(&self, scope: Scope, d: &DeadRow) -> Result<Option<Row>> {
         let mut t = Tables::open(&self.tx)?;
-        let old = t.history.remove((d.kind as u8, d.key.as_slice(), d.died))?.map(|v| v.value().to_vec());
-        t.dead.remove((scope.0, d.died, d.kind as u8, d.key.as_slice()))?;
+        let old = t.history()?.remove((d.kind as u8, d.key.as_slice(), d.died))?.map(|v| v.value().to_vec());
+        t.dead()?.remove((scope.0, d.died, d.kind as u8, d.key.as_slice()))?;
         let row = old.map(|v| versions::decode_row(&v)).transpose()?;
         if d.kind == Kind::Block
             && let (Some(ino), Some(blk)) = (keys::key_ino(&d.key), key_second(&d.key))
         {
-            t.births.remove((ino, d.born, blk))?;
+            t.births()?.remove((ino, d.born, blk))?;
             self.note(journal::table::BIRTHS, &journal::births_key(ino, d.born, blk), None);
         }
         drop(t);
@@ -1543,7 +1554,7 @@ impl WriteTx {
             && kind == Kind::Block
             && let (Some(ino), Some(blk)) = (keys::key_ino(key), key_second(key))
         {
-            t.births.remove((ino, r.born, blk))?;
+            t.births()?.remove((ino, r.born, blk))?;
             self.note(journal::table::BIRTHS, &journal::births_key(ino, r.born, blk), None);
         }
         drop(t);

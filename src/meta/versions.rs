@@ -210,22 +210,48 @@ pub struct Replaced {
     pub scope: Option<Scope>,
 }
 
-/// The tables a versioned write touches, open in one write transaction.
+/// The tables a versioned write touches, open in one write transaction:
+/// `rows` at once, the other three on first use (most writes touch only
+/// `rows`, and each table opened costs a lookup now and a root update at
+/// commit).
 pub(super) struct Tables<'t> {
+    tx: &'t redb::WriteTransaction,
     pub rows: redb::Table<'t, (u8, &'static [u8]), &'static [u8]>,
-    pub history: redb::Table<'t, (u8, &'static [u8], u64), &'static [u8]>,
-    pub dead: redb::Table<'t, (u64, u64, u8, &'static [u8]), u64>,
-    pub births: redb::Table<'t, (u64, u64, u64), ()>,
+    history: Option<HistoryTable<'t>>,
+    dead: Option<DeadTable<'t>>,
+    births: Option<redb::Table<'t, (u64, u64, u64), ()>>,
+}
+
+type HistoryTable<'t> = redb::Table<'t, (u8, &'static [u8], u64), &'static [u8]>;
+type DeadTable<'t> = redb::Table<'t, (u64, u64, u8, &'static [u8]), u64>;
+
+/// Opens `table` of `tx` into `slot` unless it is open already.
+fn lazily<'s, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<redb::Table<'t, K, V>>,
+    tx: &'t redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<&'s mut redb::Table<'t, K, V>> {
+    if slot.is_none() {
+        *slot = Some(tx.open_table(table)?);
+    }
+    Ok(slot.as_mut().expect("opened just now"))
 }
 
 impl<'t> Tables<'t> {
     pub fn open(tx: &'t redb::WriteTransaction) -> Result<Tables<'t>> {
-        Ok(Tables {
-            rows: tx.open_table(ROWS)?,
-            history: tx.open_table(HISTORY)?,
-            dead: tx.open_table(DEAD)?,
-            births: tx.open_table(BIRTHS)?,
-        })
+        Ok(Tables { tx, rows: tx.open_table(ROWS)?, history: None, dead: None, births: None })
+    }
+
+    pub fn history(&mut self) -> Result<&mut HistoryTable<'t>> {
+        lazily(&mut self.history, self.tx, HISTORY)
+    }
+
+    pub fn dead(&mut self) -> Result<&mut DeadTable<'t>> {
+        lazily(&mut self.dead, self.tx, DEAD)
+    }
+
+    pub fn births(&mut self) -> Result<&mut redb::Table<'t, (u64, u64, u64), ()>> {
+        lazily(&mut self.births, self.tx, BIRTHS)
     }
 
     fn birth(&mut self, kind: Kind, key: &[u8], born: u64, add: bool) -> Result<()> {
@@ -234,9 +260,9 @@ impl<'t> Tables<'t> {
         }
         let (Some(ino), Some(blk)) = (key_ino(key), key_second(key)) else { return Ok(()) };
         if add {
-            self.births.insert((ino, born, blk), ())?;
+            self.births()?.insert((ino, born, blk), ())?;
         } else {
-            self.births.remove((ino, born, blk))?;
+            self.births()?.remove((ino, born, blk))?;
         }
         Ok(())
     }
@@ -249,8 +275,8 @@ impl<'t> Tables<'t> {
         let row = decode_row(old)?;
         match keep_in {
             Some(scope) => {
-                self.history.insert((kind as u8, key, at), old)?;
-                self.dead.insert((scope.0, at, kind as u8, key), row.born)?;
+                self.history()?.insert((kind as u8, key, at), old)?;
+                self.dead()?.insert((scope.0, at, kind as u8, key), row.born)?;
                 Ok(Replaced { row, kept: true, scope: Some(scope) })
             }
             None => {
@@ -309,23 +335,27 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// The version of `key` visible at epoch `at`, from the live row or history.
-pub(super) fn get(
+/// The live version of `key` if it is visible at epoch `at`.
+pub(super) fn get_live(
     rows: &impl ReadableTable<(u8, &'static [u8]), &'static [u8]>,
+    kind: Kind,
+    key: &[u8],
+    at: u64,
+) -> Result<Option<Row>> {
+    match rows.get((kind as u8, key))? {
+        Some(v) => Ok(Some(decode_row(v.value())?).filter(|row| row.born <= at)),
+        None => Ok(None),
+    }
+}
+
+/// The version of `key` visible at past epoch `at` from history, for when
+/// the live row is not ([`get_live`]).
+pub(super) fn get_past(
     history: &impl ReadableTable<(u8, &'static [u8], u64), &'static [u8]>,
     kind: Kind,
     key: &[u8],
     at: u64,
 ) -> Result<Option<Row>> {
-    if let Some(v) = rows.get((kind as u8, key))? {
-        let row = decode_row(v.value())?;
-        if row.born <= at {
-            return Ok(Some(row));
-        }
-    }
-    if at == LIVE {
-        return Ok(None);
-    }
     match history.range((kind as u8, key, at + 1)..=(kind as u8, key, u64::MAX))?.next() {
         Some(item) => {
             let (_, v) = item?;
