@@ -59,7 +59,7 @@ EOF
 "$BIN" --config "$WORK/storfs.toml" serve 2>"$WORK/daemon.log" &
 PID=$!
 for _ in $(seq 100); do "$BIN" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done
-mkdir -p "$WORK/mnt" "$WORK/plain"
+mkdir -p "$WORK/mnt"
 "$BIN" --socket "$SOCK" mount "$WORK/mnt" >/dev/null
 
 cat > "$WORK/summary.py" <<'PY'
