@@ -483,11 +483,14 @@ pub struct FuseConfig {
     /// How long the kernel may cache attributes and names. Other clients'
     /// changes (NFS) can take this long to show in a FUSE mount.
     pub attr_timeout: Dur,
+    /// Mount with the kernel's writeback cache unless `storfs mount` says
+    /// otherwise (docs/SEMANTICS.md: what it changes).
+    pub writeback_cache: bool,
 }
 
 impl Default for FuseConfig {
     fn default() -> Self {
-        FuseConfig { threads: 8, attr_timeout: Dur(Duration::from_secs(1)) }
+        FuseConfig { threads: 8, attr_timeout: Dur(Duration::from_secs(1)), writeback_cache: false }
     }
 }
 
@@ -894,6 +897,7 @@ socket = "{socket}"
 [fuse]
 threads = {threads}
 attr_timeout = "{attr}"
+writeback_cache = {wb}       # kernel page cache gathers writes (`storfs mount --writeback-cache`); see SEMANTICS.md
 
 [nfs]
 enabled = true
@@ -940,6 +944,7 @@ request_timeout = "{req_timeout}"      # a request that started arriving must be
             socket = d.control.socket.display(),
             threads = d.fuse.threads,
             attr = humantime::format_duration(d.fuse.attr_timeout.0),
+            wb = d.fuse.writeback_cache,
             nfs = d.nfs.listen,
             clients =
                 d.nfs.default_export.clients.iter().map(|n| format!("\"{}\"", n.0)).collect::<Vec<_>>().join(", "),

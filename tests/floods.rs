@@ -133,11 +133,6 @@ async fn connect_many(source: &str, port: u16, n: usize, rcvbuf: Option<u32>) ->
     out
 }
 
-fn nfs_port(d: &Daemon) -> u16 {
-    let listen = d.status()["nfs_listen"].as_str().expect("nfs_listen").to_string();
-    listen.rsplit(':').next().expect("port").parse().expect("port")
-}
-
 fn assert_clean_stop(mut d: Daemon) {
     d.stop();
     let log = d.log_text();
@@ -151,7 +146,7 @@ fn nfs_record_marks_with_no_record() {
     let n = raise_nofile(3000);
     let s = Scratch::new("fl-nfs");
     let d = Daemon::start(&s.path, "[limits]\nrequest_timeout = \"3s\"\n");
-    let (pid, port) = (d.pid(), nfs_port(&d));
+    let (pid, port) = (d.pid(), d.nfs_port());
     let mut probe = TcpStream::connect(("127.0.0.1", port)).expect("probe");
     probe.set_nodelay(true).expect("nodelay");
     let mut xid = 0;
@@ -470,7 +465,7 @@ fn nfs_connections_from_addresses_no_export_admits_close_at_once() {
     let s = Scratch::new("fl-nfsx");
     let d =
         Daemon::start(&s.path, "[nfs]\nlisten = \"127.0.0.1:0\"\n[nfs.default_export]\nclients = [\"127.0.0.1/32\"]\n");
-    let port = nfs_port(&d);
+    let port = d.nfs_port();
     let rt = runtime();
     let closed = rt.block_on(async {
         use tokio::io::AsyncReadExt;

@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -55,4 +56,72 @@ fn unknown_ioctls_fail_with_enotty_and_log_nothing() {
     }
     let log = d.log_text();
     assert!(!log.contains("WARN") && !log.contains("Not Implemented"), "the daemon warned:\n{log}");
+}
+
+/// A mount with the kernel's writeback cache (`storfs mount
+/// --writeback-cache`) keeps close-to-open with other mounts and NFS
+/// clients: what it wrote is in the daemon when `close` returns, and a
+/// file that grew elsewhere shows its new size and data at the next open.
+#[test]
+fn the_writeback_cache_keeps_close_to_open() {
+    use std::os::unix::fs::FileExt;
+    require_root_and_fuse();
+    let nfs_cat = require_tool("nfs-cat");
+    let s = Scratch::new("wb");
+    let mut d = Daemon::start(&s.path, "");
+    let (a, b) = (s.path.join("a"), s.path.join("b"));
+    d.mount_with(&a, &["--writeback-cache"]);
+    d.mount(&b);
+    let fs = d.cli_json(&["fs", "list", "--json"]);
+    let mounts = fs[0]["mounts"].as_array().expect("mounts").clone();
+    let wb = |mp: &std::path::Path| {
+        mounts.iter().find(|m| m["mountpoint"] == mp.to_str().expect("utf8")).expect("listed")["writeback_cache"]
+            .as_bool()
+            .expect("bool")
+    };
+    assert!(wb(&a) && !wb(&b), "fs list says which mount caches writes: {mounts:?}");
+
+    // Many small unsynced writes, then close: B and an NFS client read
+    // them whole at once.
+    let mut want = vec![0u8; 4 << 20];
+    let f = std::fs::File::create(a.join("f")).expect("create in A");
+    let mut x = 7u64;
+    for i in 0..(want.len() / 4096) {
+        let block: Vec<u8> = (0..4096).map(|j| (i * 31 + j) as u8).collect();
+        want[i * 4096..(i + 1) * 4096].copy_from_slice(&block);
+        f.write_all_at(&block, (i * 4096) as u64).expect("write");
+    }
+    // Random sub-page overwrites: the kernel reads the rest of each page
+    // from the daemon before it writes the page back.
+    for _ in 0..500 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let off = (x >> 20) as usize % (want.len() - 100);
+        let bytes = [(x >> 8) as u8; 100];
+        want[off..off + 100].copy_from_slice(&bytes);
+        f.write_all_at(&bytes, off as u64).expect("overwrite");
+    }
+    drop(f);
+    assert!(std::fs::read(b.join("f")).expect("read in B") == want, "B reads what A closed");
+    let port = d.nfs_port();
+    let got = run(Command::new(&nfs_cat).arg(nfs_url(port, "/f"))).stdout;
+    assert!(got == want, "an NFS client reads what A closed ({} bytes)", got.len());
+
+    // A write-only descriptor: partial pages still merge with what is stored.
+    let f = std::fs::OpenOptions::new().write(true).open(a.join("f")).expect("open write-only");
+    f.write_all_at(b"write-only", 5000).expect("write-only write");
+    drop(f);
+    want[5000..5010].copy_from_slice(b"write-only");
+    assert!(std::fs::read(b.join("f")).expect("read in B") == want, "a write-only descriptor merges");
+
+    // A file A has cached grows through B (the daemon side of an NFS
+    // WRITE is the same): A's next open sees the new size and the bytes.
+    std::fs::write(a.join("g"), b"first").expect("write g in A");
+    assert_eq!(std::fs::read(a.join("g")).expect("read g in A"), b"first");
+    std::fs::OpenOptions::new().append(true).open(b.join("g")).and_then(|mut g| g.write_all(b" second")).expect("B");
+    assert_eq!(std::fs::read(a.join("g")).expect("read g in A"), b"first second", "growth through B");
+    // Appends through A land after what others wrote (the kernel keeps
+    // O_APPEND's end of file itself).
+    std::fs::OpenOptions::new().append(true).open(a.join("g")).and_then(|mut g| g.write_all(b"!")).expect("A");
+    assert_eq!(std::fs::read(b.join("g")).expect("read g in B"), b"first second!");
+    d.assert_fsck_clean();
 }

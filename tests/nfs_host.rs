@@ -13,15 +13,6 @@ use common::rpc::{self, NFS, Reply};
 use common::*;
 use storfs::nfs::xdr::{Reader, Writer};
 
-fn nfs_port(d: &Daemon) -> u16 {
-    let listen = d.status()["nfs_listen"].as_str().expect("nfs_listen").to_string();
-    listen.rsplit(':').next().expect("port").parse().expect("port number")
-}
-
-fn url(port: u16, path: &str) -> String {
-    format!("nfs://127.0.0.1/default{path}?nfsport={port}&mountport={port}&version=3")
-}
-
 #[test]
 fn libnfs_clients_interoperate() {
     let nfs_cp = require_tool("nfs-cp");
@@ -29,19 +20,19 @@ fn libnfs_clients_interoperate() {
     let nfs_cat = require_tool("nfs-cat");
     let s = Scratch::new("libnfs");
     let d = Daemon::start(&s.path, "[nfs]\nlisten = \"127.0.0.1:0\"\n");
-    let port = nfs_port(&d);
+    let port = d.nfs_port();
     let src = s.path.join("src.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(&src, &data).expect("write source");
-    run(Command::new(&nfs_cp).arg(&src).arg(url(port, "/copied.bin")));
+    run(Command::new(&nfs_cp).arg(&src).arg(nfs_url(port, "/copied.bin")));
     std::fs::write(s.path.join("small.txt"), b"hello from libnfs\n").expect("write");
-    run(Command::new(&nfs_cp).arg(s.path.join("small.txt")).arg(url(port, "/small.txt")));
+    run(Command::new(&nfs_cp).arg(s.path.join("small.txt")).arg(nfs_url(port, "/small.txt")));
     let back = s.path.join("back.bin");
-    run(Command::new(&nfs_cp).arg(url(port, "/copied.bin")).arg(&back));
+    run(Command::new(&nfs_cp).arg(nfs_url(port, "/copied.bin")).arg(&back));
     assert!(std::fs::read(&back).expect("read back") == data, "nfs-cp round trip is byte-identical");
-    let cat = run(Command::new(&nfs_cat).arg(url(port, "/small.txt")));
+    let cat = run(Command::new(&nfs_cat).arg(nfs_url(port, "/small.txt")));
     assert_eq!(cat.stdout, b"hello from libnfs\n");
-    let ls = run(Command::new(&nfs_ls).arg(url(port, "")));
+    let ls = run(Command::new(&nfs_ls).arg(nfs_url(port, "")));
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(listing.contains("copied.bin") && listing.contains("small.txt"), "{listing}");
     assert!(listing.contains("3000000"), "nfs-ls shows the size: {listing}");
@@ -60,7 +51,7 @@ fn ping(port: u16) {
 fn hostile_clients_do_not_disturb_others() {
     let s = Scratch::new("hostile");
     let d = Daemon::start(&s.path, "[nfs]\nlisten = \"127.0.0.1:0\"\n");
-    let port = nfs_port(&d);
+    let port = d.nfs_port();
     // A well-behaved client with a mounted root, kept open throughout.
     let mut good = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     good.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

@@ -4,8 +4,9 @@
 #
 #   scripts/bench/fuse.sh [ROUNDS] [SIZE_MIB]     (defaults 3 and 2048; run as root)
 #
-# Each round runs every workload on the plain directory, then on storfs;
-# the table shows the median of the rounds (shared virtual disks vary a lot
+# Each round runs every workload on the plain directory, then on a storfs
+# mount with default options, then on one mounted `--writeback-cache`
+# (column storfs-wb; WRITEBACK=0 leaves it out); the table shows the median of the rounds (shared virtual disks vary a lot
 # from one minute to the next, so single runs mislead).
 #
 #   seq-write    fio, 1 MiB writes of SIZE, fsync at the end
@@ -15,8 +16,10 @@
 #   cold-read    fio, 4 KiB random reads of the SIZE file for 20 s, page cache
 #                dropped first: with the default SIZE a working set 4x the
 #                daemon's memory cache (set to 512 MiB here, the default)
-#   small-files  create 10,000 files of 4 KiB (distinct contents) then syncfs,
-#                by 1 process and by 4 processes at once
+#   small-files  create 10,000 files of 4 KiB (distinct contents), then syncfs
+#                and fsync of the last file (syncfs does not reach a FUSE
+#                daemon; storfs's fsync makes every change durable), by 1
+#                process and by 4 processes at once
 #
 # Before each read workload storfs is flushed (`storfs flush`, its `sync`)
 # and the page cache dropped, so reads come from pack files, as they would
@@ -34,8 +37,12 @@ SOCK=$WORK/storfs.sock
 command -v fio >/dev/null || { echo "fio is required (apt install fio)" >&2; exit 1; }
 cargo build --release --quiet
 
+SIDES="plain storfs"
+[ "${WRITEBACK:-1}" = 1 ] && SIDES+=" storfs-wb"
+
 cleanup() {
   umount -l "$WORK/mnt" 2>/dev/null || true
+  umount -l "$WORK/mnt-wb" 2>/dev/null || true
   if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
@@ -51,11 +58,12 @@ EOF
 "$BIN" --config "$WORK/storfs.toml" serve 2>"$WORK/daemon.log" &
 PID=$!
 for _ in $(seq 100); do "$BIN" --socket "$SOCK" status >/dev/null 2>&1 && break; sleep 0.1; done
-mkdir -p "$WORK/mnt" "$WORK/plain"
+mkdir -p "$WORK/mnt" "$WORK/mnt-wb" "$WORK/plain"
 "$BIN" --socket "$SOCK" mount "$WORK/mnt" >/dev/null
+"$BIN" --socket "$SOCK" mount "$WORK/mnt-wb" --writeback-cache >/dev/null
 
 settle() { # SIDE: make everything written so far durable and uncached
-  [ "$1" = storfs ] && "$BIN" --socket "$SOCK" flush
+  [ "$1" != plain ] && "$BIN" --socket "$SOCK" flush
   sync
   echo 3 > /proc/sys/vm/drop_caches
 }
@@ -89,14 +97,17 @@ ps = [Process(target=work, args=(k,)) for k in range(procs)]
 for p in ps: p.start()
 for p in ps: p.join()
 subprocess.run(["sync", "-f", base], check=True)
+fd = os.open(os.path.join(base, f"w{procs - 1}", f"f{total // procs - 1:05d}"), os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
 print(f"{total / (time.perf_counter() - t):.0f}")
 PY
 }
 
 declare -A R
 for round in $(seq "$ROUNDS"); do
-  for side in plain storfs; do
-    dir=$WORK/plain; [ $side = storfs ] && dir=$WORK/mnt
+  for side in $SIDES; do
+    case $side in plain) dir=$WORK/plain ;; storfs) dir=$WORK/mnt ;; storfs-wb) dir=$WORK/mnt-wb ;; esac
     echo "== round $round: $side" >&2
     rm -rf "${dir:?}"/*
     settle $side
@@ -114,6 +125,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 OTHER=plain
+[ "${WRITEBACK:-1}" = 1 ] && THIRD=storfs-wb
 . scripts/bench/table.sh
 printf '\nmedians of %s rounds, %s MiB sequential file\n' "$ROUNDS" "$SIZE_MIB"
 header plain

@@ -73,6 +73,14 @@ pub enum Command {
         /// File system to mount.
         #[arg(long, default_value = crate::daemon::DEFAULT_FS)]
         fs: String,
+        /// Let the kernel's page cache gather writes (FUSE writeback cache):
+        /// much faster small writes; sizes changed elsewhere show only when
+        /// they grow (docs/SEMANTICS.md). Default: `[fuse] writeback_cache`.
+        #[arg(long, conflicts_with = "no_writeback_cache")]
+        writeback_cache: bool,
+        /// Write through even if `[fuse] writeback_cache` is on.
+        #[arg(long)]
+        no_writeback_cache: bool,
     },
     /// Unmount a file system mounted with `storfs mount`.
     Umount {
@@ -587,9 +595,10 @@ impl Cli {
                     print_cost(&v);
                 }
             }
-            Command::Mount { mountpoint, fs } => {
+            Command::Mount { mountpoint, fs, writeback_cache, no_writeback_cache } => {
                 let abs = absolute(mountpoint)?;
-                self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone() })?;
+                let writeback_cache = choice(*writeback_cache, *no_writeback_cache);
+                self.call(&Request::Mount { mountpoint: abs.clone(), fs: fs.clone(), writeback_cache })?;
                 println!("mounted {fs} at {}", abs.display());
             }
             Command::Umount { mountpoint, lazy } => {
@@ -681,9 +690,19 @@ pub fn mount_helper(source: &str, mountpoint: &Path, options: &str) -> anyhow::R
     }
     let fs = source.trim_start_matches("storfs:");
     let socket = std::env::var_os("STORFS_SOCKET").map_or_else(default_socket, PathBuf::from);
-    let req = Request::Mount { mountpoint: absolute(mountpoint)?, fs: fs.to_string() };
+    let writeback_cache = choice(opts.contains(&"writeback_cache"), opts.contains(&"no_writeback_cache"));
+    let req = Request::Mount { mountpoint: absolute(mountpoint)?, fs: fs.to_string(), writeback_cache };
     control::call(&socket, &req).map_err(|e| anyhow!(e))?;
     Ok(())
+}
+
+/// A yes/no flag pair: `Some` when one was given, `None` for the default.
+fn choice(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

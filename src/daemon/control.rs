@@ -92,6 +92,9 @@ pub enum Request {
         mountpoint: PathBuf,
         /// File system name.
         fs: String,
+        /// Use the kernel's writeback cache; absent: `[fuse] writeback_cache`.
+        #[serde(default)]
+        writeback_cache: Option<bool>,
     },
     /// Unmount a FUSE mount made by `Mount`.
     Umount {

@@ -573,16 +573,20 @@ impl Daemon {
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .map(|f| {
-                        let at: Vec<String> =
-                            mounts.iter().filter(|(_, n)| *n == f.name).map(|(p, _)| p.display().to_string()).collect();
+                        let here: Vec<_> = mounts.iter().filter(|(_, n, _)| *n == f.name).collect();
+                        let at: Vec<String> = here.iter().map(|(p, _, _)| p.display().to_string()).collect();
+                        let detail: Vec<serde_json::Value> = here
+                            .iter()
+                            .map(|(p, _, wb)| serde_json::json!({"mountpoint": p, "writeback_cache": wb}))
+                            .collect();
                         serde_json::json!({"name": f.name, "id": f.id, "block_size": f.block_size,
-                            "created": f.created, "mounted_at": at})
+                            "created": f.created, "mounted_at": at, "mounts": detail})
                     })
                     .collect();
                 Ok(serde_json::Value::Array(list))
             }
             Request::FsDelete { name } => {
-                if let Some((p, _)) = self.mounts.list().into_iter().find(|(_, n)| *n == name) {
+                if let Some((p, _, _)) = self.mounts.list().into_iter().find(|(_, n, _)| *n == name) {
                     return Err(format!("file system {name:?} is mounted at {}; unmount it first", p.display()));
                 }
                 self.vfs.delete_filesystem(&name).map_err(|e| vfs_err(&format!("file system {name:?}"), e))?;
@@ -623,8 +627,8 @@ impl Daemon {
             Request::VolumeResize { name, size } => {
                 json(self.vfs.resize_volume(&name, size).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?)
             }
-            Request::Mount { mountpoint, fs } => {
-                let at = self.mounts.mount(&self.vfs, &fs, &mountpoint, &self.config.fuse)?;
+            Request::Mount { mountpoint, fs, writeback_cache } => {
+                let at = self.mounts.mount(&self.vfs, &fs, &mountpoint, &self.config.fuse, writeback_cache)?;
                 Ok(serde_json::json!({"fs": fs, "mountpoint": at}))
             }
             Request::Umount { mountpoint, lazy } => {

@@ -13,11 +13,12 @@ use fuser::{Config as FuseSessionConfig, SessionACL};
 use parking_lot::Mutex;
 
 use crate::config::FuseConfig;
-use storfs::fuse::FuseFs;
+use storfs::fuse::{FuseFs, MountOptions};
 use storfs::vfs::Vfs;
 
 struct Mounted {
     fs: String,
+    writeback_cache: bool,
     session: fuser::BackgroundSession,
 }
 
@@ -95,8 +96,16 @@ fn unescape(s: &str) -> String {
 }
 
 impl Mounts {
-    /// Mounts file system `fs` at `path`.
-    pub fn mount(&self, vfs: &Arc<Vfs>, fs: &str, path: &Path, cfg: &FuseConfig) -> Result<PathBuf, String> {
+    /// Mounts file system `fs` at `path`; `writeback_cache` overrides the
+    /// configured default.
+    pub fn mount(
+        &self,
+        vfs: &Arc<Vfs>,
+        fs: &str,
+        path: &Path,
+        cfg: &FuseConfig,
+        writeback_cache: Option<bool>,
+    ) -> Result<PathBuf, String> {
         let info = vfs.filesystem(fs).map_err(|_| format!("no file system named {fs:?} (see `storfs fs list`)"))?;
         let path = path.canonicalize().map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
         if !path.is_dir() {
@@ -112,15 +121,22 @@ impl Mounts {
         config.acl = SessionACL::All;
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
-        let fuse = FuseFs::new(vfs.clone(), info.root, info.id, cfg.attr_timeout.0);
-        let session =
-            fuser::Session::from_fd(fuse, dev, SessionACL::All, config).and_then(|s| s.spawn()).map_err(|e| {
+        let writeback_cache = writeback_cache.unwrap_or(cfg.writeback_cache);
+        let opts = MountOptions { ttl: cfg.attr_timeout.0, writeback_cache };
+        let fuse = FuseFs::new(vfs.clone(), info.root, info.id, opts);
+        let notifier = fuse.notifier_slot();
+        let session = fuser::Session::from_fd(fuse, dev, SessionACL::All, config)
+            .and_then(|s| {
+                let _ = notifier.set(s.notifier());
+                s.spawn()
+            })
+            .map_err(|e| {
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
                 format!("cannot serve the mount at {}: {e}", path.display())
             })?;
         raise_readahead(&path);
-        tracing::info!(fs, mountpoint = %path.display(), "mounted");
-        inner.insert(path.clone(), Mounted { fs: fs.to_string(), session });
+        tracing::info!(fs, mountpoint = %path.display(), writeback_cache, "mounted");
+        inner.insert(path.clone(), Mounted { fs: fs.to_string(), writeback_cache, session });
         Ok(path)
     }
 
@@ -161,11 +177,12 @@ impl Mounts {
         }
     }
 
-    /// Mountpoints and their file systems.
-    pub fn list(&self) -> Vec<(PathBuf, String)> {
+    /// Mountpoints, their file systems, and whether each uses the
+    /// writeback cache.
+    pub fn list(&self) -> Vec<(PathBuf, String, bool)> {
         let mut inner = self.inner.lock();
         inner.retain(|_, m| !m.session.guard.is_finished());
-        inner.iter().map(|(p, m)| (p.clone(), m.fs.clone())).collect()
+        inner.iter().map(|(p, m)| (p.clone(), m.fs.clone(), m.writeback_cache)).collect()
     }
 }
 

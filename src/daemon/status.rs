@@ -257,7 +257,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             backend_read_bytes: get(&c.backend_bytes),
             frame_reads: get(&c.frame_reads),
         },
-        mounts: d.mounts.list().into_iter().map(|(p, f)| (p.display().to_string(), f)).collect(),
+        mounts: d.mounts.list().into_iter().map(|(p, f, _)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),
         nbd_listen: d.nbd_addr.map(|a| a.to_string()),
         clients: {

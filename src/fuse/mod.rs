@@ -104,19 +104,50 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
+/// How a mount is served.
+#[derive(Debug, Clone, Copy)]
+pub struct MountOptions {
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+    /// The kernel's writeback cache (`FUSE_WRITEBACK_CACHE`): writes gather
+    /// in this mount's page cache and reach the daemon at writeback, close
+    /// or fsync (ARCHITECTURE.md, SEMANTICS.md "the writeback cache").
+    pub writeback_cache: bool,
+}
+
 /// One mounted file system.
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     root: Ino,
     fs_id: u32,
-    ttl: Duration,
+    opts: MountOptions,
     views: parking_lot::Mutex<Views>,
+    /// Where size notifications go (writeback cache only), set once the
+    /// session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Writable handles this mount has open, per inode (writeback cache
+    /// only): while there are none the kernel holds no dirty page of it.
+    writers: parking_lot::Mutex<std::collections::HashMap<Ino, u32>>,
 }
 
 impl FuseFs {
     /// Serves file system `fs_id`, whose root directory is `root`.
-    pub fn new(vfs: Arc<Vfs>, root: Ino, fs_id: u32, ttl: Duration) -> FuseFs {
-        FuseFs { vfs, root, fs_id, ttl, views: parking_lot::Mutex::new(Views::default()) }
+    pub fn new(vfs: Arc<Vfs>, root: Ino, fs_id: u32, opts: MountOptions) -> FuseFs {
+        FuseFs {
+            vfs,
+            root,
+            fs_id,
+            opts,
+            views: parking_lot::Mutex::new(Views::default()),
+            notifier: Arc::default(),
+            writers: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// The slot for the session's notifier: fill it after creating the
+    /// session (the writeback cache needs it to push sizes, see `open`).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     fn node(&self, i: INodeNo) -> Result<Node, VfsError> {
@@ -271,8 +302,48 @@ impl FuseFs {
 
     fn entry(&self, r: Result<Attr, VfsError>, reply: ReplyEntry, op: &'static str) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(a.inode.generation)),
+            Ok(a) => reply.entry(&self.opts.ttl, &self.attr(&a), Generation(a.inode.generation)),
             Err(e) => reply.error(fail(op, &e)),
+        }
+    }
+
+    /// With the writeback cache the kernel keeps its own size of a cached
+    /// file and ignores the daemon's, so a file that grew through another
+    /// mount or an NFS client would look cut short here. Before an open
+    /// returns, raise the kernel's size: FUSE_NOTIFY_STORE of the file's
+    /// last byte (a store raises the size and never lowers it; an empty
+    /// one changes nothing). The byte lands in the page cache, so this is
+    /// done only while this mount has no writable handle on the file, when
+    /// the kernel holds no dirty page of it; the `writers` lock keeps a new
+    /// writable open from replying before the store is in.
+    fn open_cached(&self, ino: Ino, size: u64, write: bool) {
+        let mut writers = self.writers.lock();
+        if size > 0
+            && !writers.contains_key(&ino)
+            && let Some(n) = self.notifier.get()
+        {
+            let pushed = self
+                .vfs
+                .read(&Creds::root(), ino, size - 1, 1)
+                .map_err(|e| e.to_string())
+                .and_then(|b| n.store(self.fuse_of(None, ino), size - 1, &b).map_err(|e| e.to_string()));
+            if let Err(e) = pushed {
+                tracing::debug!(ino, error = %e, "cannot push the size to the kernel");
+            }
+        }
+        if write {
+            *writers.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// A writable handle of `ino` was released (writeback cache only).
+    fn release_cached(&self, ino: Ino) {
+        let mut writers = self.writers.lock();
+        if let Some(n) = writers.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                writers.remove(&ino);
+            }
         }
     }
 
@@ -320,6 +391,9 @@ impl Filesystem for FuseFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        if self.opts.writeback_cache && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_err() {
+            tracing::warn!("the kernel offers no FUSE writeback cache; this mount writes through");
+        }
         Ok(())
     }
 
@@ -349,7 +423,7 @@ impl Filesystem for FuseFs {
             }
         });
         match r {
-            Ok((a, g)) => reply.entry(&self.ttl, &a, Generation(g)),
+            Ok((a, g)) => reply.entry(&self.opts.ttl, &a, Generation(g)),
             Err(e) => reply.error(fail("lookup", &e)),
         }
     }
@@ -357,7 +431,7 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = span("getattr", ino);
         match self.node(ino).and_then(|n| self.node_attr(n)) {
-            Ok((a, _)) => reply.attr(&self.ttl, &a),
+            Ok((a, _)) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(fail("getattr", &e)),
         }
     }
@@ -385,7 +459,7 @@ impl Filesystem for FuseFs {
             SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set), ctime_guard: None };
         let ino = live!(self, ino, reply);
         match self.vfs.setattr(&creds(req), ino, &set) {
-            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
         }
     }
@@ -496,7 +570,13 @@ impl Filesystem for FuseFs {
             OpenAccMode::O_RDWR => OpenMode { read: true, write: true },
         };
         let r = self.node(ino).and_then(|n| match n {
-            Node::Live(i) => self.vfs.open_file(&creds(req), i, mode).map(|_| ()),
+            Node::Live(i) => {
+                let a = self.vfs.open_file(&creds(req), i, mode)?;
+                if self.opts.writeback_cache {
+                    self.open_cached(i, a.inode.size, mode.write);
+                }
+                Ok(())
+            }
             _ if mode.write => Err(VfsError::ReadOnly),
             Node::View(view, _, i) => match self.vfs.getattr_at(view, i)?.inode.kind {
                 FileKind::Dir => Err(VfsError::IsDir),
@@ -541,14 +621,19 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _span = span("write", ino);
         let ino = live!(self, ino, reply);
-        match self.vfs.write(&creds(req), ino, offset, data) {
+        // A write of a process that is not root drops set-uid/set-gid; so
+        // does one the kernel flags. Writeback of cached pages carries no
+        // writer (uid 0, or u32::MAX from kernels that mark it invalid).
+        let uid = req.uid();
+        let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) || (uid != 0 && uid != u32::MAX);
+        match self.vfs.write_as(&creds(req), ino, offset, data, drop_setid) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),
         }
@@ -565,14 +650,19 @@ impl Filesystem for FuseFs {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _span = span("release", ino);
         match self.node(ino) {
-            Ok(Node::Live(i)) => Self::empty(self.vfs.release(i), reply, "release"),
+            Ok(Node::Live(i)) => {
+                if self.opts.writeback_cache && flags.acc_mode() != OpenAccMode::O_RDONLY {
+                    self.release_cached(i);
+                }
+                Self::empty(self.vfs.release(i), reply, "release")
+            }
             _ => reply.ok(),
         }
     }
@@ -608,7 +698,7 @@ impl Filesystem for FuseFs {
         let walked = self.node(ino).and_then(|dir| {
             self.walk_dir(req, dir, offset, |f, node, off, name, _| match self.node_attr(node) {
                 Ok((attr, generation)) => {
-                    reply.add(f, off, OsStr::from_bytes(name), &self.ttl, &attr, Generation(generation))
+                    reply.add(f, off, OsStr::from_bytes(name), &self.opts.ttl, &attr, Generation(generation))
                 }
                 // An entry removed since the listing is skipped.
                 Err(_) => false,
@@ -739,13 +829,18 @@ impl Filesystem for FuseFs {
             write: flags & libc::O_ACCMODE != libc::O_RDONLY,
         };
         match self.vfs.open_file(&c, a.ino, mode) {
-            Ok(a) => reply.created(
-                &self.ttl,
-                &self.attr(&a),
-                Generation(a.inode.generation),
-                FileHandle(0),
-                FopenFlags::empty(),
-            ),
+            Ok(a) => {
+                if self.opts.writeback_cache {
+                    self.open_cached(a.ino, 0, mode.write);
+                }
+                reply.created(
+                    &self.opts.ttl,
+                    &self.attr(&a),
+                    Generation(a.inode.generation),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(fail("create", &e)),
         }
     }

@@ -59,19 +59,29 @@ impl Vfs {
         })
     }
 
-    /// Writes `data` at `off`; returns the bytes written (all of them).
+    /// Writes `data` at `off`; returns the bytes written (all of them). A
+    /// write by anyone but root drops set-uid, and set-gid when the group
+    /// may execute (as Linux's file_remove_privs).
     pub fn write(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8]) -> Result<u32> {
+        self.write_as(creds, ino, off, data, !creds.is_root())
+    }
+
+    /// [`Vfs::write`], with the caller saying whether the write drops
+    /// set-uid/set-gid (FUSE with `FUSE_HANDLE_KILLPRIV_V2`: the kernel
+    /// flags the writes that must; writeback of cached pages carries no
+    /// writer's credentials).
+    pub fn write_as(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8], drop_setid: bool) -> Result<u32> {
         let end = off.checked_add(data.len() as u64).ok_or(VfsError::TooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(VfsError::TooBig);
         }
         for (i, part) in data.chunks(WRITE_MAX).enumerate() {
-            self.write_part(creds, ino, off + (i * WRITE_MAX) as u64, part)?;
+            self.write_part(creds, ino, off + (i * WRITE_MAX) as u64, part, drop_setid)?;
         }
         Ok(data.len() as u32)
     }
 
-    fn write_part(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8]) -> Result<()> {
+    fn write_part(&self, creds: &Creds, ino: Ino, off: u64, data: &[u8], drop_setid: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -81,10 +91,8 @@ impl Vfs {
         let inode = self.store.inode(ino)?.ok_or(VfsError::NotFound)?;
         regular_file(&inode, "write to a special file")?;
         perm::check_data(creds, &inode, W)?;
-        // A write by anyone but root drops set-uid, and set-gid when the
-        // group may execute (as Linux's file_remove_privs).
         let mut kill = 0;
-        if !creds.is_root() {
+        if drop_setid {
             kill = inode.mode & libc::S_ISUID;
             if inode.mode & 0o010 != 0 {
                 kill |= inode.mode & libc::S_ISGID;

@@ -151,7 +151,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
-    mounts: Vec<PathBuf>,
+    /// Mountpoints and the extra `storfs mount` arguments each was made with.
+    mounts: Vec<(PathBuf, Vec<String>)>,
     netns: Option<String>,
 }
 
@@ -300,6 +301,12 @@ impl Daemon {
         self.cli_json(&["status", "--json"])
     }
 
+    /// The port the daemon's NFS server listens on.
+    pub fn nfs_port(&self) -> u16 {
+        let listen = self.status()["nfs_listen"].as_str().expect("nfs_listen").to_string();
+        listen.rsplit(':').next().expect("port").parse().expect("port number")
+    }
+
     /// Runs a CLI command that must succeed and print JSON; returns it.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);
@@ -308,10 +315,18 @@ impl Daemon {
 
     /// Mounts the default file system at `mp` (created if needed).
     pub fn mount(&mut self, mp: &Path) {
+        self.mount_with(mp, &[]);
+    }
+
+    /// [`Daemon::mount`] with extra `storfs mount` arguments (kept for
+    /// [`Daemon::remount_all`]).
+    pub fn mount_with(&mut self, mp: &Path, args: &[&str]) {
         std::fs::create_dir_all(self.view(mp)).expect("mountpoint");
-        self.cli(&["mount", mp.to_str().expect("utf8")]);
-        if !self.mounts.contains(&mp.to_path_buf()) {
-            self.mounts.push(mp.to_path_buf());
+        let mut all = vec!["mount", mp.to_str().expect("utf8")];
+        all.extend_from_slice(args);
+        self.cli(&all);
+        if !self.mounts.iter().any(|(p, _)| p == mp) {
+            self.mounts.push((mp.to_path_buf(), args.iter().map(|a| a.to_string()).collect()));
         }
     }
 
@@ -352,15 +367,16 @@ impl Daemon {
     }
 
     fn detach_mounts(&self) {
-        for mp in &self.mounts {
+        for (mp, _) in &self.mounts {
             let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 
     /// Remounts every mountpoint mounted before (after a restart).
     pub fn remount_all(&mut self) {
-        for mp in self.mounts.clone() {
-            self.mount(&mp);
+        for (mp, args) in self.mounts.clone() {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.mount_with(&mp, &args);
         }
     }
 
@@ -460,4 +476,9 @@ pub fn write_synced(path: &Path, data: &[u8]) {
 pub fn plain_stored(raw: usize) -> u64 {
     use storfs::chunk::frames;
     (raw + if frames::applies(raw) { frames::table_len(raw as u64) } else { 0 }) as u64
+}
+
+/// A libnfs URL (nfs-cp, nfs-cat, nfs-ls) for `path` in file system `default`.
+pub fn nfs_url(port: u16, path: &str) -> String {
+    format!("nfs://127.0.0.1/default{path}?nfsport={port}&mountport={port}&version=3")
 }
