@@ -10,19 +10,31 @@ use common::*;
 
 #[test]
 fn fsx_100k_operations() {
+    fsx_run("fsx", &[], "100000");
+}
+
+/// The same operations through the kernel's writeback cache: sub-page
+/// writes merged with what the daemon holds, sizes kept by the kernel,
+/// mmap pages written back late.
+#[test]
+fn fsx_with_the_writeback_cache() {
+    fsx_run("fsx-wb", &["--writeback-cache"], "50000");
+}
+
+fn fsx_run(tag: &str, mount_args: &[&str], ops: &str) {
     require_root_and_fuse();
     let fsx = require_tool("fsx");
-    let scratch = Scratch::new("fsx");
+    let scratch = Scratch::new(tag);
     // A short flush interval makes the file move between dirty blocks and
     // packs many times during the run.
     let mut daemon = Daemon::start(&scratch.path, "[cache]\nflush_interval = \"200ms\"\n");
     let mp = scratch.path.join("mnt");
-    daemon.mount(&mp);
+    daemon.mount_with(&mp, mount_args);
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/fsx.toml");
     let out = Command::new(&fsx)
         .arg("-f")
         .arg(&config)
-        .args(["-N", "100000", "-S", "20261121"])
+        .args(["-N", ops, "-S", "20261121"])
         .arg("-P")
         .arg(&scratch.path)
         .arg(mp.join("fsxfile"))

@@ -123,5 +123,16 @@ fn the_writeback_cache_keeps_close_to_open() {
     // O_APPEND's end of file itself).
     std::fs::OpenOptions::new().append(true).open(a.join("g")).and_then(|mut g| g.write_all(b"!")).expect("A");
     assert_eq!(std::fs::read(b.join("g")).expect("read g in B"), b"first second!");
+
+    // The kernel writes the times of a file unlinked in A back after the
+    // daemon has dropped the inode; syncfs of the mount still succeeds.
+    for i in 0..20 {
+        std::fs::write(a.join(format!("gone{i}")), b"x").expect("create in A");
+        std::fs::remove_file(a.join(format!("gone{i}"))).expect("unlink in A");
+    }
+    let root = std::fs::File::open(&a).expect("open A");
+    // SAFETY: syncfs takes a descriptor we hold open.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root)) };
+    assert_eq!(rc, 0, "syncfs of A: {}", std::io::Error::last_os_error());
     d.assert_fsck_clean();
 }

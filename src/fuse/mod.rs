@@ -127,7 +127,9 @@ pub struct FuseFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Writable handles this mount has open, per inode (writeback cache
     /// only): while there are none the kernel holds no dirty page of it.
-    writers: parking_lot::Mutex<std::collections::HashMap<Ino, u32>>,
+    /// Each inode has its own lock, so a push waiting on one file's page
+    /// never holds up opens of others.
+    writers: parking_lot::Mutex<std::collections::HashMap<Ino, Arc<parking_lot::Mutex<u32>>>>,
 }
 
 impl FuseFs {
@@ -317,9 +319,10 @@ impl FuseFs {
     /// the kernel holds no dirty page of it; the `writers` lock keeps a new
     /// writable open from replying before the store is in.
     fn open_cached(&self, ino: Ino, size: u64, write: bool) {
-        let mut writers = self.writers.lock();
+        let cell = self.writers.lock().entry(ino).or_default().clone();
+        let mut writers = cell.lock();
         if size > 0
-            && !writers.contains_key(&ino)
+            && *writers == 0
             && let Some(n) = self.notifier.get()
         {
             let pushed = self
@@ -332,18 +335,28 @@ impl FuseFs {
             }
         }
         if write {
-            *writers.entry(ino).or_default() += 1;
+            *writers += 1;
         }
+        drop(writers);
+        self.forget_writers(ino, cell);
     }
 
     /// A writable handle of `ino` was released (writeback cache only).
     fn release_cached(&self, ino: Ino) {
-        let mut writers = self.writers.lock();
-        if let Some(n) = writers.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                writers.remove(&ino);
-            }
+        let Some(cell) = self.writers.lock().get(&ino).cloned() else { return };
+        {
+            let mut writers = cell.lock();
+            *writers = writers.saturating_sub(1);
+        }
+        self.forget_writers(ino, cell);
+    }
+
+    /// Drops the entry of `ino` when it counts no writer and nobody else
+    /// holds it (an open in progress holds a clone, taken under the map lock).
+    fn forget_writers(&self, ino: Ino, cell: Arc<parking_lot::Mutex<u32>>) {
+        let mut map = self.writers.lock();
+        if Arc::strong_count(&cell) == 2 && *cell.lock() == 0 {
+            map.remove(&ino);
         }
     }
 
@@ -352,6 +365,28 @@ impl FuseFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail(op, &e)),
         }
+    }
+}
+
+/// The attributes answered for an inode that no longer exists (the kernel
+/// ignores them where they are sent, see `setattr`).
+fn gone(ino: INodeNo) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
     }
 }
 
@@ -446,7 +481,7 @@ impl Filesystem for FuseFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -457,9 +492,17 @@ impl Filesystem for FuseFs {
         let _span = span("setattr", ino);
         let set =
             SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set), ctime_guard: None };
+        let fuse_ino = ino;
         let ino = live!(self, ino, reply);
+        // With the writeback cache the kernel writes a cached inode's mtime
+        // and ctime back later (only it sends a ctime), also for a file
+        // unlinked since, whose inode may be gone by then: nothing is left
+        // to update, and failing would fail the next syncfs of the mount.
+        let times_writeback = ctime.is_some() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+        let times_writeback = times_writeback && set.size.is_none() && set.atime.is_none() && self.opts.writeback_cache;
         match self.vfs.setattr(&creds(req), ino, &set) {
             Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
+            Err(VfsError::NotFound) if times_writeback => reply.attr(&Duration::ZERO, &gone(fuse_ino)),
             Err(e) => reply.error(fail("setattr", &e)),
         }
     }
