@@ -80,6 +80,15 @@ fn the_writeback_cache_keeps_close_to_open() {
             .expect("bool")
     };
     assert!(wb(&a) && !wb(&b), "fs list says which mount caches writes: {mounts:?}");
+    // The writeback-cache mount may hold 40 % of the dirty-page limit, the
+    // other keeps the kernel's 1 % for FUSE.
+    let max_ratio = |mp: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(mp).expect("stat mount").dev();
+        let knob = format!("/sys/class/bdi/{}:{}/max_ratio", libc::major(dev), libc::minor(dev));
+        std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}")).trim().to_string()
+    };
+    assert_eq!((max_ratio(&a).as_str(), max_ratio(&b).as_str()), ("40", "1"), "dirty shares of A and B");
 
     // Many small unsynced writes, then close: B and an NFS client read
     // them whole at once.
