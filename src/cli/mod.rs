@@ -74,8 +74,9 @@ pub enum Command {
         #[arg(long, default_value = crate::daemon::DEFAULT_FS)]
         fs: String,
         /// Let the kernel's page cache gather writes (FUSE writeback cache):
-        /// much faster small writes; sizes changed elsewhere show only when
-        /// they grow (docs/SEMANTICS.md). Default: `[fuse] writeback_cache`.
+        /// small random writes cost no round trip each; sizes changed
+        /// elsewhere show only when they grow (docs/SEMANTICS.md). Default:
+        /// `[fuse] writeback_cache`.
         #[arg(long, conflicts_with = "no_writeback_cache")]
         writeback_cache: bool,
         /// Write through even if `[fuse] writeback_cache` is on.

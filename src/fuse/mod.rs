@@ -498,8 +498,10 @@ impl Filesystem for FuseFs {
         // and ctime back later (only it sends a ctime), also for a file
         // unlinked since, whose inode may be gone by then: nothing is left
         // to update, and failing would fail the next syncfs of the mount.
-        let times_writeback = ctime.is_some() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
-        let times_writeback = times_writeback && set.size.is_none() && set.atime.is_none() && self.opts.writeback_cache;
+        let times_writeback = self.opts.writeback_cache
+            && ctime.is_some()
+            && (set.mode, set.uid, set.gid, set.size).eq(&(None, None, None, None))
+            && set.atime.is_none();
         match self.vfs.setattr(&creds(req), ino, &set) {
             Ok(a) => reply.attr(&self.opts.ttl, &self.attr(&a)),
             Err(VfsError::NotFound) if times_writeback => reply.attr(&Duration::ZERO, &gone(fuse_ino)),
