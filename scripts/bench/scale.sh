@@ -23,7 +23,11 @@
 # volume: a 1 TiB sparse volume written with 256 KiB random writes (fio's
 #         nbd engine, QD32) up to each size; at each: 4 KiB random write
 #         IOPS for 10 s, metadata size, snapshot create time and the time of
-#         a changed-block diff between two snapshots 64 MiB of writes apart.
+#         a changed-block diff between two snapshots 64 MiB of writes apart;
+#         and where the local disk goes: the most the data directory held
+#         while the step ran (sampled every 2 s), and at its end the packs
+#         and the WAL (GC is off, so packs also hold what later writes
+#         replaced).
 # packs:  storfs on storfs-s3d with 64 KiB blocks and packs (a bench-only
 #         setting: every pack one chunk) grown to each number of packs; at
 #         each: daemon start time, a GC pass, and `recover --from-bucket`
@@ -46,6 +50,7 @@ cleanup() {
   umount -l "$MNT" 2>/dev/null || true
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
   [ -n "$S3PID" ] && kill "$S3PID" 2>/dev/null || true
+  jobs -p | xargs -r kill 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -169,22 +174,33 @@ part_volume() {
   start
   cli volume create big --size 1TiB >/dev/null
   local uri=nbd://127.0.0.1:20612/big have=0 snap=0
-  printf '%8s %10s %9s %10s %8s\n' GiB rand4k_iops meta_MiB snapshot_s diff_s
+  # Every fio run draws its own offsets: with fio's default fixed seed, each
+  # fill rewrote the blocks of the fills before it and the 4 KiB phase hit
+  # exactly the blocks the fill had just written (the same random stream in
+  # other units), so every 4 KiB write re-stored a whole 256 KiB block.
+  printf '%8s %10s %9s %10s %8s %9s %9s %8s\n' GiB rand4k_iops meta_MiB snapshot_s diff_s peak_GiB packs_GiB wal_GiB
   for g in $SIZES; do
-    fio --name=fill --ioengine=nbd --uri="$uri" --rw=randwrite --bs=256k --iodepth=32 --size=1T \
+    # The most the data directory holds during the step, sampled.
+    ( peak=0; while :; do
+        s=$(du -sb "$WORK/data" 2>/dev/null | cut -f1); [ "${s:-0}" -gt "$peak" ] && peak=$s && echo "$peak" > "$WORK/peak"
+        sleep 2; done ) & local sampler=$!
+    fio --name=fill --randrepeat=0 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=256k --iodepth=32 --size=1T \
       --io_size=$(( (g - have) ))G --output-format=terse >/dev/null
     local iops t snap_s diff_s
-    iops=$(fio --name=r --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 --size=1T \
+    iops=$(fio --name=r --randrepeat=0 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 --size=1T \
       --time_based --runtime=10 --output-format=json | python3 -c '
 import json, sys
 t = sys.stdin.read(); print(round(json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"]))')
     cli flush >/dev/null
     snap=$((snap + 1)); t=$(now); cli snapshot create --volume big "s$snap" >/dev/null; snap_s=$(since "$t")
-    fio --name=d --ioengine=nbd --uri="$uri" --rw=randwrite --bs=256k --iodepth=32 --size=1T --io_size=64M \
+    fio --name=d --randrepeat=0 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=256k --iodepth=32 --size=1T --io_size=64M \
       --output-format=terse >/dev/null
     snap=$((snap + 1)); cli snapshot create --volume big "s$snap" >/dev/null
     t=$(now); cli snapshot diff --volume big "s$((snap - 1))" "s$snap" >/dev/null; diff_s=$(since "$t")
-    printf '%8s %10s %9s %10s %8s\n' "$g" "$iops" "$(meta_mib)" "$snap_s" "$diff_s"
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    local gib='{printf "%.1f", $1 / 2^30}'
+    printf '%8s %10s %9s %10s %8s %9s %9s %8s\n' "$g" "$iops" "$(meta_mib)" "$snap_s" "$diff_s" \
+      "$(awk "$gib" "$WORK/peak")" "$(du -sb "$WORK/data/objects" | awk "$gib")" "$(du -sb "$WORK/data/state/wal" | awk "$gib")"
     have=$g
   done
 }
