@@ -9,10 +9,12 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use common::nbd::*;
 use common::*;
 use storfs::chunk::ChunkId;
 use storfs::chunk::codec::FRAMED;
 use storfs::chunk::frames::Table;
+use storfs::nbd::proto as p;
 
 const MIB: usize = 1 << 20;
 const FRAME: usize = 32 << 10;
@@ -107,4 +109,62 @@ fn a_flipped_byte_fails_only_the_reads_of_its_frame() {
             && out.contains(&format!("frame {bad_text} does not match")),
         "fsck finds the damage: {out}"
     );
+}
+
+#[test]
+fn nbd_reads_answered_in_place_are_verified_too() {
+    // NBD answers a read whose data is in memory or the page cache in the
+    // connection's own task (`Vfs::read_cached`); it must verify what it
+    // serves as the waiting path does, and hand a damaged frame over to
+    // it, which answers EIO.
+    let s = Scratch::new("partial-nbd");
+    let mut d = Daemon::start(&s.path.join("d"), "");
+    d.cli(&["volume", "create", "v", "--size", "4MiB"]);
+    const BLOCK: usize = 256 << 10;
+    let data = random(4 * MIB);
+    let mut c = raw_client(nbd_port(&d), "127.0.0.1");
+    assert_eq!(go(&mut c, "v").0, p::REP_ACK, "attach");
+    for (i, part) in data.chunks(BLOCK).enumerate() {
+        let (err, _) =
+            request(&mut c, p::CMD_WRITE, 0, i as u64, (i * BLOCK) as u64, BLOCK as u32, part).expect("write");
+        assert_eq!(err, 0, "write of block {i}");
+    }
+    drop(c);
+    d.cli(&["flush"]);
+    d.stop();
+    // Frame 3 of block 5; rewriting the pack leaves it in the page cache.
+    let (bad_block, bad_frame) = (5, 3);
+    let objects = s.path.join("d/data/objects/standard");
+    let block = &data[bad_block * BLOCK..(bad_block + 1) * BLOCK];
+    assert_eq!(damage_frame(&objects, &ChunkId::of(block), bad_frame), BLOCK / FRAME);
+    let bad = bad_block * BLOCK / FRAME + bad_frame;
+    d.restart();
+
+    let mut c = raw_client(nbd_port(&d), "127.0.0.1");
+    assert_eq!(go(&mut c, "v").0, p::REP_ACK, "attach again");
+    let mut cookie = 0;
+    // Twice: the second pass finds the good frames in memory, so reads are
+    // answered in place whatever the page cache kept.
+    for pass in 0..2 {
+        for frame in 0..data.len() / FRAME {
+            for off in
+                [frame * FRAME + 1000, frame * FRAME + FRAME - 2048].into_iter().filter(|o| o + 4096 <= data.len())
+            {
+                cookie += 1;
+                let covers_bad = off / FRAME == bad || (off + 4095) / FRAME == bad;
+                let (err, got) = request(&mut c, p::CMD_READ, 0, cookie, off as u64, 4096, &[]).expect("read");
+                if covers_bad {
+                    assert_eq!(err, p::EIO, "pass {pass}: a read of the damaged frame at {off} answered {err}");
+                } else {
+                    assert_eq!(err, 0, "pass {pass}: read at {off} (frame {frame}) failed");
+                    assert_eq!(got, data[off..off + 4096], "pass {pass}: read at {off}");
+                }
+            }
+        }
+    }
+    let a = &d.status()["activity"];
+    let in_place = a["reads_in_place"].as_u64().expect("reads_in_place");
+    let handed_off = a["reads_handed_off"].as_u64().expect("reads_handed_off");
+    assert!(in_place >= (data.len() / FRAME) as u64, "reads answered in place: {a}");
+    assert!(handed_off >= 4, "the damaged frame's reads went to the waiting path: {a}");
 }

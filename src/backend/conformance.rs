@@ -14,6 +14,7 @@ pub fn run_all(backend: &dyn ObjectBackend) {
     let ns = format!("conf{:08x}", rand::random::<u32>());
     put_get_roundtrip(backend, &ns);
     ranged_reads(backend, &ns);
+    cached_reads(backend, &ns);
     overwrite_replaces(backend, &ns);
     missing_keys(backend, &ns);
     list_by_prefix(backend, &ns);
@@ -49,6 +50,28 @@ fn ranged_reads(b: &dyn ObjectBackend, ns: &str) {
         Err(BackendError::InvalidRange { .. }) => {}
         other => panic!("range past the end must be InvalidRange, got {other:?}"),
     }
+    b.delete(&key).expect("delete");
+}
+
+fn cached_reads(b: &dyn ObjectBackend, ns: &str) {
+    let key = format!("{ns}/cached");
+    let data = payload(8192, 5);
+    b.put(&key, data.clone(), PutOptions::default()).expect("put");
+    b.get_range(&key, 0..8192).expect("read once");
+    // A backend may always decline; what it returns must be exact.
+    for range in [100..200, 0..8192, 8000..8192] {
+        if let Some(got) = b.get_range_cached(&key, range.clone()).expect("cached read") {
+            assert_eq!(got, data.slice(range.start as usize..range.end as usize), "cached read of {range:?}");
+        }
+    }
+    match b.get_range_cached(&key, 8000..9000) {
+        Ok(None) | Err(BackendError::InvalidRange { .. }) => {}
+        other => panic!("a cached read past the end must be declined or InvalidRange, got {other:?}"),
+    }
+    assert!(
+        matches!(b.get_range_cached(&format!("{ns}/none"), 0..1), Ok(None) | Err(BackendError::NotFound { .. })),
+        "a cached read of a missing key is declined or NotFound"
+    );
     b.delete(&key).expect("delete");
 }
 

@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -166,6 +167,37 @@ impl ObjectBackend for LocalBackend {
         Ok(Bytes::from(buf))
     }
 
+    fn get_range_cached(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, BackendError> {
+        let want = range.end.saturating_sub(range.start) as usize;
+        let file = self.open_object("get", key)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(want);
+        let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: want };
+        let offset = libc::off_t::try_from(range.start).map_err(|_| BackendError::Permanent {
+            op: "get",
+            key: key.to_string(),
+            source: "offset out of range".into(),
+        })?;
+        // SAFETY: `iov` describes `want` bytes of `buf`'s spare capacity,
+        // which outlives the call; `file` is an open descriptor.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // Not in the page cache, or a file system without the flag.
+                Some(libc::EAGAIN | libc::EOPNOTSUPP) => Ok(None),
+                _ => Err(BackendError::from_io("get", key, e)),
+            };
+        }
+        // A short read: only part of the range is cached (or the object is
+        // shorter, which the waiting path reports).
+        if n as usize != want {
+            return Ok(None);
+        }
+        // SAFETY: the kernel wrote the first `n` bytes of the capacity.
+        unsafe { buf.set_len(want) };
+        Ok(Some(Bytes::from(buf)))
+    }
+
     fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let mut file = self.open_object("get", key)?;
         let mut buf = Vec::new();
@@ -252,6 +284,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = LocalBackend::open(&dir.path().join("std"), &dir.path().join("ia")).expect("open");
         super::super::conformance::run_all(&b);
+    }
+
+    #[test]
+    fn cached_reads_come_from_the_page_cache_only() {
+        // /var/tmp: on disk (a tmpfs /tmp cannot drop a file's pages).
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let b = LocalBackend::open(&dir.path().join("std"), &dir.path().join("ia")).expect("open");
+        let data = Bytes::from(vec![7u8; 1 << 20]);
+        b.put("packs/00/cached", data.clone(), PutOptions::default()).expect("put");
+        b.get("packs/00/cached").expect("read");
+        let got = b.get_range_cached("packs/00/cached", 4096..69632).expect("cached read");
+        assert_eq!(got.as_deref(), Some(&data[4096..69632]), "a cached range is read in place");
+        let file = File::open(dir.path().join("std/packs/00/cached")).expect("open file");
+        // SAFETY: an open descriptor; advice only.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "fadvise");
+        assert!(
+            b.get_range_cached("packs/00/cached", 4096..69632).expect("uncached read").is_none(),
+            "a range not in the page cache is declined"
+        );
+        assert_eq!(b.get_range("packs/00/cached", 4096..69632).expect("read"), data.slice(4096..69632));
     }
 
     #[test]

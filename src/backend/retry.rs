@@ -68,6 +68,16 @@ impl ObjectBackend for RetryBackend {
         Ok(b)
     }
 
+    fn get_range_cached(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>, BackendError> {
+        // Never retried: the caller falls back to `get_range`, which is.
+        let b = self.inner.get_range_cached(key, range)?;
+        if let Some(b) = &b {
+            self.stats.gets.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        Ok(b)
+    }
+
     fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let b = self.run(&self.stats.gets, || self.inner.get(key))?;
         self.stats.bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);

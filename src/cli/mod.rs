@@ -782,12 +782,15 @@ fn print_status(v: &Value) {
         a["write_waits"]
     );
     println!(
-        "reads     {} from memory, {} from disk cache, {} from backend ({}, {} of them read ahead)",
+        "reads     {} from memory, {} from disk cache, {} from backend ({}, {} of them read ahead); \
+         NBD: {} answered in place, {} handed to the disk",
         a["cache_mem_hits"],
         a["cache_disk_hits"],
         a["backend_reads"],
         b(&a["backend_read_bytes"]),
-        a["readahead_fetches"]
+        a["readahead_fetches"],
+        a["reads_in_place"],
+        a["reads_handed_off"]
     );
     let sn = &v["snapshots"];
     println!(

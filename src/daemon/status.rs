@@ -79,6 +79,12 @@ pub struct Activity {
     /// Single 32 KiB frames read from the backend (partial reads of
     /// framed chunks, each verified alone).
     pub frame_reads: u64,
+    /// NBD reads answered from memory and the page cache in the
+    /// connection's own task.
+    pub reads_in_place: u64,
+    /// NBD reads tried that way that needed the disk (or met anything
+    /// unusual) and went to a blocking thread.
+    pub reads_handed_off: u64,
 }
 
 /// The object backend: requests and queues.
@@ -256,6 +262,8 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             backend_reads: get(&c.backend_reads),
             backend_read_bytes: get(&c.backend_bytes),
             frame_reads: get(&c.frame_reads),
+            reads_in_place: get(&s.reads_in_place),
+            reads_handed_off: get(&s.reads_handed_off),
         },
         mounts: d.mounts.list().into_iter().map(|(p, f, _)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),

@@ -31,6 +31,21 @@ pub enum ChunkError {
         /// Pack it was read from.
         pack: u64,
     },
+    /// A read with [`Wait::No`] would have had to wait on a device or the
+    /// network (or met anything unusual, which the waiting read reports).
+    #[error("chunk read declined: it would wait")]
+    WouldWait,
+}
+
+/// Whether a read may wait on a device or the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// It may: the caller is a thread that can block.
+    Yes,
+    /// It may not: only memory and the page cache are read, and anything
+    /// else is declined with [`ChunkError::WouldWait`] (the caller, on an
+    /// async runtime, then hands the read to a blocking thread).
+    No,
 }
 
 /// Read counters.
@@ -211,6 +226,15 @@ struct Io {
     ia_packs: parking_lot::RwLock<HashSet<u64>>,
 }
 
+/// With [`Wait::No`], a read that failed its check is declined rather
+/// than retried: the waiting read retries it and reports what it finds.
+fn declined_unless_waiting(wait: Wait) -> Result<(), ChunkError> {
+    match wait {
+        Wait::Yes => Ok(()),
+        Wait::No => Err(ChunkError::WouldWait),
+    }
+}
+
 /// Memory-cache key of a whole chunk.
 const WHOLE: u32 = u32::MAX;
 /// Memory-cache key of a framed chunk's verified table.
@@ -222,9 +246,16 @@ const TRIES: usize = 3;
 impl Io {
     /// Bytes `range` of the stored chunk `entry` (offsets from the chunk's
     /// start), from the backend, counted.
-    fn get_stored(&self, entry: &ChunkEntry, range: std::ops::Range<usize>) -> Result<Bytes, ChunkError> {
+    fn get_stored(&self, entry: &ChunkEntry, range: std::ops::Range<usize>, wait: Wait) -> Result<Bytes, ChunkError> {
         let at = entry.offset + range.start as u64;
-        let data = self.backend.get_range(&pack_key(entry.pack), at..at + range.len() as u64)?;
+        let key = pack_key(entry.pack);
+        let data = match wait {
+            Wait::Yes => self.backend.get_range(&key, at..at + range.len() as u64)?,
+            Wait::No => match self.backend.get_range_cached(&key, at..at + range.len() as u64) {
+                Ok(Some(data)) => data,
+                Ok(None) | Err(_) => return Err(ChunkError::WouldWait),
+            },
+        };
         self.stats.backend_reads.fetch_add(1, Ordering::Relaxed);
         self.stats.backend_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.ia_packs.read().contains(&entry.pack) {
@@ -235,21 +266,22 @@ impl Io {
     }
 
     /// Reads from the backend, bypassing the caches, and verifies the bytes.
-    fn fetch(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
+    fn fetch(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<Bytes, ChunkError> {
         for _ in 0..TRIES {
-            let data = self.get_stored(entry, 0..entry.stored_len as usize)?;
+            let data = self.get_stored(entry, 0..entry.stored_len as usize, wait)?;
             if data.len() == entry.stored_len as usize
                 && let Ok(plain) = codec::open(id, entry.flags, data, entry.raw_len as usize)
             {
                 return Ok(plain);
             }
+            declined_unless_waiting(wait)?;
         }
         Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
     }
 
     /// Fetches a chunk and keeps it in both caches.
-    fn fill(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        let data = self.fetch(id, entry)?;
+    fn fill(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<Bytes, ChunkError> {
+        let data = self.fetch(id, entry, wait)?;
         if let Some(disk) = &self.disk {
             disk.insert(id, &data);
         }
@@ -260,7 +292,7 @@ impl Io {
     /// The verified frame table of a framed chunk, from memory or the
     /// backend. Cached with the place it was read from: a chunk written
     /// again later may be stored (framed, compressed) differently.
-    fn table(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<frames::Table, ChunkError> {
+    fn table(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<frames::Table, ChunkError> {
         let raw = u64::from(entry.raw_len);
         let stored = entry.stored_len as usize;
         let mut place = [0u8; 16];
@@ -276,7 +308,7 @@ impl Io {
         }
         let mut want = frames::table_len(raw).min(stored);
         for _ in 0..TRIES {
-            let data = self.get_stored(entry, 0..want)?;
+            let data = self.get_stored(entry, 0..want, wait)?;
             match frames::Table::parse(&data, raw) {
                 Ok(t) if t.stored_len() == stored && t.verify(id) => {
                     let mut keep = Vec::with_capacity(16 + t.head());
@@ -287,7 +319,7 @@ impl Io {
                 }
                 // Framed with another frame size: the table is longer.
                 Err(Some(n)) if n <= stored && data.len() == want => want = n,
-                _ => {}
+                _ => declined_unless_waiting(wait)?,
             }
         }
         Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
@@ -296,7 +328,14 @@ impl Io {
     /// Frame `i` of a framed chunk, verified, from memory or the backend.
     /// Cached by where it starts in the chunk (in KiB) and checked for its
     /// length: plain bytes at one place of one chunk are always the same.
-    fn frame(&self, id: &ChunkId, entry: &ChunkEntry, t: &frames::Table, i: usize) -> Result<Bytes, ChunkError> {
+    fn frame(
+        &self,
+        id: &ChunkId,
+        entry: &ChunkEntry,
+        t: &frames::Table,
+        i: usize,
+        wait: Wait,
+    ) -> Result<Bytes, ChunkError> {
         let key = (*id, (t.plain_start(i) >> 10) as u32);
         let len = t.plain_len(i);
         if let Some(b) = self.mem.get(&key)
@@ -307,7 +346,7 @@ impl Io {
         }
         let range = t.stored_range(i);
         for _ in 0..TRIES {
-            let data = self.get_stored(entry, range.clone())?;
+            let data = self.get_stored(entry, range.clone(), wait)?;
             if data.len() == range.len()
                 && let Ok(plain) = t.open_frame(i, data)
             {
@@ -315,6 +354,7 @@ impl Io {
                 self.mem.insert(key, plain.clone());
                 return Ok(plain);
             }
+            declined_unless_waiting(wait)?;
         }
         Err(ChunkError::Corrupt { id: *id, pack: entry.pack })
     }
@@ -421,12 +461,22 @@ impl ChunkReader {
     /// The chunk's plain bytes. Counts as an access of the chunk (tiering's
     /// age), from whichever cache it comes.
     pub fn get(&self, id: &ChunkId, entry: &ChunkEntry) -> Result<Bytes, ChunkError> {
-        self.touch(id);
+        self.get_with(id, entry, Wait::Yes)
+    }
+
+    fn get_with(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<Bytes, ChunkError> {
         let io = &*self.io;
         if let Some(b) = io.mem.get(&(*id, WHOLE)) {
+            self.touch(id);
             io.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
         }
+        // A chunk on its way in, or one in the disk cache (a file read), is
+        // waited for.
+        if wait == Wait::No && (io.disk.is_some() || io.fetching.lock().contains(id)) {
+            return Err(ChunkError::WouldWait);
+        }
+        self.touch(id);
         if io.wait_fetching(id)
             && let Some(b) = io.mem.get(&(*id, WHOLE))
         {
@@ -440,7 +490,7 @@ impl ChunkReader {
             io.mem.insert((*id, WHOLE), b.clone());
             return Ok(b);
         }
-        io.fill(id, entry)
+        io.fill(id, entry, wait)
     }
 
     /// Plain bytes `from..to` of the chunk (cut at its end). A framed
@@ -449,29 +499,38 @@ impl ChunkReader {
     /// cache): a cold 4 KiB read then costs one 32 KiB frame, not the
     /// chunk. With a disk cache (a remote backend) the whole chunk is
     /// fetched, since it is kept on disk for the reads to come.
-    pub fn read(&self, id: &ChunkId, entry: &ChunkEntry, from: usize, to: usize) -> Result<Bytes, ChunkError> {
+    /// With [`Wait::No`], only what memory and the page cache hold is read.
+    pub fn read(
+        &self,
+        id: &ChunkId,
+        entry: &ChunkEntry,
+        from: usize,
+        to: usize,
+        wait: Wait,
+    ) -> Result<Bytes, ChunkError> {
         let io = &*self.io;
         let raw = entry.raw_len as usize;
         let (from, to) = (from.min(raw), to.min(raw));
         let partial = entry.flags == codec::FRAMED && io.disk.is_none() && (to - from) <= raw / 2;
         if !partial || io.mem.contains_key(&(*id, WHOLE)) || io.fetching.lock().contains(id) {
-            return Ok(self.get(id, entry)?.slice(from..to));
+            return Ok(self.get_with(id, entry, wait)?.slice(from..to));
         }
-        self.touch(id);
-        let t = io.table(id, entry)?;
+        let t = io.table(id, entry, wait)?;
         let frames = t.frames(from as u64, to as u64);
         if frames.len() == 1 {
             let start = t.plain_start(frames.start) as usize;
-            let f = io.frame(id, entry, &t, frames.start)?;
+            let f = io.frame(id, entry, &t, frames.start, wait)?;
+            self.touch(id);
             return Ok(f.slice(from - start..(to - start).min(f.len())));
         }
         let mut out = Vec::with_capacity(to - from);
         for i in frames {
             let start = t.plain_start(i) as usize;
-            let f = io.frame(id, entry, &t, i)?;
+            let f = io.frame(id, entry, &t, i, wait)?;
             let (a, b) = (from.max(start) - start, (to - start).min(f.len()));
             out.extend_from_slice(&f[a..b]);
         }
+        self.touch(id);
         Ok(Bytes::from(out))
     }
 
@@ -679,7 +738,7 @@ impl Io {
     fn fill_run(&self, run: &[(ChunkId, ChunkEntry)]) {
         let [(id, first), ..] = run else { return };
         if run.len() == 1 {
-            match self.fill(id, first) {
+            match self.fill(id, first, Wait::Yes) {
                 Ok(_) => self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
                     tracing::debug!(chunk = %id, error = %e, "read-ahead fetch failed");
@@ -690,7 +749,7 @@ impl Io {
         }
         let (_, last) = run[run.len() - 1];
         let span = (last.offset + u64::from(last.stored_len) - first.offset) as usize;
-        let data = match self.get_stored(first, 0..span) {
+        let data = match self.get_stored(first, 0..span, Wait::Yes) {
             Ok(d) if d.len() == span => d,
             Ok(_) | Err(_) => {
                 tracing::debug!(pack = %format_args!("{:016x}", first.pack), "read-ahead run fetch failed");

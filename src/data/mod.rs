@@ -30,6 +30,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::chunk::ChunkId;
 use crate::meta::{BlockRef, ChunkEntry, Ino, Inode, MetaError, MetaRead, MetaStore, WriteTx};
 
+pub use cache::Wait;
 use cache::{ChunkError, ChunkReader};
 use cells::{CellData, Cells, DirtyClock, Pending};
 use dirty::{Piece, Src, covers};
@@ -171,6 +172,10 @@ pub struct DataStats {
     pub tier_passes: AtomicU64,
     /// Packs written to Infrequent Access.
     pub ia_puts: AtomicU64,
+    /// Reads answered without waiting, in a network frontend's own task.
+    pub reads_in_place: AtomicU64,
+    /// Reads tried that way and handed to a blocking thread instead.
+    pub reads_handed_off: AtomicU64,
 }
 
 /// Keeps data writes from taking the last free space of the cache disk.
@@ -407,7 +412,7 @@ impl Store {
                 let rtx = self.meta.read()?;
                 self.read_plan(&rtx, guard.as_deref(), ino, first, last, off, end, bs, view)?
             };
-            match self.assemble(&plan, off, end, bs) {
+            match self.assemble(&plan, off, end, bs, Wait::Yes) {
                 Ok(b) => return Ok(b),
                 // GC may have moved or dropped a chunk between plan and read.
                 Err(e) if moved(&e) && attempt < 3 => attempt += 1,
@@ -427,6 +432,29 @@ impl Store {
         len: usize,
         check: impl FnOnce(Option<Inode>) -> std::result::Result<Inode, E>,
     ) -> std::result::Result<Bytes, E> {
+        let read = self.read_checked_with(ino, off, len, Wait::Yes, check)?;
+        read.ok_or_else(|| DataError::Corrupt("a read that may wait was declined".into()).into())
+    }
+
+    /// [`Store::read_checked`], or with [`Wait::No`] only if memory and the
+    /// page cache hold everything it needs: `None` otherwise (also when
+    /// the backend has read-ahead, whose progress only waiting reads
+    /// drive, or when anything unusual happens, which the waiting read
+    /// then meets and reports). The file's lock and a metadata read
+    /// transaction are taken either way, as a network frontend's other
+    /// in-place calls do.
+    pub fn read_checked_with<E: From<DataError>>(
+        &self,
+        ino: Ino,
+        off: u64,
+        len: usize,
+        wait: Wait,
+        check: impl FnOnce(Option<Inode>) -> std::result::Result<Inode, E>,
+    ) -> std::result::Result<Option<Bytes>, E> {
+        if wait == Wait::No && self.chunks.readahead_bytes() > 0 {
+            self.stats.reads_handed_off.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
         let (inode, plan, span, ahead) = {
             let cell = self.cells.peek(ino);
             let guard = cell.as_ref().map(|c| c.lock());
@@ -438,7 +466,7 @@ impl Store {
             let inode = check(found)?;
             let end = inode.size.min(off.saturating_add(len as u64));
             if off >= end {
-                return Ok(Bytes::new());
+                return Ok(Some(Bytes::new()));
             }
             let bs = u64::from(inode.block_size);
             let (first, last) = (off / bs, (end - 1) / bs);
@@ -450,9 +478,18 @@ impl Store {
         if let Some(ahead) = ahead {
             self.prefetch(ino, ahead, bs)?;
         }
-        match self.assemble(&plan, off, span, bs) {
-            Ok(b) => Ok(b),
-            Err(e) if moved(&e) => Ok(self.read(ino, inode.size, inode.block_size, off, len)?),
+        let read = self.assemble(&plan, off, span, bs, wait);
+        if wait == Wait::No {
+            let (counter, out) = match read {
+                Ok(b) => (&self.stats.reads_in_place, Some(b)),
+                Err(_) => (&self.stats.reads_handed_off, None),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Ok(out);
+        }
+        match read {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if moved(&e) => Ok(Some(self.read(ino, inode.size, inode.block_size, off, len)?)),
             Err(e) => Err(e.into()),
         }
     }
@@ -526,7 +563,7 @@ impl Store {
         Ok(plan)
     }
 
-    fn assemble(&self, plan: &[BlockPlan], off: u64, end: u64, bs: u64) -> Result<Bytes> {
+    fn assemble(&self, plan: &[BlockPlan], off: u64, end: u64, bs: u64, wait: Wait) -> Result<Bytes> {
         // Fast path: the range lies inside one flushed chunk with nothing
         // dirty over it; hand out a slice of the cached chunk, no copy.
         if let [p] = plan
@@ -536,7 +573,7 @@ impl Store {
             let from = (off - p.blk * bs) as usize;
             let to = (end - p.blk * bs) as usize;
             if to <= r.len as usize {
-                let data = self.chunks.read(&r.chunk, entry, from, to)?;
+                let data = self.chunks.read(&r.chunk, entry, from, to, wait)?;
                 if data.len() == to - from {
                     return Ok(data);
                 }
@@ -553,7 +590,7 @@ impl Store {
             if let Some((r, entry)) = &p.base {
                 let have = to.min(r.len as u64);
                 if from < have {
-                    let data = self.chunks.read(&r.chunk, entry, from as usize, have as usize)?;
+                    let data = self.chunks.read(&r.chunk, entry, from as usize, have as usize, wait)?;
                     dst[..data.len()].copy_from_slice(&data);
                 }
             }

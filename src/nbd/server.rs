@@ -182,6 +182,11 @@ where
             drop(out.send((execute(&server.vfs, &export, &req, &payload), (permit, room))));
             continue;
         }
+        // So does a read of what memory or the page cache holds.
+        if let Some(reply) = read_in_place(&server.vfs, &export, &req) {
+            drop(out.send((reply, (permit, room))));
+            continue;
+        }
         let (server, export, out, cancel) = (server.clone(), export.clone(), out.clone(), cancel.clone());
         tasks.spawn(async move {
             let vfs = server.vfs.clone();
@@ -473,7 +478,27 @@ fn errno(e: &VfsError) -> u32 {
 
 /// Runs one request; returns the whole reply.
 fn execute(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Vec<u8> {
-    match run(vfs, e, req, payload) {
+    encode(e, req, run(vfs, e, req, payload))
+}
+
+/// The reply to a READ that needs no wait on the disk, or `None`: the
+/// request then runs on the blocking pool (which also answers the errors).
+fn read_in_place(vfs: &crate::vfs::Vfs, e: &Export, req: &Request) -> Option<Vec<u8>> {
+    if req.kind != p::CMD_READ || !in_range(e, req) || req.length > p::MAX_PAYLOAD {
+        return None;
+    }
+    let data = vfs.read_cached(&Creds::root(), e.ino, req.offset, req.length as usize).ok()??;
+    Some(encode(e, req, Ok(Done::Data(data))))
+}
+
+/// Whether the request's range lies inside the volume.
+fn in_range(e: &Export, req: &Request) -> bool {
+    req.offset.checked_add(u64::from(req.length)).is_some_and(|end| end <= e.size)
+}
+
+/// The whole reply to a request that ended with `result`.
+fn encode(e: &Export, req: &Request, result: Result<Done, (u32, String)>) -> Vec<u8> {
+    match result {
         Ok(Done::Ack) => p::simple_reply(req.cookie, 0).to_vec(),
         Ok(Done::Data(data)) => {
             let len = req.length as usize;
@@ -556,9 +581,8 @@ enum Done {
 
 fn run(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Result<Done, (u32, String)> {
     let fail = |err: VfsError| (errno(&err), err.to_string());
-    let in_range = req.offset.checked_add(u64::from(req.length)).is_some_and(|end| end <= e.size);
     let writes = matches!(req.kind, p::CMD_WRITE | p::CMD_TRIM | p::CMD_WRITE_ZEROES);
-    if req.kind != p::CMD_FLUSH && !in_range {
+    if req.kind != p::CMD_FLUSH && !in_range(e, req) {
         return Err((p::EINVAL, format!("request past the end of the volume ({} bytes)", e.size)));
     }
     if writes && e.read_only {
