@@ -73,6 +73,8 @@ cargo test --release -- --test-threads="${STORFS_TEST_THREADS:-2}"
 # pipefail makes a crash found by the fuzzer fail the suite.
 echo "== fuzz the NFS decoders for 60 s"
 (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nfs_decode -- -max_total_time=60 2>&1 | tail -1)
+echo "== fuzz the NLM, NSM and portmapper calls for 60 s"
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nlm_decode -- -max_total_time=60 2>&1 | tail -1)
 echo "== fuzz NBD sessions (handshake, options, requests) for 60 s"
 mkdir -p fuzz/corpus/nbd_session
 (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_session corpus/nbd_session seeds/nbd_session \

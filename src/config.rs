@@ -280,6 +280,48 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[locks]`: byte-range locks, one table for FUSE mounts (`fcntl`) and
+/// NFS clients (NLM v4 with NSM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocksConfig {
+    /// Serve NLM and NSM to NFS clients and POSIX locks on FUSE mounts
+    /// (off: NFS clients mount with `nolock`, FUSE locks stay local).
+    pub enabled: bool,
+    /// After a restart, only locks held before it are granted (reclaimed
+    /// by their holders) this long; 45 s as Linux's lockd.
+    pub grace_period: Dur,
+    /// Locks one client (machine or mount) may hold.
+    pub held_per_client: usize,
+    /// Lock requests one client may have waiting.
+    pub waiting_per_client: usize,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        LocksConfig {
+            enabled: true,
+            grace_period: Dur(Duration::from_secs(45)),
+            held_per_client: 8192,
+            waiting_per_client: 256,
+        }
+    }
+}
+
+/// Who answers the portmapper (port 111) for NFS clients' lock managers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Portmapper {
+    /// The host's rpcbind if one answers on 127.0.0.1:111, else `own`.
+    Auto,
+    /// Register with the host's rpcbind (an error at start if none runs).
+    Rpcbind,
+    /// Answer on `nfs.portmapper_listen` (TCP and UDP).
+    Own,
+    /// Neither: clients must mount with `nolock` (or find NLM otherwise).
+    Off,
+}
+
 /// `[control]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +422,11 @@ pub struct NfsConfig {
     pub max_connections_per_client: usize,
     /// A connection with no call for this long is closed (clients reconnect).
     pub idle_timeout: Dur,
+    /// Who answers the portmapper on port 111.
+    pub portmapper: Portmapper,
+    /// Where this daemon answers the portmapper itself (default: the NFS
+    /// address's IP, port 111).
+    pub portmapper_listen: Option<SocketAddr>,
 }
 
 impl Default for NfsConfig {
@@ -392,11 +439,18 @@ impl Default for NfsConfig {
             max_connections: 1024,
             max_connections_per_client: 64,
             idle_timeout: Dur(Duration::from_secs(360)),
+            portmapper: Portmapper::Auto,
+            portmapper_listen: None,
         }
     }
 }
 
 impl NfsConfig {
+    /// Where the daemon's own portmapper listens.
+    pub fn portmapper_addr(&self) -> SocketAddr {
+        self.portmapper_listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 111))
+    }
+
     /// Export options of every file system.
     pub fn exports(&self) -> storfs::nfs::Exports {
         storfs::nfs::Exports {
@@ -528,6 +582,9 @@ pub struct Config {
     /// Bounds on what clients can make the daemon hold.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Byte-range locks.
+    #[serde(default)]
+    pub locks: LocksConfig,
     /// Tiering between Standard and Infrequent Access.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
@@ -610,6 +667,7 @@ impl Default for Config {
             nfs: NfsConfig::default(),
             nbd: NbdConfig::default(),
             limits: LimitsConfig::default(),
+            locks: LocksConfig::default(),
             lifecycle: LifecycleConfig::default(),
             cost: CostConfig::default(),
         }
@@ -816,6 +874,20 @@ impl Config {
         if !(1..=256).contains(&self.fuse.threads) {
             return bad("fuse.threads", format!("must be between 1 and 256, got {}", self.fuse.threads));
         }
+        let k = &self.locks;
+        if k.grace_period.0 > Duration::from_secs(3600) {
+            return bad(
+                "locks.grace_period",
+                format!("must be at most 1h, got {}", humantime::format_duration(k.grace_period.0)),
+            );
+        }
+        for (key, n) in
+            [("locks.held_per_client", k.held_per_client), ("locks.waiting_per_client", k.waiting_per_client)]
+        {
+            if !(1..=1 << 20).contains(&n) {
+                return bad(key, format!("must be between 1 and 1048576, got {n}"));
+            }
+        }
         Ok(())
     }
 
@@ -901,10 +973,12 @@ writeback_cache = {wb}       # kernel page cache gathers writes (`storfs mount -
 
 [nfs]
 enabled = true
-listen = "{nfs}"            # NFSv3, MOUNT and portmapper GETPORT
+listen = "{nfs}"            # NFSv3, MOUNT, NLM, NSM and the portmapper (NLM, NSM, portmapper on UDP too)
 max_connections = {nfs_max}
 max_connections_per_client = {nfs_per}   # further connections from the address are closed at once
 idle_timeout = "{nfs_idle}"        # a connection with no call this long is closed; clients reconnect
+portmapper = "auto"         # port 111: "auto" (the host's rpcbind if it runs, else "own"), "rpcbind", "own", "off"
+# portmapper_listen = "{pmap}"   # "own": where (default: the NFS address, port 111)
 
 [nfs.default_export]        # every file system /<name>, unless [nfs.exports.<name>] says otherwise
 clients = [{clients}]
@@ -929,6 +1003,12 @@ ro = false
 buffered = "{buffered}"          # request and reply bytes in memory, all clients
 buffered_per_client = "{buffered_client}"  # the same for one client address
 request_timeout = "{req_timeout}"      # a request that started arriving must be complete by then
+
+[locks]                     # fcntl locks on FUSE mounts and NFS clients' locks (NLM v4): one table
+enabled = true
+grace_period = "{grace}"          # after a restart only reclaims are granted this long
+held_per_client = {held}
+waiting_per_client = {waiting}
 "#,
             data_dir = d.data_dir.display(),
             max_dirty = d.cache.max_dirty,
@@ -958,6 +1038,10 @@ request_timeout = "{req_timeout}"      # a request that started arriving must be
             buffered = d.limits.buffered,
             buffered_client = d.limits.buffered_per_client,
             req_timeout = humantime::format_duration(d.limits.request_timeout.0),
+            pmap = d.nfs.portmapper_addr(),
+            grace = humantime::format_duration(d.locks.grace_period.0),
+            held = d.locks.held_per_client,
+            waiting = d.locks.waiting_per_client,
         )
     }
 }

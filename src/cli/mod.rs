@@ -99,6 +99,12 @@ pub enum Command {
     },
     /// Flush dirty data into packs now.
     Flush,
+    /// Byte-range locks: FUSE `fcntl` locks and NFS clients' (NLM) locks.
+    Locks {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: LocksCommand,
+    },
     /// Run garbage collection now.
     Gc,
     /// Check metadata and data consistency; exits 1 on any problem.
@@ -113,6 +119,25 @@ pub enum Command {
         /// Read the newest metadata snapshot and the log after it from the bucket.
         #[arg(long, required = true)]
         from_bucket: bool,
+    },
+}
+
+/// Lock subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LocksCommand {
+    /// Every lock held and waited for, and the NFS clients kept for lock
+    /// recovery after a restart.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release every lock of a client: an NFS client that is gone for good
+    /// (its name or address), or a FUSE mount (`mount:N`).
+    Release {
+        /// The client.
+        #[arg(long)]
+        client: String,
     },
 }
 
@@ -618,6 +643,18 @@ impl Cli {
             Command::Flush => {
                 self.call(&Request::Flush)?;
             }
+            Command::Locks { cmd: LocksCommand::List { json } } => {
+                let v = self.call(&Request::LocksList)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_locks(&v);
+                }
+            }
+            Command::Locks { cmd: LocksCommand::Release { client } } => {
+                let v = self.call(&Request::LocksRelease { client: client.clone() })?;
+                println!("released {} locks of {client}", v["released"]);
+            }
             Command::Gc => {
                 let v = self.call(&Request::Gc)?;
                 println!(
@@ -808,5 +845,40 @@ fn print_status(v: &Value) {
     }
     for m in v["mounts"].as_array().into_iter().flatten() {
         println!("mount     {} ({})", m[0].as_str().unwrap_or("?"), m[1].as_str().unwrap_or("?"));
+    }
+}
+
+fn print_locks(v: &Value) {
+    if v["grace"].as_bool() == Some(true) {
+        println!("grace period: only locks held before the restart are granted");
+    }
+    let locks = v["locks"].as_array().cloned().unwrap_or_default();
+    if locks.is_empty() {
+        println!("no locks");
+    }
+    for l in &locks {
+        let c = &l["client"];
+        let client = match c["kind"].as_str() {
+            Some("mount") => format!("mount:{}", c["id"]),
+            _ => format!("{} ({})", c["name"].as_str().unwrap_or("?"), c["addr"].as_str().unwrap_or("?")),
+        };
+        let len = l["len"].as_u64().map_or("EOF".to_string(), |n| n.to_string());
+        println!(
+            "inode {:>10}  {:9}  {:8} {}+{}  pid {}  {}",
+            l["ino"],
+            if l["waiting"].as_bool() == Some(true) { "waiting" } else { "held" },
+            if l["exclusive"].as_bool() == Some(true) { "exclusive" } else { "shared" },
+            l["start"],
+            len,
+            l["pid"],
+            client
+        );
+    }
+    for c in v["nfs_clients"].as_array().into_iter().flatten() {
+        println!(
+            "nfs client {} ({}) is told to reclaim its locks after a restart",
+            c["name"].as_str().unwrap_or("?"),
+            c["addr"].as_str().unwrap_or("?")
+        );
     }
 }

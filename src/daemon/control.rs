@@ -162,6 +162,15 @@ pub enum Request {
     },
     /// Flush dirty data into packs and checkpoint the metadata.
     Flush,
+    /// Every byte-range lock held and waited for, and the NFS clients kept
+    /// for lock recovery.
+    LocksList,
+    /// Release every lock of a client (an NFS client's name or address, or
+    /// `mount:N`).
+    LocksRelease {
+        /// The client.
+        client: String,
+    },
     /// Run garbage collection now.
     Gc,
     /// Check consistency and read back every chunk.

@@ -4,6 +4,7 @@
 //! next start need not verify it).
 
 pub mod control;
+mod locks;
 mod mounts;
 mod status;
 
@@ -47,6 +48,8 @@ pub struct Daemon {
     nbd_conns: Arc<storfs::net::Connections>,
     budget: Arc<storfs::net::Budget>,
     ledger: storfs::data::cost::Ledger,
+    /// The NFS lock manager, if locks are served to NFS clients.
+    nlm: Option<Arc<storfs::nfs::nlm::Nlm>>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -199,6 +202,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         block_size: config.storage.block_size.0 as u32,
         space_probe,
         ship_image_interval: remote.then_some(config.backend.image_interval.0),
+        lock_limits: storfs::vfs::locks::LockLimits {
+            held_per_client: config.locks.held_per_client,
+            waiting_per_client: config.locks.waiting_per_client,
+        },
     })
     .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if vfs.filesystem(DEFAULT_FS).is_err() {
@@ -247,13 +254,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         limits(nbd_max, config.nbd.max_connections_per_client.min(nbd_max)),
         budget.clone(),
     );
+    let mut lock_service = locks::LockService::start(&config, &vfs, &runtime)?;
     let nfs_addr = match nfs_listener {
         Some(l) => {
             let addr = l.local_addr()?;
-            let server = storfs::nfs::Server::new(vfs.clone(), config.nfs.exports(), addr.port());
+            let server = storfs::nfs::Server::with_locks(
+                vfs.clone(),
+                config.nfs.exports(),
+                addr.port(),
+                lock_service.nlm.clone(),
+                lock_service.own_portmapper,
+            );
+            lock_service.serve(&config, &server, addr, &nfs_conns, &runtime, &net_stopped)?;
             let idle = config.nfs.idle_timeout.0;
-            runtime.spawn(storfs::nfs::server::serve(server, l, nfs_conns.clone(), idle, net_stopped.clone()));
-            tracing::info!(listen = %addr, "NFSv3 server ready");
+            let everything = storfs::nfs::Served::Everything;
+            runtime.spawn(storfs::nfs::server::serve(
+                server,
+                l,
+                everything,
+                nfs_conns.clone(),
+                idle,
+                net_stopped.clone(),
+            ));
+            tracing::info!(listen = %addr, locks = lock_service.nlm.is_some(), "NFSv3 server ready");
             Some(addr)
         }
         None => None,
@@ -284,6 +307,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nfs_conns,
         nbd_conns,
         budget,
+        nlm: lock_service.nlm.clone(),
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
@@ -310,6 +334,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.stopping.set();
     let _ = std::fs::remove_file(&config.control.socket);
+    lock_service.stop(&runtime);
     let _ = stop_net.send(true);
     runtime.shutdown_timeout(Duration::from_secs(10));
     daemon.mounts.umount_all();
@@ -628,7 +653,14 @@ impl Daemon {
                 json(self.vfs.resize_volume(&name, size).map_err(|e| vfs_err(&format!("volume {name:?}"), e))?)
             }
             Request::Mount { mountpoint, fs, writeback_cache } => {
-                let at = self.mounts.mount(&self.vfs, &fs, &mountpoint, &self.config.fuse, writeback_cache)?;
+                let at = self.mounts.mount(
+                    &self.vfs,
+                    &fs,
+                    &mountpoint,
+                    &self.config.fuse,
+                    writeback_cache,
+                    self.config.locks.enabled,
+                )?;
                 Ok(serde_json::json!({"fs": fs, "mountpoint": at}))
             }
             Request::Umount { mountpoint, lazy } => {
@@ -638,6 +670,22 @@ impl Daemon {
             Request::Flush => {
                 self.vfs.flush().map_err(|e| format!("flush failed: {e}"))?;
                 Ok(serde_json::Value::Null)
+            }
+            Request::LocksList => Ok(serde_json::json!({
+                "locks": self.vfs.locks().list(),
+                "grace": self.vfs.locks().in_grace(),
+                "nfs_clients": self.nlm.as_ref().map(|n| n.nsm.clients()).unwrap_or_default(),
+                "nsm_state": self.nlm.as_ref().map(|n| n.nsm.state()),
+            })),
+            Request::LocksRelease { client } => {
+                let locks = self.vfs.locks();
+                let released = match &self.nlm {
+                    Some(nlm) => nlm.release(locks, &client),
+                    None => 0,
+                } + locks
+                    .release_clients(|c| matches!(c, storfs::vfs::locks::Client::Mount { .. }) && c.is(&client));
+                tracing::info!(client, released, "locks released by the operator");
+                Ok(serde_json::json!({ "released": released }))
             }
             Request::Gc => {
                 self.vfs.flush().map_err(|e| format!("flush before gc failed: {e}"))?;

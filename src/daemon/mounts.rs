@@ -114,7 +114,8 @@ fn unescape(s: &str) -> String {
 
 impl Mounts {
     /// Mounts file system `fs` at `path`; `writeback_cache` overrides the
-    /// configured default.
+    /// configured default; with `locks`, fcntl locks go to the daemon's
+    /// lock table (shared with NFS clients).
     pub fn mount(
         &self,
         vfs: &Arc<Vfs>,
@@ -122,6 +123,7 @@ impl Mounts {
         path: &Path,
         cfg: &FuseConfig,
         writeback_cache: Option<bool>,
+        locks: bool,
     ) -> Result<PathBuf, String> {
         let info = vfs.filesystem(fs).map_err(|_| format!("no file system named {fs:?} (see `storfs fs list`)"))?;
         let path = path.canonicalize().map_err(|e| format!("mountpoint {}: {e}", path.display()))?;
@@ -139,7 +141,10 @@ impl Mounts {
         config.n_threads = Some(cfg.threads);
         config.clone_fd = true;
         let writeback_cache = writeback_cache.unwrap_or(cfg.writeback_cache);
-        let opts = MountOptions { ttl: cfg.attr_timeout.0, writeback_cache };
+        // Each mount's lock owners are its own (the kernel numbers them per mount).
+        static MOUNTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mount = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let opts = MountOptions { ttl: cfg.attr_timeout.0, writeback_cache, locks: locks.then_some(mount) };
         let fuse = FuseFs::new(vfs.clone(), info.root, info.id, opts);
         let notifier = fuse.notifier_slot();
         let session = fuser::Session::from_fd(fuse, dev, SessionACL::All, config)

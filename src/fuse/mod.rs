@@ -9,6 +9,7 @@
 //! (not listed, reachable by name) holds the file system's snapshots,
 //! read-only: every change there answers EROFS (`views`).
 
+mod locks;
 mod views;
 
 use std::ffi::OsStr;
@@ -19,8 +20,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::data::View;
@@ -113,6 +114,9 @@ pub struct MountOptions {
     /// in this mount's page cache and reach the daemon at writeback, close
     /// or fsync (ARCHITECTURE.md, SEMANTICS.md "the writeback cache").
     pub writeback_cache: bool,
+    /// POSIX locks in the daemon's lock table, as mount number N (unique
+    /// in the daemon); `None`: the kernel keeps them local to this host.
+    pub locks: Option<u64>,
 }
 
 /// One mounted file system.
@@ -130,12 +134,19 @@ pub struct FuseFs {
     /// Each inode has its own lock, so a push waiting on one file's page
     /// never holds up opens of others.
     writers: parking_lot::Mutex<std::collections::HashMap<Ino, Arc<parking_lot::Mutex<u32>>>>,
+    /// fcntl locks, when the mount keeps them in the shared table.
+    locks: Option<locks::MountLocks>,
+    /// Lives as long as this mount (the lock-wait watcher's cue).
+    alive: Arc<()>,
 }
 
 impl FuseFs {
     /// Serves file system `fs_id`, whose root directory is `root`.
     pub fn new(vfs: Arc<Vfs>, root: Ino, fs_id: u32, opts: MountOptions) -> FuseFs {
+        let locks = opts.locks.map(|n| locks::MountLocks::new(vfs.clone(), n));
         FuseFs {
+            locks,
+            alive: Arc::new(()),
             vfs,
             root,
             fs_id,
@@ -429,10 +440,20 @@ impl Filesystem for FuseFs {
         if self.opts.writeback_cache && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_err() {
             tracing::warn!("the kernel offers no FUSE writeback cache; this mount writes through");
         }
+        if let Some(l) = &self.locks {
+            if config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS).is_err() {
+                tracing::warn!("the kernel offers no FUSE POSIX locks; this mount's locks stay local");
+            } else {
+                l.watch(Arc::downgrade(&self.alive))?;
+            }
+        }
         Ok(())
     }
 
     fn destroy(&mut self) {
+        if let Some(l) = &self.locks {
+            l.release_all();
+        }
         if let Err(e) = self.vfs.sync() {
             tracing::warn!(error = %e, "sync at unmount failed");
         }
@@ -684,10 +705,60 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing to do at close (writes are in the WAL already); ENOSYS
-        // makes the kernel stop sending FLUSH, saving a round trip per close.
-        reply.error(Errno::ENOSYS);
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are in the WAL already; a close only drops the closing
+        // process's locks on the file. Without locks, ENOSYS makes the
+        // kernel stop sending FLUSH, saving a round trip per close.
+        match (&self.locks, self.node(ino)) {
+            (Some(l), Ok(Node::Live(i))) => {
+                l.flush(i, lock_owner.0);
+                reply.ok();
+            }
+            (Some(_), _) => reply.ok(),
+            (None, _) => reply.error(Errno::ENOSYS),
+        }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        match (&self.locks, self.node(ino)) {
+            (Some(l), Ok(Node::Live(i))) => l.getlk(i, lock_owner.0, (start, end), typ, pid, reply),
+            // A snapshot's files never change: nothing stands in the way.
+            (Some(_), Ok(_)) => reply.locked(start, end, libc::F_UNLCK, 0),
+            (Some(_), Err(e)) => reply.error(fail("getlk", &e)),
+            (None, _) => reply.error(Errno::ENOSYS),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        match (&self.locks, self.node(ino)) {
+            (Some(l), Ok(Node::Live(i))) => l.setlk(i, lock_owner.0, (start, end), typ, pid, sleep, reply),
+            (Some(_), Ok(_)) => reply.ok(),
+            (Some(_), Err(e)) => reply.error(fail("setlk", &e)),
+            (None, _) => reply.error(Errno::ENOSYS),
+        }
     }
 
     fn release(

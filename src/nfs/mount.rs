@@ -1,11 +1,9 @@
-//! MOUNT v3 (RFC 1813 appendix I) and the portmapper's GETPORT, both
-//! answered on the NFS port so clients need no rpcbind.
+//! MOUNT v3 (RFC 1813 appendix I), answered on the NFS port.
 
 use std::net::IpAddr;
 
 use super::Server;
 use super::handle::Handle;
-use super::proto::{MOUNT_PROG, NFS_PROG};
 use super::rpc::{AUTH_UNIX, AcceptStat, Call};
 use super::xdr::{Reader, Writer};
 use crate::meta::FileKind;
@@ -18,7 +16,6 @@ const MNT3ERR_INVAL: u32 = 22;
 const MNT3ERR_NAMETOOLONG: u32 = 63;
 
 const MNTPATHLEN: usize = 1024;
-const IPPROTO_TCP: u32 = 6;
 
 impl Server {
     pub(super) fn mount(&self, peer: IpAddr, call: &Call<'_>) -> Writer {
@@ -126,36 +123,5 @@ impl Server {
         self.mounted.lock().insert((peer.to_string(), path.to_string()));
         tracing::info!(%peer, path, "mounted over NFS");
         w.u32(MNT3_OK).opaque(&fh.encode()).u32(1).u32(AUTH_UNIX);
-    }
-
-    pub(super) fn portmap(&self, call: &Call<'_>) -> Writer {
-        if call.vers != 2 {
-            return super::rpc::accepted(call.xid, AcceptStat::ProgMismatch { low: 2, high: 2 });
-        }
-        let port = self.port as u32;
-        match call.proc_ {
-            0 => super::rpc::accepted(call.xid, AcceptStat::Success),
-            3 => {
-                let mut r = Reader::new(call.args);
-                let mapping = (|| Some((r.u32().ok()?, r.u32().ok()?, r.u32().ok()?)))();
-                let Some((prog, vers, prot)) = mapping else {
-                    return super::rpc::accepted(call.xid, AcceptStat::GarbageArgs);
-                };
-                let served = prot == IPPROTO_TCP
-                    && ((prog == NFS_PROG && vers == 3) || (prog == MOUNT_PROG && (1..=3).contains(&vers)));
-                let mut w = super::rpc::accepted(call.xid, AcceptStat::Success);
-                w.u32(if served { port } else { 0 });
-                w
-            }
-            4 => {
-                let mut w = super::rpc::accepted(call.xid, AcceptStat::Success);
-                for (prog, vers) in [(NFS_PROG, 3), (MOUNT_PROG, 3), (MOUNT_PROG, 1)] {
-                    w.bool(true).u32(prog).u32(vers).u32(IPPROTO_TCP).u32(port);
-                }
-                w.bool(false);
-                w
-            }
-            _ => super::rpc::accepted(call.xid, AcceptStat::ProcUnavail),
-        }
     }
 }

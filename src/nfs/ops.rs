@@ -70,17 +70,17 @@ const SNAPDIR_INO: Ino = u64::MAX;
 
 /// A resolved handle: the object, the export it belongs to, and which
 /// state of it (live, or a snapshot's: read-only).
-struct Obj {
-    attr: Attr,
-    fs_id: u32,
-    read_only: bool,
-    creds: Creds,
+pub(super) struct Obj {
+    pub(super) attr: Attr,
+    pub(super) fs_id: u32,
+    pub(super) read_only: bool,
+    pub(super) creds: Creds,
     /// How the object is read.
-    view: View,
+    pub(super) view: View,
     /// Its snapshot (0: live).
-    snap: u64,
+    pub(super) snap: u64,
     /// The file system's root directory.
-    root: Ino,
+    pub(super) root: Ino,
 }
 
 impl Obj {
@@ -165,7 +165,7 @@ impl Server {
         cache.get(&fs_id).cloned()
     }
 
-    fn resolve(&self, peer: IpAddr, auth: &Auth, fh: &[u8]) -> Result<Obj, Nfsstat> {
+    pub(super) fn resolve(&self, peer: IpAddr, auth: &Auth, fh: &[u8]) -> Result<Obj, Nfsstat> {
         let h = Handle::decode(fh).ok_or(Nfsstat::Badhandle)?;
         let fs = self.fs_by_id(h.fs_id).ok_or(Nfsstat::Stale)?;
         let opts = self.exports.options(&fs.name);

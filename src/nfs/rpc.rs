@@ -185,6 +185,49 @@ pub fn answer_bad_call(bad: &BadCall) -> Option<Writer> {
     }
 }
 
+/// Starts a call to `prog`/`vers`/`proc_` with AUTH_UNIX credentials of
+/// root on `machine`; the caller appends the arguments.
+pub fn call(xid: u32, prog: u32, vers: u32, proc_: u32, machine: &[u8]) -> Writer {
+    let mut cred = Writer::with_capacity(32 + machine.len());
+    cred.u32(0).opaque(machine).u32(0).u32(0).u32(0);
+    let mut w = Writer::with_capacity(128);
+    w.u32(xid).u32(CALL).u32(2).u32(prog).u32(vers).u32(proc_);
+    w.u32(AUTH_UNIX).opaque(&cred.buf).u32(AUTH_NONE).u32(0);
+    w
+}
+
+/// Why a reply brought no results.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// Not a reply, or malformed.
+    #[error("malformed RPC reply")]
+    Malformed,
+    /// Denied (RPC version or credentials).
+    #[error("RPC call denied")]
+    Denied,
+    /// Accepted but not executed (accept_stat, nonzero).
+    #[error("RPC call not executed (accept_stat {0})")]
+    NotExecuted(u32),
+}
+
+/// Parses a reply record: its xid and the encoded results.
+pub fn parse_reply(record: &[u8]) -> Result<(u32, &[u8]), ReplyError> {
+    let mut r = Reader::new(record);
+    let bad = |_| ReplyError::Malformed;
+    let xid = r.u32().map_err(bad)?;
+    if r.u32().map_err(bad)? != REPLY {
+        return Err(ReplyError::Malformed);
+    }
+    if r.u32().map_err(bad)? != MSG_ACCEPTED {
+        return Err(ReplyError::Denied);
+    }
+    let _verf = parse_auth(&mut r).map_err(bad)?;
+    match r.u32().map_err(bad)? {
+        0 => Ok((xid, r.rest())),
+        stat => Err(ReplyError::NotExecuted(stat)),
+    }
+}
+
 /// One fragment header of TCP record marking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fragment {
@@ -289,6 +332,22 @@ mod tests {
         let mut reply = call(1, AUTH_NONE, b"");
         reply[7] = 1;
         assert_eq!(parse_call(&reply), Err(BadCall::Unusable), "a reply is not a call");
+    }
+
+    #[test]
+    fn calls_and_replies_round_trip() {
+        let mut c = super::call(7, 100021, 4, 5, b"server");
+        c.u32(0xabcd);
+        let parsed = parse_call(&c.buf).expect("call");
+        assert_eq!((parsed.xid, parsed.prog, parsed.vers, parsed.proc_), (7, 100021, 4, 5));
+        assert!(matches!(parsed.auth, Auth::Unix { uid: 0, ref machine, .. } if machine == "server"));
+        let mut reply = accepted(7, AcceptStat::Success);
+        reply.u32(1);
+        assert_eq!(parse_reply(&reply.buf), Ok((7, &[0u8, 0, 0, 1][..])));
+        assert_eq!(parse_reply(&accepted(8, AcceptStat::ProcUnavail).buf), Err(ReplyError::NotExecuted(3)));
+        assert_eq!(parse_reply(&auth_error(9, AuthStat::TooWeak).buf), Err(ReplyError::Denied));
+        assert_eq!(parse_reply(&c.buf), Err(ReplyError::Malformed), "a call is not a reply");
+        assert_eq!(parse_reply(&[0, 0]), Err(ReplyError::Malformed));
     }
 
     #[test]

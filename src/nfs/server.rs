@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::Server;
 use super::rpc::{Fragment, check_fragment, frame};
+use super::{Served, Server};
 use crate::net::{Budget, ClientSlot, Connections, Reservation};
 
 /// Calls one connection may have executing at once; more wait unread.
@@ -36,11 +36,12 @@ const READ_STEP: usize = 64 * 1024;
 /// How long a reply may take to be accepted by the client's socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Accepts connections until `shutdown` turns true; a connection with no
-/// call for `idle` is closed.
+/// Accepts connections until `shutdown` turns true, answering the programs
+/// `served` names; a connection with no call for `idle` is closed.
 pub async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
+    served: Served,
     conns: Arc<Connections>,
     idle: Duration,
     shutdown: watch::Receiver<bool>,
@@ -50,15 +51,70 @@ pub async fn serve(
     crate::net::accept_loop(listener, conns, shutdown, |sock, peer, slot, stop| {
         let (server, budget) = (server.clone(), budget.clone());
         async move {
-            if !server.admits(peer.ip()) {
+            // Anyone may ask the portmapper; the rest is for admitted clients.
+            if served != Served::Portmapper && !server.admits(peer.ip()) {
                 tracing::debug!(%peer, "NFS connection refused: no export admits the client");
                 return;
             }
             let limits = Timeouts { idle, request: timeout };
-            connection(server, sock, peer, slot, budget, limits, stop).await;
+            connection(server, sock, peer, served, slot, budget, limits, stop).await;
         }
     })
     .await;
+}
+
+/// Calls over UDP in flight at once (each on the blocking pool).
+const UDP_IN_FLIGHT: usize = 64;
+
+/// Answers datagrams on `sock` until `shutdown` turns true: NLM, NSM and
+/// the portmapper (what `served` names), one call per datagram. Calls from
+/// addresses no export admits are dropped, but for the portmapper's.
+pub async fn serve_udp(server: Arc<Server>, sock: UdpSocket, served: Served, mut shutdown: watch::Receiver<bool>) {
+    let sock = Arc::new(sock);
+    let local = sock.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+    let permits = Arc::new(Semaphore::new(UDP_IN_FLIGHT));
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        if served != Served::Portmapper && !server.admits(peer.ip()) {
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Full: the client resends.
+            continue;
+        };
+        let (server, sock, record) = (server.clone(), sock.clone(), buf[..n].to_vec());
+        tokio::spawn(async move {
+            let at = match local {
+                Some(ip) => Some(ip),
+                None => local_towards(peer).await,
+            };
+            let reply =
+                tokio::task::spawn_blocking(move || server.handle_record_via(peer.ip(), at, served, &record)).await;
+            if let Ok(Some(reply)) = reply {
+                let _ = sock.send_to(&reply, peer).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The address this host sends from towards `peer` (a socket bound to
+/// every address does not say which one a datagram came to).
+async fn local_towards(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let s = UdpSocket::bind(any).await.ok()?;
+    s.connect(peer).await.ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,15 +173,18 @@ async fn read_record(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     server: Arc<Server>,
     sock: tokio::net::TcpStream,
     peer: SocketAddr,
+    served: Served,
     slot: ClientSlot,
     budget: Arc<Budget>,
     t: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let local = sock.local_addr().ok().map(|a| a.ip());
     let (rd, wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     let writer = Arc::new(Mutex::new(wr));
@@ -155,7 +214,7 @@ async fn connection(
             None => break,
         }
         if !plan.may_block {
-            let reply = server.handle_record(peer.ip(), &record);
+            let reply = server.handle_record_via(peer.ip(), local, served, &record);
             if !send(&writer, peer, reply).await {
                 break;
             }
@@ -165,7 +224,7 @@ async fn connection(
         let (server, writer) = (server.clone(), writer.clone());
         tokio::spawn(async move {
             let ip = peer.ip();
-            match tokio::task::spawn_blocking(move || server.handle_record(ip, &record)).await {
+            match tokio::task::spawn_blocking(move || server.handle_record_via(ip, local, served, &record)).await {
                 Ok(reply) => {
                     send(&writer, peer, reply).await;
                 }

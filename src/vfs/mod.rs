@@ -13,6 +13,7 @@ pub mod apply;
 mod attr;
 mod fs;
 mod io;
+pub mod locks;
 mod namespace;
 pub mod perm;
 pub mod snapshot;
@@ -67,6 +68,8 @@ pub struct VfsOptions {
     pub space_probe: Option<PathBuf>,
     /// Ship metadata to the backend (`meta/`), with a full snapshot this often.
     pub ship_image_interval: Option<std::time::Duration>,
+    /// Bounds of the lock table per client.
+    pub lock_limits: locks::LockLimits,
 }
 
 impl VfsOptions {
@@ -83,6 +86,7 @@ impl VfsOptions {
             block_size: 1 << 20,
             space_probe: None,
             ship_image_interval: None,
+            lock_limits: locks::LockLimits::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Vfs {
     flusher: Mutex<Option<JoinHandle<()>>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
     reclaimer: Mutex<Option<JoinHandle<()>>>,
+    locks: locks::LockTable,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -190,6 +195,7 @@ impl Vfs {
             flusher: Mutex::new(None),
             shipper: Mutex::new(None),
             reclaimer: Mutex::new(None),
+            locks: locks::LockTable::new(opts.lock_limits),
         });
         if replayed > 0 {
             tracing::info!(records = replayed, from_lsn = applied + 1, "replayed write-ahead log");
@@ -218,6 +224,11 @@ impl Vfs {
     /// The data store below (status, GC, fsck).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The byte-range locks of every file, shared by all frontends.
+    pub fn locks(&self) -> &locks::LockTable {
+        &self.locks
     }
 
     /// Flushes everything and stops the flusher. Data not flushed because

@@ -173,6 +173,15 @@ impl Daemon {
         // any free ones.
         let nfs = if extra.contains("[nfs]") { "" } else { "[nfs]\nlisten = \"127.0.0.1:0\"\n" };
         let nbd = if extra.contains("[nbd]") { "" } else { "[nbd]\nlisten = \"127.0.0.1:0\"\n" };
+        // Port 111 of the machine is not a test's to take: on the host, a
+        // daemon answers no portmapper unless its test asks for one.
+        let (extra, nfs) = match (ns, extra.contains("portmapper")) {
+            (None, false) if nfs.is_empty() => {
+                (extra.replacen("[nfs]\n", "[nfs]\nportmapper = \"off\"\n", 1), String::new())
+            }
+            (None, false) => (extra.to_string(), format!("{nfs}portmapper = \"off\"\n")),
+            _ => (extra.to_string(), nfs.to_string()),
+        };
         let text = format!(
             "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}{nbd}",
             dir.join("data").display(),
