@@ -15,7 +15,8 @@
 //!   `nbd-client`, `nfs-ls` or `mount -t nfs`), every line not starting with
 //!   `storfs` runs on a client machine: a VM from `../shared/vm`, which
 //!   reaches the daemon's host as 10.0.2.2, so `HOST` and `127.0.0.1` in
-//!   those lines become 10.0.2.2.
+//!   those lines become 10.0.2.2. Like a Debian NFS client, the machine
+//!   runs rpcbind and rpc.statd (NFS locking needs them) before the lines.
 //! - After a line that starts the daemon in the background, the script waits
 //!   until it answers `storfs status`, as a person would before typing on.
 //! - The first block's second command (`scripts/test.sh`) is what is running
@@ -259,7 +260,12 @@ fn flush_vm(job: &mut String, vms: &mut usize, dir: &Path, tools: &Path) -> Stri
     }
     *vms += 1;
     let file = dir.join(format!("client-{vms}.sh"));
-    let text = format!("set -eu\nfail() {{ echo \"README.md line $1 failed on the client: $2\" >&2; exit 1; }}\n{job}");
+    // What nfs-common starts on a client machine; no name service in the VM,
+    // so statd's lookups fail at once instead of timing out.
+    let services = ": > /etc/resolv.conf\nmkdir -p /run/rpcbind /var/lib/nfs/sm\nrpcbind -w\nrpc.statd --no-notify\n";
+    let text = format!(
+        "set -eu\nfail() {{ echo \"README.md line $1 failed on the client: $2\" >&2; exit 1; }}\n{services}{job}"
+    );
     std::fs::write(&file, text).expect("client job");
     job.clear();
     format!(

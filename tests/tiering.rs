@@ -367,7 +367,9 @@ fn compression_stores_a_source_tree_as_small_as_zstd_and_random_data_plain() {
     d.stop();
     std::fs::write(
         s.path.join("d/storfs.toml"),
-        std::fs::read_to_string(s.path.join("d/storfs.toml")).expect("config").replace("\"off\"", "\"zstd\""),
+        std::fs::read_to_string(s.path.join("d/storfs.toml"))
+            .expect("config")
+            .replace("compression = \"off\"", "compression = \"zstd\""),
     )
     .expect("config");
     d.restart();

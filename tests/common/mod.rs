@@ -120,13 +120,20 @@ pub fn vm_tools() -> PathBuf {
 
 /// Starts a VM in `ns` running `sh JOB ARGS...`; `out` is its /vm-out.
 pub fn spawn_vm(ns: &NetNs, job: &str, args: &[&str], out: &Path, timeout_s: u32) -> Child {
+    spawn_vm_on(ns, "user", job, args, out, timeout_s)
+}
+
+/// [`spawn_vm`] on network `net`: "user" (reaches the namespace as
+/// 10.0.2.2) or "bridge" (a host of its own, 10.0.3.N; the namespace is
+/// 10.0.3.1 and can call it back).
+pub fn spawn_vm_on(ns: &NetNs, net: &str, job: &str, args: &[&str], out: &Path, timeout_s: u32) -> Child {
     let tools = vm_tools();
     let job = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vm").join(job);
     std::fs::create_dir_all(out).expect("vm out dir");
     Command::new(tools.join("in-netns"))
         .arg(&ns.name)
         .arg(tools.join("run-vm"))
-        .args(["--timeout", &timeout_s.to_string(), "--mem", "1024", "--out"])
+        .args(["--net", net, "--timeout", &timeout_s.to_string(), "--mem", "1024", "--out"])
         .arg(out)
         .arg(job)
         .args(args)
