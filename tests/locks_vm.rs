@@ -102,9 +102,24 @@ impl Agent {
         finish_vm(self.vm.take().expect("vm"), &self.name)
     }
 
-    /// Pulls the plug: the machine's qemu is killed.
-    fn kill(mut self, tap: &str) {
-        let _ = std::process::Command::new("pkill").args(["-KILL", "-f", &format!("ifname={tap},")]).status();
+    /// Pulls the plug: the machine's qemu is killed. It is found by its
+    /// own /vm-out directory, which no other test's machine shares (tap
+    /// names repeat across namespaces, so they would find others' too).
+    fn kill(mut self) {
+        let out = std::fs::canonicalize(&self.out).expect("out dir");
+        let mark = format!("path={},mount_tag=vmout", out.display());
+        let mut killed = 0;
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let is_qemu = cmdline.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"qemu-system-x86_64"));
+            if is_qemu && String::from_utf8_lossy(&cmdline).contains(&mark) {
+                // SAFETY: sending a signal has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "machine {}: one qemu to kill", self.name);
         if let Some(mut vm) = self.vm.take() {
             let _ = vm.wait();
         }
@@ -307,7 +322,7 @@ fn locks_are_reclaimed_after_a_restart_and_released_when_a_client_reboots() {
     // a's machine dies holding the lock: the lock stays (nothing says it is
     // gone) until a boots again and its statd says so (SM_NOTIFY).
     assert_eq!(a.run(json!({"op": "save_nsm"}))["ok"], true);
-    a.kill("vmtap10");
+    a.kill();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(nfs_locks_of(&d, "client-a"), 1, "a dead client keeps its locks until it comes back");
     let a2 = Agent::boot(&ns, &s, "a", true);

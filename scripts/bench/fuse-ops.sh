@@ -12,6 +12,11 @@
 # kernel queueing it, a daemon thread waking and reading it, the work, the
 # reply and the caller waking. Their sum per file bounds the create rate of
 # any FUSE daemon on the machine, whatever the daemon does.
+#
+# Then the cost of locks at close: the same create loop, three rounds
+# alternating between this mount (locks on: every close sends FLUSH, which
+# drops the closing process's locks) and a second daemon's mount with
+# `[locks] enabled = false` (FLUSH answered ENOSYS once, then never sent).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FILES=${1:-2000}
@@ -28,7 +33,8 @@ command -v fio >/dev/null || { echo "fio is required (apt install fio)" >&2; exi
 
 cleanup() {
   umount -l "$WORK/mnt" 2>/dev/null || true
-  if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  umount -l "$WORK/mnt-nolocks" 2>/dev/null || true
+  for p in ${PID:-} ${PID2:-}; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -106,3 +112,35 @@ perf record -q -e fuse:fuse_request_send -e fuse:fuse_request_end -a -o "$WORK/w
 writes=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['jobs'][0]['write']['total_ios'])" "$WORK/fio.json")
 echo "4 KiB random writes (fio psync, 5 s): $writes writes"
 summary "$WORK/write.data" "$writes"
+
+# Locks on and off, side by side.
+mkdir -p "$WORK/nolocks" "$WORK/mnt-nolocks"
+cat > "$WORK/nolocks/storfs.toml" <<EOF
+data_dir = "$WORK/nolocks/data"
+[control]
+socket = "$WORK/nolocks/storfs.sock"
+[nfs]
+enabled = false
+[nbd]
+enabled = false
+[locks]
+enabled = false
+EOF
+"$BIN" --config "$WORK/nolocks/storfs.toml" serve 2>"$WORK/nolocks/daemon.log" &
+PID2=$!
+for _ in $(seq 100); do "$BIN" --socket "$WORK/nolocks/storfs.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
+"$BIN" --socket "$WORK/nolocks/storfs.sock" mount "$WORK/mnt-nolocks" >/dev/null
+on=() off=()
+for r in 1 2 3; do
+  on+=("$(creates "$WORK/mnt/locks-$r")")
+  off+=("$(creates "$WORK/mnt-nolocks/c-$r")")
+done
+python3 - "${on[@]}" "${off[@]}" <<'PY'
+import statistics, sys
+v = [float(x) * 1e6 for x in sys.argv[1:]]
+on, off = v[:3], v[3:]
+print("create + 4 KiB write + close, locks on / off (us/file), rounds:",
+      ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(on, off)))
+m_on, m_off = statistics.median(on), statistics.median(off)
+print(f"  medians: locks on {m_on:.1f}, off {m_off:.1f}; files/s ratio on/off {m_off / m_on:.2f}")
+PY
