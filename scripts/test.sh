@@ -24,8 +24,10 @@ vm_tools=${STORFS_VM_DIR:-../shared/vm}
 
 # Debian packages: FUSE (mount.fuse runs storfs as the remount helper), fio,
 # what the pjdfstest build needs, the NFS mount helper (the VMs run this
-# machine's userland), libnfs's clients, network namespaces.
-apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common libnfs-utils iproute2 libnbd-bin qemu-utils)
+# machine's userland; rpcbind and rpc.statd run in the lock tests' VMs),
+# rpcbind (tests/rpcbind.rs registers with a real one), libnfs's clients,
+# network namespaces.
+apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common rpcbind libnfs-utils iproute2 libnbd-bin qemu-utils)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,4 +1,4 @@
-//! fcntl locks on a FUSE mount, on the daemon's own host: they live in the
+//! fcntl and flock locks on a FUSE mount, on the daemon's own host: they live in the
 //! daemon's lock table (the one NFS clients use; tests/locks_vm.rs), die
 //! with their process, and a process waiting for one can be interrupted or
 //! killed like any other waiter.
@@ -102,4 +102,75 @@ fn fcntl_locks_go_with_their_process_and_waiters_can_be_interrupted() {
     let mut taker = python(&path, "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nprint('took')");
     assert!(wait_exit(&mut taker, Duration::from_secs(10)).success(), "closing a descriptor released the lock");
     drop(f);
+}
+
+fn flock(fd: i32, op: i32) -> i32 {
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(fd, op) } == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) }
+}
+
+/// Whether another process can take an exclusive flock of `path` now.
+fn flock_free(path: &std::path::Path) -> bool {
+    let mut p = python(
+        path,
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)",
+    );
+    wait_exit(&mut p, Duration::from_secs(10)).success()
+}
+
+#[test]
+fn flock_locks_belong_to_the_open_file_and_go_at_its_last_close() {
+    require_root_and_fuse();
+    let s = Scratch::new("fuseflock");
+    let mut d = Daemon::start(&s.path.join("d"), "");
+    let m = s.path.join("m");
+    d.mount(&m);
+    let path = m.join("spool");
+    std::fs::write(&path, b"mail").expect("create");
+
+    // Held here: another process's LOCK_NB fails, and the lock is in the
+    // daemon's table (where an NFS client's flock, a whole-file NLM lock,
+    // would meet it).
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    assert_eq!(flock(f.as_raw_fd(), libc::LOCK_EX), 0);
+    assert!(!flock_free(&path), "another process must not get the flock");
+    let listed = d.cli_json(&["locks", "list", "--json"]);
+    let locks = listed["locks"].as_array().expect("locks");
+    assert!(locks.iter().any(|l| l["client"]["kind"] == "mount" && l["exclusive"] == true), "{listed}");
+
+    // A flock belongs to the open file description: closing a duplicate
+    // keeps it; closing the last descriptor releases it.
+    // SAFETY: dup of an open descriptor.
+    let dup = unsafe { libc::dup(f.as_raw_fd()) };
+    assert!(dup >= 0);
+    drop(f);
+    assert!(!flock_free(&path), "the duplicate still holds the flock");
+    // SAFETY: closing the descriptor dup returned.
+    unsafe { libc::close(dup) };
+    // RELEASE is asynchronous: the lock goes just after the close returns.
+    let start = Instant::now();
+    while !flock_free(&path) {
+        assert!(start.elapsed() < Duration::from_secs(5), "the flock outlived its file's last close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Shared flocks coexist; LOCK_UN releases; a holder that dies releases.
+    let g = std::fs::File::open(&path).expect("open");
+    assert_eq!(flock(g.as_raw_fd(), libc::LOCK_SH), 0);
+    let mut reader =
+        python(&path, "fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('shared', flush=True)\ntime.sleep(600)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(reader.stdout.as_mut().expect("stdout")), &mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "shared", "two shared flocks coexist");
+    assert_eq!(flock(g.as_raw_fd(), libc::LOCK_UN), 0);
+    assert!(!flock_free(&path), "the other process still shares it");
+    reader.kill().expect("kill");
+    wait_exit(&mut reader, Duration::from_secs(5));
+    let start = Instant::now();
+    while !flock_free(&path) {
+        assert!(start.elapsed() < Duration::from_secs(5), "a dead process's flock stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(g);
 }

@@ -274,6 +274,25 @@ fn a_fuse_lock_excludes_an_nfs_client_and_the_reverse() {
     assert!(waited >= Duration::from_secs(3), "it did wait ({waited:?})");
     drop(g);
     drop(probe);
+
+    // flock: the client's flock(1) (a whole-file NLM lock) and a flock
+    // through FUSE exclude each other, both ways.
+    let h = std::fs::File::open(m.join("shared")).expect("open");
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(unsafe { libc::flock(h.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let tried = b.run(json!({"op": "flock", "path": "shared", "args": ["-n"]}));
+    assert_eq!(tried["ok"], false, "the client's flock -n must fail while FUSE holds a flock: {tried}");
+    drop(h);
+    let holding = b.send(json!({"op": "flock", "path": "shared", "args": ["-w", "30"], "run": ["sleep", "6"]}));
+    wait_until("the client's flock -w holds the lock", Duration::from_secs(10), || nfs_locks_of(&d, "client-b") == 1);
+    let h = std::fs::File::open(m.join("shared")).expect("open");
+    // SAFETY: as above.
+    let e = unsafe { libc::flock(h.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(e, -1, "a FUSE flock must fail while the client's flock(1) holds the file");
+    assert_eq!(b.wait(holding, Duration::from_secs(60))["ok"], true);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(h.as_raw_fd(), libc::LOCK_EX) }, 0, "free once the client let go");
+    drop(h);
     b.exit();
 }
 

@@ -135,9 +135,14 @@ impl LockService {
             return Ok(());
         }
         let mut refused = Vec::new();
-        for reg in portmap::registrations(true, nfs.port()) {
-            // A stale registration of an earlier run goes first.
-            let _ = rt.block_on(callback::register(rpcbind_addr(), false, reg, LOCAL_TIMEOUT));
+        let regs = portmap::registrations(true, nfs.port());
+        // Stale registrations of an earlier run go first, all of them: an
+        // UNSET drops a program version on every transport, so one between
+        // two SETs would undo the first.
+        for reg in &regs {
+            let _ = rt.block_on(callback::register(rpcbind_addr(), false, *reg, LOCAL_TIMEOUT));
+        }
+        for reg in regs {
             match rt.block_on(callback::register(rpcbind_addr(), true, reg, LOCAL_TIMEOUT)) {
                 Ok(true) => self.registered.push(reg),
                 Ok(false) | Err(_) => refused.push(format!("{}/{}/{:?}", reg.0, reg.1, reg.2)),

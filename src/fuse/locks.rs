@@ -1,10 +1,16 @@
-//! POSIX record locks (`fcntl` F_GETLK/F_SETLK/F_SETLKW) of a FUSE mount,
-//! in the lock table NFS clients use too (`vfs::locks`).
+//! POSIX record locks (`fcntl` F_GETLK/F_SETLK/F_SETLKW) and `flock` locks
+//! of a FUSE mount, in the lock table NFS clients use too (`vfs::locks`).
 //!
-//! The owner is the kernel's lock owner (one per process's file table) on
-//! this mount. A close sends FLUSH with the owner, which releases its locks
-//! on the file, as POSIX wants (any close drops the process's locks), and
-//! a process that dies closes everything. A F_SETLKW that must wait is
+//! The owner is the kernel's lock owner on this mount: for a POSIX lock,
+//! one per process's file table; for `flock`, one per open file
+//! description (the kernel sends it as a lock of the whole file). A close
+//! sends FLUSH with the process's owner, which releases its POSIX locks on
+//! the file, as POSIX wants (any close drops the process's locks), and a
+//! process that dies closes everything; the last close of a description
+//! that took a `flock` lock sends RELEASE with the description's owner,
+//! which releases that lock. So the two kinds conflict with each other on
+//! one file, as they do on a Linux NFS client (which sends `flock` as an
+//! NLM lock of the whole file). A F_SETLKW that must wait is
 //! answered when it is granted. fuser answers FUSE_INTERRUPT itself (with
 //! ENOSYS), so the daemon would never hear that the waiting process got a
 //! signal, and the kernel would keep even a killed process waiting: a
@@ -113,8 +119,10 @@ impl MountLocks {
         }
     }
 
-    /// A close: the owner's locks on the file go (POSIX).
-    pub fn flush(&self, ino: Ino, owner: u64) {
+    /// A close (FLUSH: the process's POSIX locks) or the last close of a
+    /// description that took a `flock` lock (RELEASE): the owner's locks on
+    /// the file go.
+    pub fn release_owner(&self, ino: Ino, owner: u64) {
         let o = Owner { client: Client::Mount { id: self.mount }, id: owner.to_be_bytes().to_vec() };
         self.vfs.locks().release_owner(ino, &o);
     }

@@ -446,6 +446,11 @@ impl Filesystem for FuseFs {
             } else {
                 l.watch(Arc::downgrade(&self.alive))?;
             }
+            // flock(2) as a whole-file lock owned by the open file
+            // description, released at its last close (RELEASE).
+            if config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS).is_err() {
+                tracing::warn!("the kernel offers no FUSE flock locks; this mount's flock locks stay local");
+            }
         }
         Ok(())
     }
@@ -711,7 +716,7 @@ impl Filesystem for FuseFs {
         // kernel stop sending FLUSH, saving a round trip per close.
         match (&self.locks, self.node(ino)) {
             (Some(l), Ok(Node::Live(i))) => {
-                l.flush(i, lock_owner.0);
+                l.release_owner(i, lock_owner.0);
                 reply.ok();
             }
             (Some(_), _) => reply.ok(),
@@ -767,13 +772,18 @@ impl Filesystem for FuseFs {
         ino: INodeNo,
         _fh: FileHandle,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let _span = span("release", ino);
         match self.node(ino) {
             Ok(Node::Live(i)) => {
+                // The last close of a file description that took a flock
+                // lock: the kernel names the description's owner.
+                if let (Some(l), Some(owner)) = (&self.locks, lock_owner) {
+                    l.release_owner(i, owner.0);
+                }
                 if self.opts.writeback_cache && flags.acc_mode() != OpenAccMode::O_RDONLY {
                     self.release_cached(i);
                 }
