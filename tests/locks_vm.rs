@@ -230,6 +230,7 @@ fn a_fuse_lock_excludes_an_nfs_client_and_the_reverse() {
     let m = d.view(&s.path.join("m"));
     std::fs::write(m.join("shared"), b"x").expect("create");
     let mut b = Agent::boot(&ns, &s, "b", false);
+    assert_eq!(d.status()["nfs_portmapper"], "own", "the daemon answers port 111 itself");
 
     // A process on the daemon's host holds the file through FUSE.
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.join("shared")).expect("open");

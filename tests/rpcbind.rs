@@ -81,6 +81,8 @@ fn registers_with_a_running_rpcbind_and_unregisters_at_stop() {
         );
     }
     assert!(d.log_text().contains("registered with the host's rpcbind"), "the log says so");
+    assert_eq!(d.status()["nfs_portmapper"], "rpcbind", "status says who answers port 111");
+    assert!(d.cli(&["status"]).contains("mount -t nfs -o vers=3,proto=tcp HOST:/<fs> DIR; port 111: rpcbind"));
 
     d.stop();
     let rows = rpcinfo(&ns).expect("rpcinfo");
@@ -117,4 +119,13 @@ fn rpcbind_mode_without_an_rpcbind_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "it must not start: {err}");
     assert!(err.contains("no rpcbind answers on 127.0.0.1:111"), "{err}");
+}
+
+#[test]
+fn without_a_portmapper_status_says_how_to_mount() {
+    let s = Scratch::new("nopmap");
+    // On the host, the test harness sets `portmapper = "off"`.
+    let d = Daemon::start(&s.path.join("d"), "");
+    assert_eq!(d.status()["nfs_portmapper"], "none");
+    assert!(d.cli(&["status"]).contains("no portmapper on port 111: mount -t nfs -o vers=3,proto=tcp,nolock,port=P"));
 }

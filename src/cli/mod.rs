@@ -839,9 +839,15 @@ fn print_status(v: &Value) {
         sn["reclaim_jobs"]
     );
     if let Some(addr) = v["nfs_listen"].as_str() {
-        println!(
-            "nfs       {addr} (mount -t nfs -o vers=3,proto=tcp,nolock,port=P,mountport=P,mountproto=tcp HOST:/<fs> DIR)"
-        );
+        match v["nfs_portmapper"].as_str() {
+            Some(by @ ("own" | "rpcbind")) => {
+                println!("nfs       {addr} (mount -t nfs -o vers=3,proto=tcp HOST:/<fs> DIR; port 111: {by})")
+            }
+            _ => println!(
+                "nfs       {addr} (no portmapper on port 111: mount -t nfs -o \
+                 vers=3,proto=tcp,nolock,port=P,mountport=P,mountproto=tcp HOST:/<fs> DIR)"
+            ),
+        }
     }
     for m in v["mounts"].as_array().into_iter().flatten() {
         println!("mount     {} ({})", m[0].as_str().unwrap_or("?"), m[1].as_str().unwrap_or("?"));

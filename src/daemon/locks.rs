@@ -25,6 +25,10 @@ pub struct LockService {
     pub own_portmapper: bool,
     /// Registrations made with the host's rpcbind, undone at stop.
     registered: Vec<(u32, u32, Transport, u16)>,
+    /// Who answers NFS clients on port 111 once serving: "own" (this
+    /// daemon), "rpcbind" (the host's, with our registrations), or "none"
+    /// (clients mount with `nolock` and explicit ports).
+    pub port_111: &'static str,
 }
 
 /// How long a portmapper call to this host may take.
@@ -38,7 +42,7 @@ impl LockService {
     /// Opens the NSM state (a restart starts the grace period and notifies
     /// the clients that held locks) and decides who answers port 111.
     pub fn start(config: &Config, vfs: &Arc<Vfs>, rt: &tokio::runtime::Runtime) -> anyhow::Result<LockService> {
-        let off = LockService { nlm: None, own_portmapper: false, registered: Vec::new() };
+        let off = LockService { nlm: None, own_portmapper: false, registered: Vec::new(), port_111: "none" };
         if !config.locks.enabled || !config.nfs.enabled {
             return Ok(off);
         }
@@ -128,6 +132,7 @@ impl LockService {
             ));
             rt.spawn(storfs::nfs::server::serve_udp(server.clone(), udp, Served::Portmapper, stop.clone()));
             tracing::info!(listen = %at, "portmapper ready (NLM v4 and NSM on the NFS port)");
+            self.port_111 = "own";
             return Ok(());
         }
         if config.nfs.portmapper == Portmapper::Off {
@@ -156,6 +161,9 @@ impl LockService {
             );
         }
         tracing::info!(programs = self.registered.len(), "registered with the host's rpcbind");
+        if !self.registered.is_empty() {
+            self.port_111 = "rpcbind";
+        }
         Ok(())
     }
 

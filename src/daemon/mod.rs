@@ -50,6 +50,8 @@ pub struct Daemon {
     ledger: storfs::data::cost::Ledger,
     /// The NFS lock manager, if locks are served to NFS clients.
     nlm: Option<Arc<storfs::nfs::nlm::Nlm>>,
+    /// Who answers port 111 for NFS clients (`LockService::port_111`).
+    port_111: &'static str,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -308,6 +310,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nbd_conns,
         budget,
         nlm: lock_service.nlm.clone(),
+        port_111: lock_service.port_111,
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));

@@ -179,6 +179,9 @@ pub struct Status {
     pub mounts: Vec<(String, String)>,
     /// NFS server address, if it runs.
     pub nfs_listen: Option<String>,
+    /// Who answers NFS clients on port 111: "own", "rpcbind" (mounts need
+    /// no options, locks work) or "none" (`nolock` and explicit ports).
+    pub nfs_portmapper: Option<String>,
     /// Address of the NBD server, if it runs.
     pub nbd_listen: Option<String>,
     /// Network clients.
@@ -267,6 +270,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         },
         mounts: d.mounts.list().into_iter().map(|(p, f, _)| (p.display().to_string(), f)).collect(),
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),
+        nfs_portmapper: d.nfs_addr.map(|_| d.port_111.to_string()),
         nbd_listen: d.nbd_addr.map(|a| a.to_string()),
         clients: {
             let of = |c: &storfs::net::Connections| ServerClients {
