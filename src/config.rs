@@ -448,7 +448,7 @@ impl Default for NfsConfig {
 impl NfsConfig {
     /// Where the daemon's own portmapper listens.
     pub fn portmapper_addr(&self) -> SocketAddr {
-        self.portmapper_listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 111))
+        self.portmapper_listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), storfs::nfs::callback::PMAP_PORT))
     }
 
     /// Export options of every file system.

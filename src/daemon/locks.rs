@@ -177,6 +177,6 @@ impl LockService {
 
 /// Whether an rpcbind answers on this host.
 async fn rpcbind_runs() -> bool {
-    let null = (callback::PMAP_PROG, 2, 0);
+    let null = (storfs::nfs::proto::PORTMAP_PROG, 2, 0);
     callback::call(rpcbind_addr(), Transport::Udp, null, &[], b"localhost", Duration::from_millis(500)).await.is_ok()
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
+use super::proto::PORTMAP_PROG;
 use super::rpc::{self, Fragment, frame};
 use super::xdr::Reader;
 
@@ -18,8 +19,7 @@ use super::xdr::Reader;
 pub const IPPROTO_TCP: u32 = 6;
 /// UDP.
 pub const IPPROTO_UDP: u32 = 17;
-/// The portmapper's program, version and port.
-pub const PMAP_PROG: u32 = 100_000;
+/// The portmapper version the daemon calls (v2, PMAP).
 const PMAP_VERS: u32 = 2;
 /// The port every portmapper listens on.
 pub const PMAP_PORT: u16 = 111;
@@ -177,7 +177,7 @@ pub async fn getport(
     let mut args = super::xdr::Writer::default();
     args.u32(prog).u32(vers).u32(transport.ipproto()).u32(0);
     let to = SocketAddr::new(host, PMAP_PORT);
-    let res = call(to, transport, (PMAP_PROG, PMAP_VERS, PMAPPROC_GETPORT), &args.buf, machine, timeout).await?;
+    let res = call(to, transport, (PORTMAP_PROG, PMAP_VERS, PMAPPROC_GETPORT), &args.buf, machine, timeout).await?;
     let port = Reader::new(&res).u32().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad GETPORT reply"))?;
     match u16::try_from(port) {
         Ok(p) if p != 0 => Ok(p),
@@ -199,6 +199,6 @@ pub async fn register(
     let mut args = super::xdr::Writer::default();
     args.u32(prog).u32(vers).u32(transport.ipproto()).u32(u32::from(port));
     let proc_ = if set { PMAPPROC_SET } else { PMAPPROC_UNSET };
-    let res = call(pmap, Transport::Udp, (PMAP_PROG, PMAP_VERS, proc_), &args.buf, b"localhost", timeout).await?;
+    let res = call(pmap, Transport::Udp, (PORTMAP_PROG, PMAP_VERS, proc_), &args.buf, b"localhost", timeout).await?;
     Reader::new(&res).bool().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad SET reply"))
 }

@@ -10,8 +10,9 @@
 use std::net::IpAddr;
 
 use super::Server;
-use super::callback::{IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, PMAP_PROG, Transport};
+use super::callback::{IPPROTO_TCP, IPPROTO_UDP, PMAP_PORT, Transport};
 use super::nlm_proto::{NLM_PROG, NLM_VERS, NSM_PROG, NSM_VERS};
+use super::proto::PORTMAP_PROG;
 use super::proto::{MOUNT_PROG, NFS_PROG};
 use super::rpc::{AcceptStat, Call};
 use super::xdr::{Reader, Writer};
@@ -58,8 +59,8 @@ impl Server {
             served(self.nlm.is_some()).into_iter().map(|(p, v, t)| (p, v, t.ipproto(), self.port)).collect();
         if self.own_portmapper {
             for vers in [2, 3, 4] {
-                m.push((PMAP_PROG, vers, IPPROTO_TCP, PMAP_PORT));
-                m.push((PMAP_PROG, vers, IPPROTO_UDP, PMAP_PORT));
+                m.push((PORTMAP_PROG, vers, IPPROTO_TCP, PMAP_PORT));
+                m.push((PORTMAP_PROG, vers, IPPROTO_UDP, PMAP_PORT));
             }
         }
         m
