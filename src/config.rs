@@ -228,6 +228,12 @@ pub struct StorageConfig {
     pub compression: storfs::chunk::codec::Compression,
     /// zstd level (-7 to 22; low is fast).
     pub compression_level: i32,
+    /// How chunks and metadata are encrypted before they reach the backend.
+    pub encryption: storfs::chunk::seal::Encryption,
+    /// File holding the keys (current first; `storfs key generate` makes
+    /// one). `STORFS_ENCRYPTION_KEY` overrides it. The key is never in
+    /// the configuration itself.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -238,6 +244,8 @@ impl Default for StorageConfig {
             wal_segment_size: Size(64 << 20),
             compression: storfs::chunk::codec::Compression::Zstd,
             compression_level: 1,
+            encryption: storfs::chunk::seal::Encryption::Off,
+            encryption_key_file: None,
         }
     }
 }
@@ -674,7 +682,38 @@ impl Default for Config {
     }
 }
 
+/// The environment variable that gives the encryption keys (overriding
+/// `storage.encryption_key_file`).
+pub const KEY_ENV: &str = "STORFS_ENCRYPTION_KEY";
+
 impl Config {
+    /// The keys to seal and open data with: from `STORFS_ENCRYPTION_KEY`
+    /// when set, else from `storage.encryption_key_file`, else none.
+    pub fn keyring(&self) -> anyhow::Result<storfs::chunk::seal::Keyring> {
+        use anyhow::Context;
+        use storfs::chunk::seal::{Keyring, parse_keys};
+        let keys = if let Ok(text) = std::env::var(KEY_ENV) {
+            parse_keys(&text).map_err(|e| anyhow::anyhow!("{KEY_ENV}: {e}"))?
+        } else if let Some(path) = &self.storage.encryption_key_file {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("storage.encryption_key_file {} cannot be read", path.display()))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "the key file can be read by others than its owner; chmod 600 it");
+            }
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("storage.encryption_key_file {} cannot be read", path.display()))?,
+            );
+            parse_keys(&text).map_err(|e| anyhow::anyhow!("storage.encryption_key_file {}: {e}", path.display()))?
+        } else {
+            Vec::new()
+        };
+        Keyring::new(self.storage.encryption, keys).map_err(|e| {
+            anyhow::anyhow!("{e}: set storage.encryption_key_file or {KEY_ENV} (make a key with `storfs key generate`)")
+        })
+    }
+
     /// Loads and validates `path`, or the built-in defaults when `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
@@ -803,6 +842,18 @@ impl Config {
             || self.cache.flush_interval.0 > Duration::from_secs(3600)
         {
             return bad("cache.flush_interval", "must be between 10ms and 1h".into());
+        }
+        if self.storage.encryption != storfs::chunk::seal::Encryption::Off
+            && self.storage.encryption_key_file.is_none()
+            && std::env::var_os(KEY_ENV).is_none()
+        {
+            return bad(
+                "storage.encryption",
+                format!(
+                    "is on but there is no key: set storage.encryption_key_file or {KEY_ENV} \
+                     (make a key with `storfs key generate`)"
+                ),
+            );
         }
         if !(-7..=22).contains(&self.storage.compression_level) {
             return bad(
@@ -937,6 +988,8 @@ pack_size = "{pack}"        # pack objects' target size
 wal_segment_size = "{seg}"
 compression = "zstd"        # or "lz4", "off"; chunks that do not shrink are stored plain
 compression_level = 1       # zstd level (-7 to 22)
+encryption = "off"          # or "aes-256-gcm", "xchacha20-poly1305": chunks and metadata sealed before upload
+#encryption_key_file = "/etc/storfs/storfs.key"   # from `storfs key generate`; or STORFS_ENCRYPTION_KEY
 
 [lifecycle]                 # Standard / Infrequent Access by access age (reads and writes of data)
 transition_to_ia = "30d"    # "off", or any duration
@@ -1057,6 +1110,26 @@ mod tests {
     }
 
     const MINIMAL: &str = "data_dir = \"/srv/storfs\"\n[control]\nsocket = \"/run/s.sock\"\n";
+
+    #[test]
+    fn encryption_needs_a_key_and_reads_it_from_the_key_file() {
+        let err = parse("[storage]\nencryption = \"aes-256-gcm\"\n").expect_err("no key").to_string();
+        assert!(err.contains("storage.encryption") && err.contains("no key"), "{err}");
+        let err = parse("[storage]\nencryption = \"rot13\"\n").expect_err("unknown cipher").to_string();
+        assert!(err.contains("storage.encryption"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = storfs::chunk::seal::Key::generate();
+        let file = dir.path().join("k");
+        std::fs::write(&file, format!("# made by a test\n{}\n", &*key.to_hex())).expect("key file");
+        let text =
+            format!("[storage]\nencryption = \"xchacha20-poly1305\"\nencryption_key_file = \"{}\"\n", file.display());
+        let keys = parse(&text).expect("config").keyring().expect("keys");
+        assert_eq!(keys.current(), Some(key.id()));
+        std::fs::write(&file, "not a key\n").expect("bad key file");
+        let err = parse(&text).expect("config").keyring().expect_err("bad key").to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("64 hex digits"), "{err}");
+        assert_eq!(parse("").expect("defaults").keyring().expect("off").current(), None);
+    }
 
     #[test]
     fn template_parses_to_the_defaults() {

@@ -1,6 +1,7 @@
 //! Stores made by older code (`tests/data/v1-store`, schema 1, before
 //! snapshots; `tests/data/v2-store`, schema 2, before tiering;
-//! `tests/data/v3-store`, schema 3, before framed chunks; see
+//! `tests/data/v3-store`, schema 3, before framed chunks;
+//! `tests/data/v4-store`, schema 4, before encryption; see
 //! `scripts/fixtures/make-store.sh`) open with this build: migrated in
 //! place on first start (one log line per step), with the fsynced data that
 //! was only in their write-ahead logs replayed on top; every file, link,
@@ -100,8 +101,9 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Opens a copy of `fixture`, checks the migration steps logged and the
-/// contents, restarts, and checks nothing migrates again.
-fn migrates_in_place(fixture: &str, steps: &[&str]) {
+/// contents, restarts, and checks nothing migrates again. Returns the
+/// running daemon, its scratch directory and the fixture's manifest.
+fn migrates_in_place(fixture: &str, steps: &[&str]) -> (Daemon, Scratch, BTreeMap<String, String>) {
     require_root_and_fuse();
     let s = Scratch::new("migrate");
     let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{fixture}/data"));
@@ -136,22 +138,59 @@ fn migrates_in_place(fixture: &str, steps: &[&str]) {
     assert_eq!(tier["dry_run"], false, "{tier}");
     check_contents(&mut d, &s, &want);
     d.assert_fsck_clean();
+    (d, s, want)
 }
 
 #[test]
 fn a_version_1_store_is_migrated_in_place_and_reads_back_byte_identical() {
     migrates_in_place(
         "v1-store",
-        &["from schema 1 to schema 2", "from schema 2 to schema 3", "from schema 3 to schema 4"],
+        &[
+            "from schema 1 to schema 2",
+            "from schema 2 to schema 3",
+            "from schema 3 to schema 4",
+            "from schema 4 to schema 5",
+        ],
     );
 }
 
 #[test]
 fn a_version_2_store_with_snapshots_is_migrated_in_place_and_reads_back_byte_identical() {
-    migrates_in_place("v2-store", &["from schema 2 to schema 3", "from schema 3 to schema 4"]);
+    migrates_in_place(
+        "v2-store",
+        &["from schema 2 to schema 3", "from schema 3 to schema 4", "from schema 4 to schema 5"],
+    );
 }
 
 #[test]
 fn a_version_3_store_with_compressed_chunks_is_migrated_in_place_and_reads_back_byte_identical() {
-    migrates_in_place("v3-store", &["from schema 3 to schema 4"]);
+    migrates_in_place("v3-store", &["from schema 3 to schema 4", "from schema 4 to schema 5"]);
+}
+
+#[test]
+fn a_version_4_store_is_migrated_in_place_and_reads_back_byte_identical() {
+    let (mut d, s, want) = migrates_in_place("v4-store", &["from schema 4 to schema 5"]);
+    // The old store turned encrypted: a rekey seals every pack made before.
+    use std::os::unix::fs::PermissionsExt;
+    let key = storfs::chunk::seal::Key::generate();
+    let kf = s.path.join("storfs.key");
+    std::fs::write(&kf, format!("{}\n", &*key.to_hex())).expect("key file");
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut config = std::fs::read_to_string(&d.config).expect("config");
+    config
+        .push_str(&format!("\n[storage]\nencryption = \"aes-256-gcm\"\nencryption_key_file = \"{}\"\n", kf.display()));
+    std::fs::write(&d.config, config).expect("config");
+    d.restart();
+    let out = d.cli_within(&["rekey"], std::time::Duration::from_secs(300));
+    assert!(out.status.success(), "rekey failed: {}", stderr(&out));
+    let objects = d.dir.join("data/objects");
+    let packs: Vec<PathBuf> = [pack_files(&objects.join("standard")), pack_files(&objects.join("infrequent"))].concat();
+    assert!(!packs.is_empty(), "the store has packs");
+    for p in &packs {
+        let head = std::fs::read(p).expect("pack");
+        let sealed = storfs::chunk::pack::sealed_key(&head[..storfs::chunk::pack::SEALED_HEADER_LEN]);
+        assert_eq!(sealed, Some(key.id()), "{} is sealed after the rekey", p.display());
+    }
+    check_contents(&mut d, &s, &want);
+    d.assert_fsck_clean();
 }

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod frames;
 pub mod pack;
+pub mod seal;
 
 use std::fmt;
 

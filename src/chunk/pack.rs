@@ -14,6 +14,16 @@
 //! even if its index is lost; the index says what a pack holds with one
 //! small read of its tail (the metadata's chunk table is what the daemon
 //! reads; tests use the index to check packs from outside).
+//!
+//! A sealed pack (encryption on, [`super::seal`]) shows nothing in the clear
+//! but its header:
+//!
+//! ```text
+//! "STFSPAKE" cipher:u8 key_id:u32               13-byte header
+//! repeated: sealed(stored bytes)                no in-line headers
+//! sealed(index)                                 the index above, sealed
+//! trailer:  index_offset:u64 crc32c:u32 "SPIE"  crc of the sealed index
+//! ```
 
 use bytes::Bytes;
 
@@ -22,6 +32,10 @@ use crate::meta::codec::{Dec, DecodeError, Enc};
 
 const MAGIC: &[u8; 8] = b"STFSPAK1";
 const TRAILER_MAGIC: &[u8; 4] = b"SPIX";
+const SEALED_MAGIC: &[u8; 8] = b"STFSPAKE";
+const SEALED_TRAILER_MAGIC: &[u8; 4] = b"SPIE";
+/// Bytes of a sealed pack's header.
+pub const SEALED_HEADER_LEN: usize = 13;
 /// Bytes of the trailer at the end of every pack.
 pub const TRAILER_LEN: u64 = 16;
 const CHUNK_HEADER_LEN: usize = 32 + 1 + 4 + 4;
@@ -64,6 +78,9 @@ pub struct PackBuilder {
     /// Frame chaining values of chunks added plain, by index position,
     /// when known (computed with their id), for [`PackBuilder::encode`].
     cvs: Vec<Option<Vec<[u8; 32]>>>,
+    /// Set by [`PackBuilder::seal`]: the sealed index, which
+    /// [`PackBuilder::finish`] appends.
+    sealed_index: Option<Vec<u8>>,
 }
 
 impl Default for PackBuilder {
@@ -83,7 +100,7 @@ impl PackBuilder {
     pub fn with_buffer(mut buf: Vec<u8>) -> PackBuilder {
         buf.clear();
         buf.extend_from_slice(MAGIC);
-        PackBuilder { buf, index: Vec::new(), cvs: Vec::new() }
+        PackBuilder { buf, index: Vec::new(), cvs: Vec::new(), sealed_index: None }
     }
 
     /// Reserves room for a chunk of up to `len` bytes at the end of the pack
@@ -157,6 +174,33 @@ impl PackBuilder {
         }
     }
 
+    /// Seals every chunk added so far (after [`PackBuilder::encode`]) for
+    /// pack `id` with the current key of `keys`, and the index. The
+    /// entries' offsets, lengths and flags change to the sealed ones.
+    /// Nothing can be added after.
+    pub fn seal(&mut self, keys: &super::seal::Keyring, id: u64) -> Result<(), super::seal::SealError> {
+        let cipher = keys.cipher();
+        let Some(key) = keys.current() else { return Err(super::seal::SealError::Off) };
+        let room = self.buf.len() + self.index.len() * cipher.overhead() + 64;
+        let old = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
+        self.buf.extend_from_slice(SEALED_MAGIC);
+        self.buf.extend_from_slice(&keys_header(cipher, key));
+        for e in &mut self.index {
+            let stored = &old[e.offset as usize..e.offset as usize + e.stored_len as usize];
+            let start = self.buf.len();
+            keys.seal_chunk(id, &e.id, e.flags, e.raw_len, stored, &mut self.buf)?;
+            e.offset = start as u64;
+            e.stored_len = (self.buf.len() - start) as u32;
+            e.flags |= super::seal::SEALED;
+        }
+        self.cvs.clear();
+        let index = self.index_bytes();
+        let mut sealed = Vec::with_capacity(index.len() + cipher.overhead());
+        keys.seal_index(id, &index, &mut sealed)?;
+        self.sealed_index = Some(sealed);
+        Ok(())
+    }
+
     /// Writes the in-line header of the chunk whose data starts at `start`
     /// and adds it to the index.
     fn index_chunk(
@@ -216,27 +260,58 @@ impl PackBuilder {
     /// Appends index and trailer and returns the object bytes.
     pub fn finish(mut self) -> Bytes {
         let index_offset = self.buf.len() as u64;
+        let magic = match self.sealed_index.take() {
+            Some(sealed) => {
+                self.buf.extend_from_slice(&sealed);
+                SEALED_TRAILER_MAGIC
+            }
+            None => {
+                let index = self.index_bytes();
+                self.buf.extend_from_slice(&index);
+                TRAILER_MAGIC
+            }
+        };
+        let crc = crc32c::crc32c(&self.buf[index_offset as usize..]);
+        self.buf.extend_from_slice(&index_offset.to_le_bytes());
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(magic);
+        Bytes::from(self.buf)
+    }
+
+    /// The index, encoded.
+    fn index_bytes(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(4 + self.index.len() * INDEX_ENTRY_LEN);
         e.u32(self.index.len() as u32);
         for x in &self.index {
             e.raw(&x.id.0).u64(x.offset).u32(x.stored_len).u32(x.raw_len).u8(x.flags);
         }
-        let index = e.finish();
-        let crc = crc32c::crc32c(&index);
-        self.buf.extend_from_slice(&index);
-        self.buf.extend_from_slice(&index_offset.to_le_bytes());
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        self.buf.extend_from_slice(TRAILER_MAGIC);
-        Bytes::from(self.buf)
+        e.finish()
     }
+}
+
+fn keys_header(cipher: super::seal::Encryption, key: u32) -> [u8; 5] {
+    let mut h = [cipher.code(), 0, 0, 0, 0];
+    h[1..].copy_from_slice(&key.to_le_bytes());
+    h
+}
+
+/// The key a pack was sealed with, from its first [`SEALED_HEADER_LEN`]
+/// bytes; `None` for a plain pack (or bytes that are not a pack header).
+pub fn sealed_key(header: &[u8]) -> Option<u32> {
+    let rest = header.strip_prefix(SEALED_MAGIC)?;
+    super::seal::Keyring::blob_key(rest)
 }
 
 /// Reads the trailer (the last [`TRAILER_LEN`] bytes) and returns the index offset.
 pub fn parse_trailer(trailer: &[u8], pack_size: u64) -> Result<(u64, u32), DecodeError> {
+    parse_trailer_as(trailer, pack_size, TRAILER_MAGIC)
+}
+
+fn parse_trailer_as(trailer: &[u8], pack_size: u64, magic: &[u8; 4]) -> Result<(u64, u32), DecodeError> {
     let mut d = Dec::new(trailer, "pack trailer");
     let index_offset = d.u64()?;
     let crc = d.u32()?;
-    if d.raw(4)? != TRAILER_MAGIC {
+    if d.raw(4)? != magic {
         return Err(DecodeError("pack trailer magic missing".into()));
     }
     // The offset comes from the object: a sum that wraps must not pass.
@@ -251,6 +326,11 @@ pub fn parse_index(index: &[u8], crc: u32, pack_size: u64) -> Result<Vec<PackInd
     if crc32c::crc32c(index) != crc {
         return Err(DecodeError("pack index checksum mismatch".into()));
     }
+    entries_of(index, pack_size, (MAGIC.len() + CHUNK_HEADER_LEN) as u64)
+}
+
+/// The entries of index bytes whose chunks start at `first` or after.
+fn entries_of(index: &[u8], pack_size: u64, first: u64) -> Result<Vec<PackIndexEntry>, DecodeError> {
     let mut d = Dec::new(index, "pack index");
     let count = d.u32()? as usize;
     if count.saturating_mul(INDEX_ENTRY_LEN) != d.remaining() {
@@ -265,14 +345,31 @@ pub fn parse_index(index: &[u8], crc: u32, pack_size: u64) -> Result<Vec<PackInd
             raw_len: d.u32()?,
             flags: d.u8()?,
         };
-        if e.offset < (MAGIC.len() + CHUNK_HEADER_LEN) as u64
-            || e.offset.checked_add(u64::from(e.stored_len)).is_none_or(|end| end > pack_size)
-        {
+        if e.offset < first || e.offset.checked_add(u64::from(e.stored_len)).is_none_or(|end| end > pack_size) {
             return Err(DecodeError(format!("pack index entry for {} out of range", e.id)));
         }
         out.push(e);
     }
     Ok(out)
+}
+
+/// Decodes the index of a whole sealed pack `id` held in memory with `keys`.
+pub fn read_sealed_index(
+    pack: &[u8],
+    keys: &super::seal::Keyring,
+    id: u64,
+) -> Result<Vec<PackIndexEntry>, DecodeError> {
+    let size = pack.len() as u64;
+    if size < (SEALED_HEADER_LEN as u64) + TRAILER_LEN || !pack.starts_with(SEALED_MAGIC) {
+        return Err(DecodeError("not a sealed pack (bad magic or too short)".into()));
+    }
+    let (index_offset, crc) = parse_trailer_as(&pack[(size - TRAILER_LEN) as usize..], size, SEALED_TRAILER_MAGIC)?;
+    let blob = &pack[index_offset as usize..(size - TRAILER_LEN) as usize];
+    if crc32c::crc32c(blob) != crc {
+        return Err(DecodeError("pack index checksum mismatch".into()));
+    }
+    let index = keys.open_index(id, blob).map_err(|e| DecodeError(format!("pack index {e}")))?;
+    entries_of(&index, size, SEALED_HEADER_LEN as u64)
 }
 
 /// Decodes the index of a whole pack held in memory.
@@ -316,6 +413,41 @@ mod tests {
             assert_eq!(e.id, ChunkId::of(c));
         }
         assert!(pack.len() < 60_000 + 3000, "the pack shrank: {}", pack.len());
+    }
+
+    #[test]
+    fn sealed_packs_show_nothing_and_read_back_with_the_key() {
+        use crate::chunk::codec::{Compression, Compressor};
+        use crate::chunk::seal::{Encryption, Key, Keyring, SEALED};
+        let keys = Keyring::new(Encryption::XChaCha20Poly1305, vec![Key::generate()]).expect("keys");
+        let text: Vec<u8> = b"a secret sentence, framed ".iter().copied().cycle().take(70_000).collect();
+        let chunks = [text.clone(), b"tiny secret".to_vec()];
+        let mut b = PackBuilder::new();
+        for c in &chunks {
+            b.stage(c.len()).copy_from_slice(c);
+            b.commit_staged(ChunkId::of(c), c.len());
+        }
+        b.encode(&mut Compressor::new(Compression::Off, 0));
+        b.seal(&keys, 42).expect("seal");
+        let entries = b.entries().to_vec();
+        let pack = b.finish();
+        assert_eq!(sealed_key(&pack[..SEALED_HEADER_LEN]), keys.current());
+        for c in &chunks {
+            assert!(!pack.windows(11).any(|w| w == &c[..11]), "plain bytes in a sealed pack");
+            assert!(!pack.windows(8).any(|w| w == &ChunkId::of(c).0[..8]), "a chunk id in a sealed pack");
+        }
+        assert!(read_index(&pack).is_err(), "a sealed pack is not read as a plain one");
+        let idx = read_sealed_index(&pack, &keys, 42).expect("sealed index");
+        assert_eq!(idx, entries);
+        assert!(read_sealed_index(&pack, &keys, 43).is_err(), "the index is bound to its pack id");
+        for (e, c) in idx.iter().zip(&chunks) {
+            assert_ne!(e.flags & SEALED, 0);
+            let stored = pack.slice(e.offset as usize..(e.offset + e.stored_len as u64) as usize);
+            let plain = keys.open_chunk(42, &e.id, e.flags, stored.clone(), e.raw_len as usize).expect("open");
+            assert_eq!(&plain[..], &c[..]);
+            assert!(keys.open_chunk(43, &e.id, e.flags, stored, e.raw_len as usize).is_err(), "moved to another pack");
+        }
+        assert_eq!(sealed_key(b"STFSPAK1\0\0\0\0\0"), None);
     }
 
     #[test]

@@ -107,6 +107,22 @@ pub enum Command {
     },
     /// Run garbage collection now.
     Gc,
+    /// Encryption keys.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
+    /// Rewrite every pack and metadata object not sealed with the current
+    /// key (the first in the key file), so older keys can be retired.
+    Rekey {
+        /// No progress lines, only the result.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check metadata and data consistency; exits 1 on any problem.
     Fsck {
         /// Print JSON.
@@ -120,6 +136,14 @@ pub enum Command {
         #[arg(long, required = true)]
         from_bucket: bool,
     },
+}
+
+/// Key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random key (64 hex digits) for `storage.encryption_key_file`
+    /// or `STORFS_ENCRYPTION_KEY`: `storfs key generate > /etc/storfs/storfs.key`.
+    Generate,
 }
 
 /// Lock subcommands.
@@ -538,6 +562,52 @@ impl Cli {
         control::call(&self.socket()?, req).map_err(|e| anyhow!(e))
     }
 
+    /// `storfs rekey`: starts the pass and follows it, one line per change
+    /// of its progress unless `quiet`; exits 1 if it failed.
+    fn rekey(&self, quiet: bool, json: bool) -> anyhow::Result<i32> {
+        let mut v = self.call(&Request::Rekey)?;
+        let mut last = String::new();
+        loop {
+            let line = format!(
+                "rekey to key {}: {}/{} packs checked, {} under an older key or plain, {} rewritten ({}), {} deleted",
+                v["key"].as_str().unwrap_or("?"),
+                v["packs_checked"],
+                v["packs_total"],
+                v["packs_old"],
+                v["packs_rewritten"],
+                human(v["bytes_rewritten"].as_u64().unwrap_or(0)),
+                v["packs_deleted"],
+            );
+            if !quiet && !json && line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            if v["running"] != Value::Bool(true) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            v = self.call(&Request::RekeyStatus)?;
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("rekey failed: {e}");
+            return Ok(1);
+        }
+        if !json {
+            let retired: Vec<&str> =
+                v["retired_keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            println!(
+                "rekey done: everything is sealed with key {}; {} metadata objects; keys no longer needed: {}",
+                v["key"].as_str().unwrap_or("?"),
+                v["metadata_objects"],
+                if retired.is_empty() { "none".to_string() } else { retired.join(", ") }
+            );
+        }
+        Ok(0)
+    }
+
     /// Runs the command; returns the process exit code.
     pub fn run(self) -> anyhow::Result<i32> {
         match &self.cmd {
@@ -551,6 +621,15 @@ impl Cli {
                 crate::daemon::serve(config)?;
             }
             Command::Init => print!("{}", Config::template()),
+            Command::Key { cmd: KeyCommand::Generate } => {
+                let key = storfs::chunk::seal::Key::generate();
+                println!(
+                    "# storfs encryption key {:08x}; keep a copy apart from the data: without it the data cannot be read",
+                    key.id()
+                );
+                println!("{}", &*key.to_hex());
+            }
+            Command::Rekey { quiet, json } => return self.rekey(*quiet, *json),
             Command::Recover { .. } => {
                 let config = Config::load(self.config.as_deref())?;
                 crate::daemon::recover_from_bucket(&config)?;
@@ -807,6 +886,9 @@ fn print_status(v: &Value) {
         s["compression_ratio"].as_f64().unwrap_or(1.0),
         s["inodes"]
     );
+    if let Some(key) = s["encryption_key"].as_str() {
+        println!("sealed    new data with {} under key {key}", s["encryption"].as_str().unwrap_or("?"));
+    }
     println!(
         "activity  {} packs / {} uploaded ({} retries), {} chunks, {} dedup hits, {} flushes, {} checkpoints, {} writer waits",
         a["packs_written"],

@@ -173,6 +173,10 @@ pub enum Request {
     },
     /// Run garbage collection now.
     Gc,
+    /// Start rewriting everything not sealed with the current key.
+    Rekey,
+    /// Where the last or running rekey pass is.
+    RekeyStatus,
     /// Check consistency and read back every chunk.
     Fsck,
     /// Run a tiering pass now.

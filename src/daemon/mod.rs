@@ -52,6 +52,8 @@ pub struct Daemon {
     nlm: Option<Arc<storfs::nfs::nlm::Nlm>>,
     /// Who answers port 111 for NFS clients (`LockService::port_111`).
     port_111: &'static str,
+    /// The last or running `storfs rekey` pass.
+    rekey: Arc<parking_lot::Mutex<storfs::data::rekey::RekeyProgress>>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -141,12 +143,13 @@ pub fn recover_from_bucket(config: &Config) -> anyhow::Result<()> {
             state.display()
         );
     }
+    let keys = config.keyring()?;
     let (backend, _) = open_backend(config, Arc::new(BackendStats::default()))?;
     std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
     // Built aside and renamed, so a failed recovery leaves no half store.
     let tmp = state.join("meta.redb.recovering");
     let _ = std::fs::remove_file(&tmp);
-    let r = storfs::data::ship::recover(&*backend, &tmp)
+    let r = storfs::data::ship::recover(&*backend, &keys, &tmp)
         .map_err(|e| anyhow!("cannot recover from prefix {:?} of the bucket: {e}", config.backend.prefix))?;
     std::fs::rename(&tmp, state.join("meta.redb")).context("cannot move the rebuilt metadata into place")?;
     println!(
@@ -173,6 +176,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     prepare_data_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let backend_stats = Arc::new(BackendStats::default());
+    let keys = Arc::new(config.keyring()?);
     let (backend, space_probe) = open_backend(&config, backend_stats.clone())?;
     let remote = config.backend.kind == BackendKind::S3;
     let data = DataOptions {
@@ -208,6 +212,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             held_per_client: config.locks.held_per_client,
             waiting_per_client: config.locks.waiting_per_client,
         },
+        keys,
     })
     .map_err(|e| anyhow!("cannot open the store in {}: {e}", config.data_dir.display()))?;
     if vfs.filesystem(DEFAULT_FS).is_err() {
@@ -311,6 +316,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         budget,
         nlm: lock_service.nlm.clone(),
         port_111: lock_service.port_111,
+        rekey: Arc::default(),
     });
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
@@ -519,6 +525,41 @@ fn snapshot_source<'a>(
 }
 
 impl Daemon {
+    /// Starts a rekey pass in the background unless one runs; returns where
+    /// it is (`storfs rekey` then polls [`Request::RekeyStatus`]).
+    fn start_rekey(&self) -> Result<storfs::data::rekey::RekeyProgress, String> {
+        let Some(key) = self.vfs.store().chunks.keys().current() else {
+            return Err("encryption is off: set [storage] encryption and a key first".into());
+        };
+        let mut p = self.rekey.lock();
+        if p.running {
+            return Ok(p.clone());
+        }
+        *p = storfs::data::rekey::RekeyProgress { running: true, key: format!("{key:08x}"), ..Default::default() };
+        let (vfs, state) = (self.vfs.clone(), self.rekey.clone());
+        std::thread::Builder::new()
+            .name("storfs-rekey".into())
+            .spawn(move || {
+                let result = vfs
+                    .flush()
+                    .map_err(|e| format!("flush before rekey failed: {e}"))
+                    .and_then(|()| vfs.store().rekey(&|now| *state.lock() = now.clone()).map_err(|e| e.to_string()));
+                let mut p = state.lock();
+                p.running = false;
+                match result {
+                    Ok(done) => {
+                        tracing::info!(packs = done.packs_rewritten, retired = ?done.retired_keys, "rekey done")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "rekey failed");
+                        p.error = Some(e);
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the rekey pass: {e}"))?;
+        Ok(p.clone())
+    }
+
     fn handle(&self, req: Request, ch: &mut control::Channel) -> Result<serde_json::Value, String> {
         if self.stopping.is_set() {
             return Err("the daemon is stopping".into());
@@ -694,6 +735,8 @@ impl Daemon {
                 self.vfs.flush().map_err(|e| format!("flush before gc failed: {e}"))?;
                 json(self.vfs.store().gc().map_err(|e| format!("gc failed: {e}"))?)
             }
+            Request::Rekey => json(self.start_rekey()?),
+            Request::RekeyStatus => json(self.rekey.lock().clone()),
             Request::TierRun { dry_run } => json(self.tier(dry_run)?),
             Request::TierStatus => {
                 let policies = self.policies()?;

@@ -45,6 +45,10 @@ pub struct Storage {
     pub infrequent_bytes: u64,
     /// Inodes.
     pub inodes: u64,
+    /// The cipher new data is sealed with ("off" when it is not).
+    pub encryption: storfs::chunk::seal::Encryption,
+    /// Id of the key new data is sealed with (8 hex digits), if any.
+    pub encryption_key: Option<String>,
 }
 
 /// Data path counters since start.
@@ -249,6 +253,8 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
             standard_bytes: class_bytes(storfs::backend::StorageClass::Standard),
             infrequent_bytes: class_bytes(storfs::backend::StorageClass::InfrequentAccess),
             inodes: rtx.counter(counter::INODES).map_err(err)?,
+            encryption: store.chunks.keys().cipher(),
+            encryption_key: store.chunks.keys().current().map(|k| format!("{k:08x}")),
         },
         activity: Activity {
             packs_written: get(&s.packs_written),

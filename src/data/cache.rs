@@ -14,6 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{BackendError, ObjectBackend};
 use crate::chunk::pack::pack_key;
+use crate::chunk::seal::Keyring;
 use crate::chunk::{ChunkId, codec, frames};
 use crate::meta::{ChunkEntry, Ino};
 
@@ -224,6 +225,8 @@ struct Io {
     landed: Condvar,
     /// Packs in Infrequent Access (their reads are billed differently).
     ia_packs: parking_lot::RwLock<HashSet<u64>>,
+    /// Opens sealed chunks.
+    keys: Arc<Keyring>,
 }
 
 /// With [`Wait::No`], a read that failed its check is declined rather
@@ -270,7 +273,7 @@ impl Io {
         for _ in 0..TRIES {
             let data = self.get_stored(entry, 0..entry.stored_len as usize, wait)?;
             if data.len() == entry.stored_len as usize
-                && let Ok(plain) = codec::open(id, entry.flags, data, entry.raw_len as usize)
+                && let Ok(plain) = self.keys.open_chunk(entry.pack, id, entry.flags, data, entry.raw_len as usize)
             {
                 return Ok(plain);
             }
@@ -412,12 +415,14 @@ impl ChunkReader {
     /// A reader over `backend` with `mem_bytes` of memory cache and, if
     /// `disk` is given, a disk cache of that directory and size. With
     /// `readahead` > 0, sequential readers get up to that many bytes fetched
-    /// ahead of them, in parallel, by a few threads.
+    /// ahead of them, in parallel, by a few threads. Sealed chunks open
+    /// with `keys`.
     pub fn new(
         backend: Arc<dyn ObjectBackend>,
         mem_bytes: u64,
         disk: Option<(PathBuf, u64)>,
         readahead: u64,
+        keys: Arc<Keyring>,
     ) -> std::io::Result<ChunkReader> {
         let mem = moka::sync::Cache::builder()
             .max_capacity(mem_bytes)
@@ -435,6 +440,7 @@ impl ChunkReader {
             fetching: Mutex::new(HashSet::new()),
             landed: Condvar::new(),
             ia_packs: parking_lot::RwLock::new(HashSet::new()),
+            keys,
         });
         let ahead = if readahead > 0 { Some(spawn_readahead(&io, READAHEAD_THREADS)?) } else { None };
         let keeper = if io.disk.is_some() { Some(spawn_keeper(&io)?) } else { None };
@@ -451,6 +457,11 @@ impl ChunkReader {
     /// The backend below the caches.
     pub fn backend(&self) -> &Arc<dyn ObjectBackend> {
         &self.io.backend
+    }
+
+    /// The keys chunks are sealed and opened with.
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.io.keys
     }
 
     /// Read counters.
@@ -676,6 +687,8 @@ const KEEP_QUEUE: usize = 64;
 pub struct Uploaded {
     /// Its id.
     pub id: ChunkId,
+    /// The pack it went up in.
+    pub pack: u64,
     /// Its stored bytes.
     pub stored: Bytes,
     /// Their encoding.
@@ -692,8 +705,12 @@ fn spawn_keeper(io: &Arc<Io>) -> std::io::Result<std::sync::mpsc::SyncSender<Upl
     std::thread::Builder::new().name("storfs-keep".into()).spawn(move || {
         run_when_idle();
         for u in rx {
-            // The cache holds plain bytes; a compressed chunk is decoded here.
-            let Ok(plain) = crate::chunk::codec::decode(u.flags, u.stored, u.raw_len) else { continue };
+            // The cache holds plain bytes; a sealed or compressed chunk is
+            // opened and decoded here.
+            let Ok((stored, flags)) = io.keys.unseal_chunk(u.pack, &u.id, u.flags, u.raw_len as u32, u.stored) else {
+                continue;
+            };
+            let Ok(plain) = crate::chunk::codec::decode(flags, stored, u.raw_len) else { continue };
             if let Some(disk) = &io.disk {
                 disk.insert(&u.id, &plain);
             }
@@ -759,7 +776,7 @@ impl Io {
         for (id, e) in run {
             let at = (e.offset - first.offset) as usize;
             let stored = data.slice(at..at + e.stored_len as usize);
-            match codec::open(id, e.flags, stored, e.raw_len as usize) {
+            match self.keys.open_chunk(e.pack, id, e.flags, stored, e.raw_len as usize) {
                 Ok(plain) => {
                     if let Some(disk) = &self.disk {
                         disk.insert(id, &plain);
@@ -833,7 +850,7 @@ mod tests {
             chunks.push((id, entry_in(7, &e)));
         }
         fault.put(&pack_key(7), pb.finish(), PutOptions::default()).expect("put");
-        let reader = ChunkReader::new(Arc::new(fault), 1 << 20, disk, 0).expect("reader");
+        let reader = ChunkReader::new(Arc::new(fault), 1 << 20, disk, 0, Arc::default()).expect("reader");
         (reader, handle, chunks)
     }
 
@@ -869,7 +886,8 @@ mod tests {
 
     #[test]
     fn sequential_reads_get_a_growing_window_and_jumps_reset_it() {
-        let r = ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 8 << 20).expect("reader");
+        let r =
+            ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 8 << 20, Arc::default()).expect("reader");
         let bs = 1 << 20;
         // Blocks of 1 MiB, an 8 MiB window: 2, 4, 8 blocks ahead, never twice.
         assert_eq!(r.sequential(1, 0, 0, bs), Some(1..3));
@@ -890,7 +908,7 @@ mod tests {
         assert_eq!(r.sequential(1, 100, 100, bs), None);
         assert_eq!(r.sequential(1, 101, 101, bs), Some(102..104));
         // Off: nothing ever.
-        let off = ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 0).expect("reader");
+        let off = ChunkReader::new(Arc::new(MemoryBackend::new()), 1 << 20, None, 0, Arc::default()).expect("reader");
         assert_eq!(off.sequential(1, 0, 0, bs), None);
     }
 
@@ -908,7 +926,7 @@ mod tests {
         }
         fault.put(&pack_key(9), pb.finish(), PutOptions::default()).expect("put");
         handle.set_latency(std::time::Duration::from_millis(30));
-        let r = ChunkReader::new(Arc::new(fault), 1 << 20, None, 1 << 20).expect("reader");
+        let r = ChunkReader::new(Arc::new(fault), 1 << 20, None, 1 << 20, Arc::default()).expect("reader");
         r.prefetch(chunks.clone());
         // Readers racing the read-ahead threads wait for them or find the
         // chunk cached; no chunk is fetched twice.
@@ -943,7 +961,7 @@ mod tests {
         let mut pack = pb.finish().to_vec();
         pack[chunks[2].1.offset as usize + 10] ^= 1;
         backend.put(&pack_key(3), Bytes::from(pack), PutOptions::default()).expect("put");
-        let r = ChunkReader::new(backend, 1 << 20, None, 1 << 20).expect("reader");
+        let r = ChunkReader::new(backend, 1 << 20, None, 1 << 20, Arc::default()).expect("reader");
         r.prefetch(chunks.clone());
         for (i, (id, e)) in chunks.iter().enumerate() {
             let got = r.get(id, e);

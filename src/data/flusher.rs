@@ -291,11 +291,16 @@ impl Store {
     /// reuse when nobody else holds it.
     fn commit_batch(&self, batch: Batch) -> Result<Vec<u8>> {
         let Batch { cut, mut pack, mut new_chunks, items } = batch;
-        // Compressed here, on the upload threads (several at once), not
-        // while the flusher assembles the next pack.
+        let id: u64 = rand::random();
+        // Compressed (and sealed) here, on the upload threads (several at
+        // once), not while the flusher assembles the next pack.
         if !pack.is_empty() {
             let mut comp = Compressor::new(self.opts.compression, self.opts.compression_level);
             pack.encode(&mut comp);
+            let keys = self.chunks.keys();
+            if keys.sealing() {
+                pack.seal(keys, id)?;
+            }
             new_chunks.extend(pack.entries().iter().map(|e| (e.id, *e)));
         }
         let mut spare = Vec::new();
@@ -303,7 +308,6 @@ impl Store {
         let pack_id = if pack.is_empty() {
             None
         } else {
-            let id: u64 = rand::random();
             self.inflight.lock().insert(id);
             let bytes = pack.finish();
             let size = bytes.len() as u64;
@@ -327,6 +331,7 @@ impl Store {
                 if range.end <= bytes.len() {
                     self.chunks.keep_uploaded(super::cache::Uploaded {
                         id: *cid,
+                        pack: id,
                         stored: bytes.slice(range),
                         flags: e.flags,
                         raw_len: e.raw_len as usize,

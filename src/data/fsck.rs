@@ -305,7 +305,7 @@ impl Store {
                         r.error(format!("chunk {id} lies outside pack {pack:016x}"));
                         continue;
                     };
-                    match crate::chunk::codec::open(id, c.flags, bytes.slice_ref(data), c.raw_len as usize) {
+                    match self.chunks.keys().open_chunk(pack, id, c.flags, bytes.slice_ref(data), c.raw_len as usize) {
                         Ok(plain) => r.bytes_verified += plain.len() as u64,
                         Err(e) => r.error(format!("chunk {id} in pack {pack:016x} is corrupt: {e}")),
                     }

@@ -49,10 +49,19 @@ impl Store {
     /// minimum billed life wait, unless read again; then the early deletion
     /// is charged in the cost ledger).
     pub(super) fn gc_dead_packs(&self, report: &mut GcReport) -> Result<()> {
+        self.delete_dead_packs(report, false)
+    }
+
+    /// [`Store::gc_dead_packs`]; with `early`, IA packs within their
+    /// minimum billed life go too (rekey: no object may stay under an old key).
+    pub(super) fn delete_dead_packs(&self, report: &mut GcReport, early: bool) -> Result<()> {
         let now = unix_now();
         let tx = self.meta.write()?;
-        let dead: Vec<(u64, PackEntry)> =
-            tx.packs()?.into_iter().filter(|(_, p)| p.live_chunks == 0 && !self.ia_too_young(p, now)).collect();
+        let dead: Vec<(u64, PackEntry)> = tx
+            .packs()?
+            .into_iter()
+            .filter(|(_, p)| p.live_chunks == 0 && (early || !self.ia_too_young(p, now)))
+            .collect();
         for (id, p) in &dead {
             tx.del_pack(*id)?;
             if p.class == StorageClass::InfrequentAccess.code() {
@@ -168,7 +177,7 @@ impl Store {
                 continue;
             }
             let mut m = Moved::default();
-            self.relocate(moving, class, &mut m)?;
+            self.relocate(moving, class, true, &mut m)?;
             report.repacked_packs += packs;
             report.new_packs += m.packs_written as usize;
         }

@@ -15,6 +15,7 @@ pub mod fsck;
 pub mod gc;
 pub mod reclaim;
 pub mod record;
+pub mod rekey;
 pub mod ship;
 pub mod tier;
 pub mod usage;
@@ -111,6 +112,9 @@ pub enum DataError {
     /// Local I/O failure.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// Sealing or opening encrypted data or metadata failed.
+    #[error("encryption: {0}")]
+    Seal(#[from] crate::chunk::seal::SealError),
     /// Metadata references something that does not exist.
     #[error("metadata inconsistent: {0}")]
     Corrupt(String),

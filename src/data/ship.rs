@@ -74,7 +74,11 @@ impl Store {
                 }
                 continue;
             };
-            let body = match s.encode() {
+            let sealed = s
+                .encode()
+                .map_err(|e| e.to_string())
+                .and_then(|b| self.chunks.keys().seal_object(&s.key(), b).map_err(|e| format!("cannot seal it: {e}")));
+            let body = match sealed {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
                     // A image that cannot be read is taken again.
@@ -133,15 +137,23 @@ pub struct Recovered {
 }
 
 /// Rebuilds a metadata store at `path` (which must not exist) from the
-/// newest image in the backend and the logs after it.
-pub fn recover(backend: &dyn ObjectBackend, path: &std::path::Path) -> super::Result<Recovered> {
-    let keys: Vec<String> = backend.list("meta/")?.into_iter().map(|o| o.key).collect();
-    let Some((image, logs)) = recovery_plan(&keys) else {
+/// newest image in the backend and the logs after it, opening sealed
+/// objects with `keys` (and, while `keys` seals, refusing plain ones).
+pub fn recover(
+    backend: &dyn ObjectBackend,
+    keys: &crate::chunk::seal::Keyring,
+    path: &std::path::Path,
+) -> super::Result<Recovered> {
+    let names: Vec<String> = backend.list("meta/")?.into_iter().map(|o| o.key).collect();
+    let Some((image, logs)) = recovery_plan(&names) else {
         return Err(MetaError::Object("no metadata image under meta/: nothing to recover".into()).into());
     };
     let mut objects = Vec::with_capacity(logs.len() + 1);
     for (is_snap, seq) in std::iter::once((true, image)).chain(logs.iter().map(|l| (false, *l))) {
-        objects.push(backend.get(&object_key(is_snap, seq))?.to_vec());
+        let key = object_key(is_snap, seq);
+        let stored = backend.get(&key)?;
+        let body = keys.open_object(&key, &stored).map_err(|e| MetaError::Object(format!("{key} {e}")))?;
+        objects.push(body);
     }
     let meta = MetaStore::restore(path, &objects)?;
     let r = meta.read()?;

@@ -26,7 +26,7 @@ use crate::backend::{PutOptions, StorageClass};
 use crate::chunk::pack::{PackBuilder, PackIndexEntry, pack_key};
 use crate::chunk::{ChunkId, codec, unix_now};
 use crate::meta::keys::{Kind, Scope};
-use crate::meta::{BlockRef, ChunkEntry, Ino, MetaRead, PackEntry, VOLUMES_FS};
+use crate::meta::{BlockRef, ChunkEntry, Ino, MetaRead, PackEntry, VOLUMES_FS, counter};
 
 /// A lifecycle transition: after how long without access, or never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,7 +495,7 @@ impl Store {
                 continue;
             }
             let mut m = Moved::default();
-            self.relocate(moving, class, &mut m)?;
+            self.relocate(moving, class, true, &mut m)?;
             match class {
                 StorageClass::InfrequentAccess => (report.to_ia_chunks, report.to_ia_bytes) = (m.chunks, m.bytes),
                 StorageClass::Standard => (report.to_standard_chunks, report.to_standard_bytes) = (m.chunks, m.bytes),
@@ -523,16 +523,17 @@ impl Store {
     /// chunks is dead, and GC's dead-pack step deletes it once that is
     /// durable and shipped. Caller holds `maintenance`.
     ///
-    /// Moving fewer than [`MIN_IA_OBJECT`] bytes into IA does nothing (the
-    /// chunks wait for company); the last IA pack takes the rest rather
-    /// than leave a small one.
+    /// With `ia_minimum`, moving fewer than [`MIN_IA_OBJECT`] bytes into IA
+    /// does nothing (the chunks wait for company), and the last IA pack
+    /// takes the rest rather than leave a small one.
     pub(super) fn relocate(
         &self,
         mut moving: Vec<(ChunkId, ChunkEntry)>,
         class: StorageClass,
+        ia_minimum: bool,
         m: &mut Moved,
     ) -> Result<()> {
-        let ia = class == StorageClass::InfrequentAccess;
+        let ia = class == StorageClass::InfrequentAccess && ia_minimum;
         let mut rest: u64 = moving.iter().map(|(_, c)| c.stored_len as u64).sum();
         if ia && rest < MIN_IA_OBJECT {
             return Ok(());
@@ -574,9 +575,16 @@ impl Store {
                         b
                     }
                 };
-                codec::open(id, c.flags, stored.clone(), c.raw_len as usize)
-                    .map_err(|e| DataError::Corrupt(format!("chunk {id} in pack {pack:016x}: {e}")))?;
-                let e = out.add_stored(*id, &stored, c.raw_len as usize, c.flags);
+                // Copied as encoded, but opened (a sealed chunk is sealed
+                // again for its new pack) and checked on the way.
+                let corrupt = |e: String| DataError::Corrupt(format!("chunk {id} in pack {pack:016x}: {e}"));
+                let (stored, flags) = self
+                    .chunks
+                    .keys()
+                    .unseal_chunk(pack, id, c.flags, c.raw_len, stored)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                codec::open(id, flags, stored.clone(), c.raw_len as usize).map_err(corrupt)?;
+                let e = out.add_stored(*id, &stored, c.raw_len as usize, flags);
                 placed.push((*id, *c, e));
                 rest -= c.stored_len as u64;
                 if out.len() >= target && !(ia && rest < MIN_IA_OBJECT) {
@@ -603,12 +611,19 @@ impl Store {
     /// Uploads one relocated pack and commits its chunks' new place.
     fn land(
         &self,
-        b: PackBuilder,
+        mut b: PackBuilder,
         placed: &mut Vec<(ChunkId, ChunkEntry, PackIndexEntry)>,
         class: StorageClass,
         m: &mut Moved,
     ) -> Result<()> {
         let id: u64 = rand::random();
+        let keys = self.chunks.keys();
+        if keys.sealing() {
+            b.seal(keys, id)?;
+            for ((_, _, e), sealed) in placed.iter_mut().zip(b.entries()) {
+                *e = *sealed;
+            }
+        }
         let chunks = b.entries().len() as u32;
         let bytes = b.finish();
         let size = bytes.len() as u64;
@@ -641,8 +656,10 @@ impl Store {
                 if cur.pack != old.pack || cur.offset != old.offset {
                     continue;
                 }
-                tx.put_chunk(&cid, &ChunkEntry { pack: id, offset: e.offset, ..cur })?;
-                entry.live_bytes += cur.stored_len as u64;
+                let moved = ChunkEntry { pack: id, offset: e.offset, stored_len: e.stored_len, flags: e.flags, ..cur };
+                tx.put_chunk(&cid, &moved)?;
+                tx.add_counter(counter::STORED_BYTES, i64::from(e.stored_len) - i64::from(cur.stored_len))?;
+                entry.live_bytes += e.stored_len as u64;
                 entry.live_chunks += 1;
                 if let Some(mut p) = tx.pack(old.pack)? {
                     p.live_bytes = p.live_bytes.saturating_sub(cur.stored_len as u64);

@@ -265,3 +265,18 @@ pub(super) fn v3_to_v4(db: &redb::Database, path: &std::path::Path) -> Result<()
     );
     Ok(())
 }
+
+/// Migrates a schema-4 store to schema 5: sealed (encrypted) chunks and
+/// the key counters appear from now on, which older builds cannot read, so
+/// the version moves; nothing stored changes.
+pub(super) fn v4_to_v5(db: &redb::Database, path: &std::path::Path) -> Result<()> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::Immediate)?;
+    tx.open_table(META)?.insert(counter::SCHEMA_VERSION, 5)?;
+    tx.commit()?;
+    tracing::info!(
+        store = %path.display(),
+        "migrated the metadata store in place from schema 4 to schema 5 (encryption at rest)"
+    );
+    Ok(())
+}

@@ -217,7 +217,10 @@ impl MetaStore {
             if version <= 2 {
                 migrate::v2_to_v3(&store.db, path)?;
             }
-            migrate::v3_to_v4(&store.db, path)?;
+            if version <= 3 {
+                migrate::v3_to_v4(&store.db, path)?;
+            }
+            migrate::v4_to_v5(&store.db, path)?;
         } else if version != SCHEMA_VERSION {
             return Err(MetaError::Version { found: version, supported: SCHEMA_VERSION });
         } else {
@@ -430,6 +433,8 @@ type LevelFetch<'a> = dyn FnMut(Ino, u64, Option<&[u8]>, usize) -> Result<Vec<(V
 pub trait MetaRead {
     /// A counter from the `meta` table (0 when unset).
     fn counter(&self, name: &str) -> Result<u64>;
+    /// Every counter whose name starts with `prefix`, by name.
+    fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
     /// One file system by name.
     fn filesystem(&self, name: &str) -> Result<Option<FsRecord>>;
     /// Every file system, by name.
@@ -830,6 +835,23 @@ macro_rules! impl_meta_read {
                 Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
             }
 
+            fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+                let t = match self.tx.open_table(META) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut out = Vec::new();
+                for item in t.range(prefix..)? {
+                    let (k, v) = item?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.push((k.value().to_string(), v.value()));
+                }
+                Ok(out)
+            }
+
             fn filesystem(&self, name: &str) -> Result<Option<FsRecord>> {
                 let t = self.tx.open_table(FILESYSTEMS)?;
                 Ok(match t.get(name)? {
@@ -1175,6 +1197,13 @@ impl WriteTx {
     pub fn set_counter(&self, name: &str, value: u64) -> Result<()> {
         self.tx.open_table(META)?.insert(name, value)?;
         self.note(journal::table::META, name.as_bytes(), Some(&value.to_le_bytes()));
+        Ok(())
+    }
+
+    /// Removes a counter (it reads as 0 again).
+    pub fn del_counter(&self, name: &str) -> Result<()> {
+        self.tx.open_table(META)?.remove(name)?;
+        self.note(journal::table::META, name.as_bytes(), None);
         Ok(())
     }
 

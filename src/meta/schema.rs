@@ -12,7 +12,7 @@ pub type Ino = u64;
 
 /// Version of the on-disk schema this build reads and writes. Version 1
 /// stores are migrated in place on first open (`meta::migrate`).
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Layout version byte that starts every record of a non-versioned table
 /// (chunks, packs, file systems, snapshots, spaces) from schema 2 on.

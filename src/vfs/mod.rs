@@ -70,6 +70,8 @@ pub struct VfsOptions {
     pub ship_image_interval: Option<std::time::Duration>,
     /// Bounds of the lock table per client.
     pub lock_limits: locks::LockLimits,
+    /// Keys chunks and metadata objects are sealed and opened with.
+    pub keys: Arc<crate::chunk::seal::Keyring>,
 }
 
 impl VfsOptions {
@@ -87,6 +89,7 @@ impl VfsOptions {
             space_probe: None,
             ship_image_interval: None,
             lock_limits: locks::LockLimits::default(),
+            keys: Arc::default(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Vfs {
             opts.data.packs_on_log_disk = same_file_system(packs, &opts.state_dir);
         }
         let meta = MetaStore::open(&opts.state_dir.join("meta.redb"))?;
+        crate::data::rekey::check_keys(&meta, &opts.keys)?;
         let cells = Cells::default();
         let pending = Pending::default();
         let applied = meta.read()?.counter(counter::APPLIED_LSN)?;
@@ -179,7 +183,7 @@ impl Vfs {
             tx.commit()?;
         }
         let disk = (opts.disk_cache > 0).then(|| (opts.state_dir.join("cache"), opts.disk_cache));
-        let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk, opts.readahead)
+        let chunks = ChunkReader::new(opts.backend.clone(), opts.mem_cache, disk, opts.readahead, opts.keys.clone())
             .map_err(|e| VfsError::Io(e.into()))?;
         let background = opts.data.background_flush;
         for (id, p) in meta.read()?.packs()? {
