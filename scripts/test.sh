@@ -27,7 +27,7 @@ vm_tools=${STORFS_VM_DIR:-../shared/vm}
 # machine's userland; rpcbind and rpc.statd run in the lock tests' VMs),
 # rpcbind (tests/rpcbind.rs registers with a real one), libnfs's clients,
 # network namespaces.
-apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common rpcbind libnfs-utils iproute2 libnbd-bin qemu-utils)
+apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common rpcbind libnfs-utils iproute2 libnbd-bin qemu-utils openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

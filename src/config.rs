@@ -486,6 +486,14 @@ pub struct NbdConfig {
     pub max_connections_per_client: usize,
     /// The option haggling must be over within this.
     pub handshake_timeout: Dur,
+    /// TLS (NBD_OPT_STARTTLS): "off", "allow" (plaintext too) or "require".
+    pub tls: storfs::nbd::tls::TlsMode,
+    /// The server's certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: mutual TLS.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for NbdConfig {
@@ -498,11 +506,29 @@ impl Default for NbdConfig {
             max_connections: 1024,
             max_connections_per_client: 64,
             handshake_timeout: Dur(Duration::from_secs(10)),
+            tls: storfs::nbd::tls::TlsMode::Off,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
 
 impl NbdConfig {
+    /// The TLS set-up, loaded from the configured files (`None`: off).
+    pub fn tls(&self) -> anyhow::Result<Option<storfs::nbd::tls::Tls>> {
+        use storfs::nbd::tls::{Tls, TlsMode};
+        if self.tls == TlsMode::Off {
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            anyhow::bail!("nbd.tls is on but nbd.tls_cert or nbd.tls_key is not set");
+        };
+        let tls = Tls::load(cert, key, self.tls_client_ca.as_deref(), self.tls == TlsMode::Require)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(tls))
+    }
+
     /// Options of every volume.
     pub fn policy(&self) -> storfs::nbd::Policy {
         storfs::nbd::Policy {
@@ -843,6 +869,10 @@ impl Config {
         {
             return bad("cache.flush_interval", "must be between 10ms and 1h".into());
         }
+        if self.nbd.tls != storfs::nbd::tls::TlsMode::Off && (self.nbd.tls_cert.is_none() || self.nbd.tls_key.is_none())
+        {
+            return bad("nbd.tls", "is on but nbd.tls_cert or nbd.tls_key is not set".into());
+        }
         if self.storage.encryption != storfs::chunk::seal::Encryption::Off
             && self.storage.encryption_key_file.is_none()
             && std::env::var_os(KEY_ENV).is_none()
@@ -1047,6 +1077,10 @@ listen = "{nbd}"            # block volumes: nbd-client HOST PORT /dev/nbd0 -N <
 max_connections = {nbd_max}
 max_connections_per_client = {nbd_per}
 handshake_timeout = "{nbd_hs}"    # a connection that has not attached by then is closed
+tls = "off"                 # "allow" or "require": NBD_OPT_STARTTLS with tls_cert and tls_key (PEM)
+#tls_cert = "/etc/storfs/nbd-cert.pem"
+#tls_key = "/etc/storfs/nbd-key.pem"
+#tls_client_ca = "/etc/storfs/nbd-clients-ca.pem"   # mutual TLS: only clients with a certificate from this CA
 
 [nbd.default_volume]        # every volume, unless [nbd.volumes.<name>] says otherwise
 clients = [{clients}]

@@ -177,6 +177,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     let backend_stats = Arc::new(BackendStats::default());
     let keys = Arc::new(config.keyring()?);
+    // Certificates are checked before anything starts.
+    let nbd_tls = if config.nbd.enabled { config.nbd.tls()? } else { None };
     let (backend, space_probe) = open_backend(&config, backend_stats.clone())?;
     let remote = config.backend.kind == BackendKind::S3;
     let data = DataOptions {
@@ -291,10 +293,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let (nbd, nbd_addr) = match nbd_listener {
         Some(l) => {
             let addr = l.local_addr()?;
-            let server = storfs::nbd::Server::new(vfs.clone(), config.nbd.policy());
+            let server = storfs::nbd::Server::with_tls(vfs.clone(), config.nbd.policy(), nbd_tls.clone());
             let hs = config.nbd.handshake_timeout.0;
             runtime.spawn(storfs::nbd::server::serve(server.clone(), l, nbd_conns.clone(), hs, net_stopped.clone()));
-            tracing::info!(listen = %addr, "NBD server ready");
+            tracing::info!(listen = %addr, tls = ?server.tls_mode(), "NBD server ready");
             (Some(server), Some(addr))
         }
         None => (None, None),

@@ -188,6 +188,8 @@ pub struct Status {
     pub nfs_portmapper: Option<String>,
     /// Address of the NBD server, if it runs.
     pub nbd_listen: Option<String>,
+    /// NBD TLS: "off", "allow" or "require".
+    pub nbd_tls: storfs::nbd::tls::TlsMode,
     /// Network clients.
     pub clients: Clients,
     /// Snapshots.
@@ -278,6 +280,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         nfs_listen: d.nfs_addr.map(|a| a.to_string()),
         nfs_portmapper: d.nfs_addr.map(|_| d.port_111.to_string()),
         nbd_listen: d.nbd_addr.map(|a| a.to_string()),
+        nbd_tls: d.nbd.as_ref().map_or(storfs::nbd::tls::TlsMode::Off, |n| n.tls_mode()),
         clients: {
             let of = |c: &storfs::net::Connections| ServerClients {
                 connections: c.open(),

@@ -7,6 +7,7 @@
 
 pub mod proto;
 pub mod server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,6 +67,8 @@ type Attached = (IpAddr, Vec<(u64, Cancel)>);
 pub struct Server {
     vfs: Arc<Vfs>,
     policy: Policy,
+    /// STARTTLS, when configured.
+    tls: Option<tls::Tls>,
     /// By volume name.
     attached: Mutex<HashMap<String, Attached>>,
     next_id: std::sync::atomic::AtomicU64,
@@ -96,7 +99,21 @@ impl Drop for Attachment {
 impl Server {
     /// A server for the volumes of `vfs`.
     pub fn new(vfs: Arc<Vfs>, policy: Policy) -> Arc<Server> {
-        Arc::new(Server { vfs, policy, attached: Mutex::new(HashMap::new()), next_id: Default::default() })
+        Server::with_tls(vfs, policy, None)
+    }
+
+    /// A server for the volumes of `vfs` that offers (or requires) TLS.
+    pub fn with_tls(vfs: Arc<Vfs>, policy: Policy, tls: Option<tls::Tls>) -> Arc<Server> {
+        Arc::new(Server { vfs, policy, tls, attached: Mutex::new(HashMap::new()), next_id: Default::default() })
+    }
+
+    /// The TLS mode served.
+    pub fn tls_mode(&self) -> tls::TlsMode {
+        match &self.tls {
+            None => tls::TlsMode::Off,
+            Some(t) if t.require => tls::TlsMode::Require,
+            Some(_) => tls::TlsMode::Allow,
+        }
     }
 
     /// Attaches volume `name` for a connection from `ip`: as EBS, a volume is

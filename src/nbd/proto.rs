@@ -64,6 +64,8 @@ pub const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
 pub const REP_ERR_SHUTDOWN: u32 = REP_ERR | 7;
 /// The option is too large.
 pub const REP_ERR_TOO_BIG: u32 = REP_ERR | 9;
+/// The server requires TLS before this option.
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 
 /// Information types.
 pub const INFO_EXPORT: u16 = 0;

@@ -110,18 +110,51 @@ pub async fn session<S>(
     peer: SocketAddr,
     slot: ClientSlot,
     handshake_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + handshake_timeout;
+    let late = || io::Error::new(io::ErrorKind::TimedOut, "handshake not finished in time");
+    let haggled = tokio::time::timeout_at(deadline, async {
+        let no_zeroes = greet(&mut sock).await?;
+        Ok::<_, io::Error>((no_zeroes, handshake(&server, &mut sock, peer.ip(), no_zeroes, false).await?))
+    });
+    let (no_zeroes, haggled) = haggled.await.map_err(|_| late())??;
+    match haggled {
+        Haggled::Abort => Ok(()),
+        Haggled::Export(e) => transmit(server, sock, Arc::new(e), peer, slot, shutdown).await,
+        Haggled::StartTls => {
+            let Some(tls) = server.tls.clone() else { return Err(invalid("STARTTLS without TLS")) };
+            let secured = tokio::time::timeout_at(deadline, async {
+                let mut sock = tls.acceptor.accept(sock).await.inspect_err(|e| {
+                    tracing::warn!(%peer, error = %e, "NBD client refused: TLS handshake failed");
+                })?;
+                let haggled = handshake(&server, &mut sock, peer.ip(), no_zeroes, true).await?;
+                Ok::<_, io::Error>((sock, haggled))
+            });
+            match secured.await.map_err(|_| late())?? {
+                (_, Haggled::Abort) => Ok(()),
+                (sock, Haggled::Export(e)) => transmit(server, sock, Arc::new(e), peer, slot, shutdown).await,
+                (_, Haggled::StartTls) => Err(invalid("STARTTLS twice")),
+            }
+        }
+    }
+}
+
+/// The transmission phase of a session whose handshake chose `export`.
+async fn transmit<S>(
+    server: Arc<Server>,
+    sock: S,
+    export: Arc<Export>,
+    peer: SocketAddr,
+    slot: ClientSlot,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let export = match tokio::time::timeout(handshake_timeout, handshake(&server, &mut sock, peer.ip())).await {
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake not finished in time")),
-        Ok(r) => match r? {
-            Some(e) => Arc::new(e),
-            None => return Ok(()),
-        },
-    };
     let cancel = export.attachment.cancel.clone();
     let request_timeout = slot.limits().request_timeout;
     let (rd, wr) = tokio::io::split(sock);
@@ -269,12 +302,19 @@ async fn send_replies<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
-/// Option haggling. Returns the export to serve, or `None` when the client
-/// ended the session.
-async fn handshake<S>(server: &Arc<Server>, sock: &mut S, ip: IpAddr) -> io::Result<Option<Export>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// How option haggling ended.
+enum Haggled {
+    /// The client chose this export.
+    Export(Export),
+    /// The client ended the session.
+    Abort,
+    /// STARTTLS was acknowledged: TLS starts now on the same connection.
+    StartTls,
+}
+
+/// Sends the server greeting and reads the client flags; returns whether
+/// the client asked for no zeroes after EXPORT_NAME.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(sock: &mut S) -> io::Result<bool> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&p::NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&p::IHAVEOPT.to_be_bytes());
@@ -284,7 +324,24 @@ where
     if client_flags & !(p::FLAG_C_FIXED_NEWSTYLE | p::FLAG_C_NO_ZEROES) != 0 {
         return Err(invalid("unknown client flags"));
     }
-    let no_zeroes = client_flags & p::FLAG_C_NO_ZEROES != 0;
+    Ok(client_flags & p::FLAG_C_NO_ZEROES != 0)
+}
+
+/// Option haggling, in plaintext or (`secured`) after STARTTLS; with TLS
+/// required, a plaintext client may only start TLS or leave. Option state
+/// negotiated before STARTTLS does not carry over (the spec asks clients
+/// to negotiate again).
+async fn handshake<S>(
+    server: &Arc<Server>,
+    sock: &mut S,
+    ip: IpAddr,
+    no_zeroes: bool,
+    secured: bool,
+) -> io::Result<Haggled>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tls_required = !secured && server.tls.as_ref().is_some_and(|t| t.require);
     let mut structured = false;
     let mut base_allocation = false;
     loop {
@@ -303,10 +360,30 @@ where
         }
         let mut data = vec![0u8; len as usize];
         sock.read_exact(&mut data).await?;
+        if tls_required && !matches!(option, p::OPT_ABORT | p::OPT_STARTTLS) {
+            if option == p::OPT_EXPORT_NAME {
+                // No way to answer an error here: refusals close.
+                return Err(invalid("TLS is required, and the client asked for an export in plaintext"));
+            }
+            reply(sock, option, p::REP_ERR_TLS_REQD, b"TLS is required: start it with NBD_OPT_STARTTLS").await?;
+            continue;
+        }
         match option {
             p::OPT_ABORT => {
                 reply(sock, option, p::REP_ACK, &[]).await?;
-                return Ok(None);
+                return Ok(Haggled::Abort);
+            }
+            p::OPT_STARTTLS => {
+                if server.tls.is_none() {
+                    reply(sock, option, p::REP_ERR_UNSUP, b"TLS is not configured on this server").await?;
+                } else if secured {
+                    reply(sock, option, p::REP_ERR_INVALID, b"TLS is already on").await?;
+                } else if !data.is_empty() {
+                    reply(sock, option, p::REP_ERR_INVALID, b"STARTTLS takes no data").await?;
+                } else {
+                    reply(sock, option, p::REP_ACK, &[]).await?;
+                    return Ok(Haggled::StartTls);
+                }
             }
             p::OPT_EXPORT_NAME => {
                 // No way to answer an error here: refusals close.
@@ -322,7 +399,7 @@ where
                     r.extend_from_slice(&[0u8; 124]);
                 }
                 sock.write_all(&r).await?;
-                return Ok(Some(export));
+                return Ok(Haggled::Export(export));
             }
             p::OPT_LIST => {
                 if !data.is_empty() {
@@ -373,7 +450,7 @@ where
                 }
                 reply(sock, option, p::REP_ACK, &[]).await?;
                 if option == p::OPT_GO {
-                    return Ok(Some(export));
+                    return Ok(Haggled::Export(export));
                 }
                 // INFO: the attachment taken to check it is dropped here.
             }
