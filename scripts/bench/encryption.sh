@@ -13,8 +13,8 @@
 #                first; the daemons' memory cache is 256 MiB, so with the
 #                default SIZE most reads open chunks from the pack files, MiB/s
 #   cold-read    fio, 4 KiB random reads of the file for 20 s, page cache
-#                dropped first: unencrypted chunks are read by 32 KiB frame,
-#                sealed ones whole (docs/SEMANTICS.md, Security), IOPS
+#                dropped first: chunks are read by 32 KiB frame, sealed ones
+#                frame by frame too (docs/SEMANTICS.md, Security), IOPS
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}

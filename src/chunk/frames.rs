@@ -181,6 +181,11 @@ impl Table {
         self.head
     }
 
+    /// Number of frames.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Stored bytes of the whole chunk.
     pub fn stored_len(&self) -> usize {
         self.head + self.entries.last().map_or(0, |e| e.1 as usize)

@@ -188,7 +188,11 @@ impl PackBuilder {
         for e in &mut self.index {
             let stored = &old[e.offset as usize..e.offset as usize + e.stored_len as usize];
             let start = self.buf.len();
-            keys.seal_chunk(id, &e.id, e.flags, e.raw_len, stored, &mut self.buf)?;
+            if e.flags == super::codec::FRAMED {
+                keys.seal_framed(id, &e.id, e.raw_len, stored, &mut self.buf)?;
+            } else {
+                keys.seal_chunk(id, &e.id, e.flags, e.raw_len, stored, &mut self.buf)?;
+            }
             e.offset = start as u64;
             e.stored_len = (self.buf.len() - start) as u32;
             e.flags |= super::seal::SEALED;

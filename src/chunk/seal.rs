@@ -9,7 +9,9 @@
 //! (BLAKE3's key derivation mode), so a nonce never repeats under one key
 //! however many chunks are written, and a chunk or a pack moved or swapped
 //! inside the bucket fails to open. Each chunk is also authenticated with
-//! its chunk id, encoding and length. Nonces are random.
+//! its chunk id, encoding and length. Nonces are random. A framed chunk is
+//! sealed part by part (its table, then each frame, bound to its number),
+//! so partial reads open only what they need.
 //!
 //! A sealed blob: `cipher:u8 key_id:u32 nonce[12 or 24] ciphertext tag[16]`.
 //! The key id (the first four bytes of a hash derived from the key) says
@@ -320,6 +322,56 @@ impl Keyring {
         self.seal(PACK_KEY, &pack.to_le_bytes(), &chunk_aad(id, flags, raw_len), stored, out)
     }
 
+    /// Seals a framed chunk (`stored`: its table, then its frames) part by
+    /// part: the table, then each frame, each its own blob, so a reader of
+    /// part of the chunk opens only the table and the frames it needs.
+    pub fn seal_framed(
+        &self,
+        pack: u64,
+        id: &ChunkId,
+        raw_len: u32,
+        stored: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        let t = super::frames::Table::parse(stored, u64::from(raw_len))
+            .map_err(|_| SealError::Malformed("a framed chunk without its table".into()))?;
+        let of = pack.to_le_bytes();
+        self.seal(PACK_KEY, &of, &part_aad(id, raw_len, TABLE_PART), &stored[..t.head()], out)?;
+        for i in 0..t.count() {
+            let r = t.stored_range(i);
+            let part = stored.get(r).ok_or_else(|| SealError::Malformed("a frame past the chunk's end".into()))?;
+            self.seal(PACK_KEY, &of, &part_aad(id, raw_len, i as u32), part, out)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the sealed table at the start of `blob` (which may go on past
+    /// it); returns the table's plain bytes and the blobs' overhead.
+    pub fn open_framed_table(
+        &self,
+        pack: u64,
+        id: &ChunkId,
+        raw_len: u32,
+        head: usize,
+        blob: &[u8],
+    ) -> Result<(Vec<u8>, usize), SealError> {
+        let o = blob_overhead(blob)?;
+        let table = blob.get(..head + o).ok_or_else(|| SealError::Malformed("cut short".into()))?;
+        Ok((self.open(PACK_KEY, &pack.to_le_bytes(), &part_aad(id, raw_len, TABLE_PART), table)?, o))
+    }
+
+    /// Opens frame `i` of a sealed framed chunk from its blob.
+    pub fn open_framed_part(
+        &self,
+        pack: u64,
+        id: &ChunkId,
+        raw_len: u32,
+        i: usize,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        self.open(PACK_KEY, &pack.to_le_bytes(), &part_aad(id, raw_len, i as u32), blob)
+    }
+
     /// The stored bytes of chunk `id` and their encoding, from the bytes a
     /// pack holds for it (`flags` as the chunk entry has them): unsealed
     /// when [`SEALED`], as they are otherwise.
@@ -335,8 +387,31 @@ impl Keyring {
             return Ok((stored, flags));
         }
         let inner = flags & !SEALED;
+        if inner == super::codec::FRAMED {
+            return self.unseal_framed(pack, id, raw_len, &stored).map(|b| (Bytes::from(b), inner));
+        }
         let plain = self.open(PACK_KEY, &pack.to_le_bytes(), &chunk_aad(id, inner, raw_len), &stored)?;
         Ok((Bytes::from(plain), inner))
+    }
+
+    /// A whole sealed framed chunk, opened part by part back into its
+    /// table and frames.
+    fn unseal_framed(&self, pack: u64, id: &ChunkId, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, SealError> {
+        let bad = |why: &str| SealError::Malformed(why.to_string());
+        let head = super::frames::table_len(u64::from(raw_len));
+        let (table, o) = self.open_framed_table(pack, id, raw_len, head, stored)?;
+        let t = super::frames::Table::parse(&table, u64::from(raw_len)).map_err(|_| bad("no frame table inside"))?;
+        if t.head() != table.len() || t.stored_len() + (t.count() + 1) * o != stored.len() {
+            return Err(bad("its length disagrees with its frame table"));
+        }
+        let mut out = Vec::with_capacity(t.stored_len());
+        out.extend_from_slice(&table);
+        for i in 0..t.count() {
+            let r = t.stored_range(i);
+            let blob = stored.get(r.start + (i + 1) * o..r.end + (i + 2) * o).ok_or_else(|| bad("cut short"))?;
+            out.extend_from_slice(&self.open_framed_part(pack, id, raw_len, i, blob)?);
+        }
+        Ok(out)
     }
 
     /// The plain bytes of chunk `id` from what pack `pack` holds for it,
@@ -396,6 +471,29 @@ impl Keyring {
 const PACK_KEY: &str = "storfs 2026-12-07 pack key";
 const OBJECT_KEY: &str = "storfs 2026-12-07 object key";
 const INDEX_AAD: &[u8] = b"pack index";
+
+/// The part number of a framed chunk's table.
+const TABLE_PART: u32 = u32::MAX;
+
+/// Associated data of part `part` of a sealed framed chunk.
+fn part_aad(id: &ChunkId, raw_len: u32, part: u32) -> [u8; 41] {
+    let mut aad = [0u8; 41];
+    aad[..37].copy_from_slice(&chunk_aad(id, super::codec::FRAMED, raw_len));
+    aad[37..].copy_from_slice(&part.to_le_bytes());
+    aad
+}
+
+/// The overhead of the blob starting `blob`, from its cipher code.
+pub fn blob_overhead(blob: &[u8]) -> Result<usize, SealError> {
+    let code = *blob.first().ok_or_else(|| SealError::Malformed("empty".into()))?;
+    Encryption::of_code(code)
+        .map(Encryption::overhead)
+        .ok_or_else(|| SealError::Malformed(format!("unknown cipher code {code}")))
+}
+
+/// Most bytes a sealed blob adds (the reader of a sealed table asks for this
+/// much beyond it, then learns the real overhead from the blob).
+pub const MAX_OVERHEAD: usize = 1 + 4 + 24 + TAG_LEN;
 
 fn chunk_aad(id: &ChunkId, flags: u8, raw_len: u32) -> [u8; 37] {
     let mut aad = [0u8; 37];

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{BackendError, ObjectBackend};
 use crate::chunk::pack::pack_key;
-use crate::chunk::seal::Keyring;
+use crate::chunk::seal::{Keyring, MAX_OVERHEAD, SEALED};
 use crate::chunk::{ChunkId, codec, frames};
 use crate::meta::{ChunkEntry, Ino};
 
@@ -295,33 +295,49 @@ impl Io {
     /// The verified frame table of a framed chunk, from memory or the
     /// backend. Cached with the place it was read from: a chunk written
     /// again later may be stored (framed, compressed) differently.
-    fn table(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<frames::Table, ChunkError> {
+    fn table(&self, id: &ChunkId, entry: &ChunkEntry, wait: Wait) -> Result<(frames::Table, usize), ChunkError> {
         let raw = u64::from(entry.raw_len);
         let stored = entry.stored_len as usize;
+        let sealed = entry.flags & SEALED != 0;
+        // A sealed framed chunk: every part is a blob of `o` bytes more.
+        let fits = |t: &frames::Table, o: usize| {
+            let parts = if sealed { t.count() + 1 } else { 0 };
+            t.stored_len() + parts * o == stored
+        };
         let mut place = [0u8; 16];
         place[..8].copy_from_slice(&entry.pack.to_le_bytes());
         place[8..].copy_from_slice(&entry.offset.to_le_bytes());
         if let Some(b) = self.mem.get(&(*id, TABLE))
-            && b.len() > 16
+            && b.len() > 17
             && b[..16] == place
-            && let Ok(t) = frames::Table::parse(&b[16..], raw)
-            && t.stored_len() == stored
+            && let Ok(t) = frames::Table::parse(&b[17..], raw)
+            && fits(&t, usize::from(b[16]))
         {
-            return Ok(t);
+            return Ok((t, usize::from(b[16])));
         }
-        let mut want = frames::table_len(raw).min(stored);
+        let head = frames::table_len(raw);
+        let mut want = if sealed { head + MAX_OVERHEAD } else { head }.min(stored);
         for _ in 0..TRIES {
             let data = self.get_stored(entry, 0..want, wait)?;
-            match frames::Table::parse(&data, raw) {
-                Ok(t) if t.stored_len() == stored && t.verify(id) => {
-                    let mut keep = Vec::with_capacity(16 + t.head());
+            let opened = if sealed {
+                self.keys
+                    .open_framed_table(entry.pack, id, entry.raw_len, head, &data)
+                    .map(|(table, o)| (Bytes::from(table), o))
+                    .map_err(|_| None)
+            } else {
+                Ok((data.clone(), 0))
+            };
+            match opened.and_then(|(table, o)| frames::Table::parse(&table, raw).map(|t| (t, table, o))) {
+                Ok((t, table, o)) if fits(&t, o) && t.verify(id) => {
+                    let mut keep = Vec::with_capacity(17 + t.head());
                     keep.extend_from_slice(&place);
-                    keep.extend_from_slice(&data[..t.head()]);
+                    keep.push(o as u8);
+                    keep.extend_from_slice(&table[..t.head()]);
                     self.mem.insert((*id, TABLE), Bytes::from(keep));
-                    return Ok(t);
+                    return Ok((t, o));
                 }
                 // Framed with another frame size: the table is longer.
-                Err(Some(n)) if n <= stored && data.len() == want => want = n,
+                Err(Some(n)) if !sealed && n <= stored && data.len() == want => want = n,
                 _ => declined_unless_waiting(wait)?,
             }
         }
@@ -331,11 +347,12 @@ impl Io {
     /// Frame `i` of a framed chunk, verified, from memory or the backend.
     /// Cached by where it starts in the chunk (in KiB) and checked for its
     /// length: plain bytes at one place of one chunk are always the same.
+    /// `o`: the overhead of each sealed part (0: not sealed).
     fn frame(
         &self,
         id: &ChunkId,
         entry: &ChunkEntry,
-        t: &frames::Table,
+        (t, o): &(frames::Table, usize),
         i: usize,
         wait: Wait,
     ) -> Result<Bytes, ChunkError> {
@@ -347,11 +364,18 @@ impl Io {
             self.stats.mem_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
         }
-        let range = t.stored_range(i);
+        let inner = t.stored_range(i);
+        let range = if *o > 0 { inner.start + (i + 1) * o..inner.end + (i + 2) * o } else { inner };
         for _ in 0..TRIES {
             let data = self.get_stored(entry, range.clone(), wait)?;
+            let opened = if *o > 0 {
+                self.keys.open_framed_part(entry.pack, id, entry.raw_len, i, &data).map(Bytes::from).ok()
+            } else {
+                Some(data.clone())
+            };
             if data.len() == range.len()
-                && let Ok(plain) = t.open_frame(i, data)
+                && let Some(part) = opened
+                && let Ok(plain) = t.open_frame(i, part)
             {
                 self.stats.frame_reads.fetch_add(1, Ordering::Relaxed);
                 self.mem.insert(key, plain.clone());
@@ -522,21 +546,21 @@ impl ChunkReader {
         let io = &*self.io;
         let raw = entry.raw_len as usize;
         let (from, to) = (from.min(raw), to.min(raw));
-        let partial = entry.flags == codec::FRAMED && io.disk.is_none() && (to - from) <= raw / 2;
+        let partial = entry.flags & !SEALED == codec::FRAMED && io.disk.is_none() && (to - from) <= raw / 2;
         if !partial || io.mem.contains_key(&(*id, WHOLE)) || io.fetching.lock().contains(id) {
             return Ok(self.get_with(id, entry, wait)?.slice(from..to));
         }
         let t = io.table(id, entry, wait)?;
-        let frames = t.frames(from as u64, to as u64);
+        let frames = t.0.frames(from as u64, to as u64);
         if frames.len() == 1 {
-            let start = t.plain_start(frames.start) as usize;
+            let start = t.0.plain_start(frames.start) as usize;
             let f = io.frame(id, entry, &t, frames.start, wait)?;
             self.touch(id);
             return Ok(f.slice(from - start..(to - start).min(f.len())));
         }
         let mut out = Vec::with_capacity(to - from);
         for i in frames {
-            let start = t.plain_start(i) as usize;
+            let start = t.0.plain_start(i) as usize;
             let f = io.frame(id, entry, &t, i, wait)?;
             let (a, b) = (from.max(start) - start, (to - start).min(f.len()));
             out.extend_from_slice(&f[a..b]);
@@ -872,6 +896,43 @@ mod tests {
             r.get(id, e).expect("disk hit");
         }
         assert_eq!(r.stats().disk_hits.load(Ordering::Relaxed), 4);
+    }
+
+    /// A sealed framed chunk is read by the frames a read covers, each part
+    /// opened on its own; a flipped byte fails only its frame's reads.
+    #[test]
+    fn sealed_framed_chunks_are_read_in_part() {
+        use crate::chunk::codec::{Compression, Compressor};
+        use crate::chunk::seal::{Encryption, Key};
+        let keys = Arc::new(Keyring::new(Encryption::Aes256Gcm, vec![Key::generate()]).expect("keys"));
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let id = ChunkId::of(&data);
+        let mut pb = PackBuilder::new();
+        pb.stage(data.len()).copy_from_slice(&data);
+        pb.commit_staged(id, data.len());
+        pb.encode(&mut Compressor::new(Compression::Off, 0));
+        pb.seal(&keys, 9).expect("seal");
+        let entry = entry_in(9, &pb.entries()[0]);
+        assert_eq!(entry.flags, SEALED | codec::FRAMED);
+        let backend = Arc::new(MemoryBackend::new());
+        let mut pack = pb.finish().to_vec();
+        backend.put(&pack_key(9), Bytes::from(pack.clone()), PutOptions::default()).expect("put");
+        let r = ChunkReader::new(backend.clone(), 4 << 20, None, 0, keys.clone()).expect("reader");
+        let got = r.read(&id, &entry, 500_000, 504_096, Wait::Yes).expect("read");
+        assert_eq!(&got[..], &data[500_000..504_096]);
+        let fetched = r.stats().backend_bytes.load(Ordering::Relaxed);
+        assert!(fetched < 3 * 32 * 1024, "a 4 KiB read fetched {fetched} bytes of a 1 MiB chunk");
+        assert_eq!(r.stats().frame_reads.load(Ordering::Relaxed), 1);
+        // Damage the last frame: reads elsewhere still work, its own fail.
+        let n = pack.len();
+        let at = (entry.offset + u64::from(entry.stored_len)) as usize - 100;
+        assert!(at < n);
+        pack[at] ^= 1;
+        backend.put(&pack_key(9), Bytes::from(pack), PutOptions::default()).expect("put");
+        let r = ChunkReader::new(backend, 4 << 20, None, 0, keys).expect("reader");
+        assert_eq!(&r.read(&id, &entry, 0, 4096, Wait::Yes).expect("first frame")[..], &data[..4096]);
+        assert!(r.read(&id, &entry, data.len() - 10, data.len(), Wait::Yes).is_err(), "the damaged frame");
+        assert!(r.get(&id, &entry).is_err(), "the whole chunk");
     }
 
     #[test]
