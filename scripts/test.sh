@@ -69,18 +69,13 @@ cargo clippy --release --all-targets --quiet -- -D warnings
 
 echo "== build and test"
 cargo build --release --quiet
+# The daemon with crash points armed by FAILPOINTS, for tests/crash_points.rs
+# (the same profile; the feature is never in the storfs binary).
+cargo build --release --quiet --features failpoints --bin storfs-failpoints
 cargo test --release -- --test-threads="${STORFS_TEST_THREADS:-2}"
 
-# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets stable accept them.
-# pipefail makes a crash found by the fuzzer fail the suite.
-echo "== fuzz the NFS decoders for 60 s"
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nfs_decode -- -max_total_time=60 2>&1 | tail -1)
-echo "== fuzz the NLM, NSM and portmapper calls for 60 s"
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nlm_decode -- -max_total_time=60 2>&1 | tail -1)
-echo "== fuzz NBD sessions (handshake, options, requests) for 60 s"
-mkdir -p fuzz/corpus/nbd_session
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run nbd_session corpus/nbd_session seeds/nbd_session \
-  -- -max_total_time=60 2>&1 | tail -1)
+# Every fuzz target, from its seeds and kept crash inputs (scripts/fuzz.sh).
+scripts/fuzz.sh 45
 echo "== the checkout is as clean as before"
 tree_after=$(git_status)
 if [ "$tree_after" != "$tree_before" ]; then

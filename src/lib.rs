@@ -15,3 +15,19 @@ pub mod nbd;
 pub mod net;
 pub mod nfs;
 pub mod vfs;
+
+/// A named point where the crash campaign (tests/crash_points.rs) kills the
+/// daemon: built with the `failpoints` feature (never in release builds),
+/// `FAILPOINTS="NAME=N*off->return"` makes the N+1th pass through point
+/// NAME kill the process with SIGKILL, as `kill -9` would, leaving
+/// whatever was half done. Without the feature it is nothing.
+#[inline(always)]
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::eval(name, |_| {
+        eprintln!("storfs: crash point {name} reached: killing the process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}

@@ -7,6 +7,9 @@ mod daemon;
 use clap::Parser;
 
 fn main() {
+    // Crash points armed from FAILPOINTS (test builds only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     // mount(8) → mount.fuse runs `storfs SOURCE MOUNTPOINT -o OPTIONS` for
     // file systems of type fuse.storfs (remounts, fstab entries).
     let args: Vec<String> = std::env::args().collect();

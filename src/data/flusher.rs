@@ -311,10 +311,12 @@ impl Store {
             self.inflight.lock().insert(id);
             let bytes = pack.finish();
             let size = bytes.len() as u64;
+            crate::crash_point("flush.before_upload");
             if let Err(e) = self.upload(id, bytes.clone(), &items) {
                 self.inflight.lock().remove(&id);
                 return Err(e);
             }
+            crate::crash_point("flush.after_upload");
             uploaded = Some(bytes);
             Some((id, size))
         };
@@ -323,6 +325,7 @@ impl Store {
             self.inflight.lock().remove(&id);
         }
         result?;
+        crate::crash_point("flush.after_commit");
         // Writers may go on now; then the chunks go into the disk cache.
         self.notify_space();
         if let Some(bytes) = uploaded {
@@ -484,7 +487,9 @@ impl Store {
         self.record_access(&tx)?;
         let releasable = self.wal.releasable(cut);
         self.wal.sync_to(cut)?;
+        crate::crash_point("checkpoint.before_commit");
         tx.commit_durable()?;
+        crate::crash_point("checkpoint.after_commit");
         self.pending.remove_written(&snap);
         // Spares are kept only while they leave the disk plenty of room.
         let keep_spares = self.space_guard.has_room(4 * self.opts.segment_size);

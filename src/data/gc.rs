@@ -73,9 +73,11 @@ impl Store {
             tracing::warn!("metadata not shipped yet; dead packs stay until a later GC run");
             return Ok(());
         }
+        crate::crash_point("gc.before_delete");
         for (id, p) in dead {
             match self.chunks.backend().delete(&pack_key(id)) {
                 Ok(()) => {
+                    crate::crash_point("gc.after_delete");
                     self.chunks.forget_pack(id);
                     report.dead_packs += 1;
                     report.bytes_freed += p.size;

@@ -181,6 +181,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        crate::crash_point("reclaim.after_step");
         self.reclaim_stats.rows.fetch_add(dropped, Ordering::Relaxed);
         self.reclaim_stats.steps.fetch_add(1, Ordering::Relaxed);
         if finished {
@@ -214,6 +215,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        crate::crash_point("reclaim.after_step");
         self.reclaim_stats.rows.fetch_add(blocks.len() as u64, Ordering::Relaxed);
         self.reclaim_stats.steps.fetch_add(1, Ordering::Relaxed);
         if blocks.len() < STEP_ROWS {
@@ -241,6 +243,7 @@ impl Store {
             tx.del_reclaim_job(job_id)?;
         }
         tx.commit()?;
+        crate::crash_point("reclaim.after_step");
         self.reclaim_stats.rows.fetch_add(dropped as u64, Ordering::Relaxed);
         self.reclaim_stats.steps.fetch_add(1, Ordering::Relaxed);
         Ok(())

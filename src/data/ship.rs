@@ -52,9 +52,11 @@ impl Store {
         for o in listed {
             if let Some((_, s)) = parse_object_key(&o.key)
                 && s < seq
-                && let Err(e) = backend.delete(&o.key)
             {
-                tracing::warn!(key = %o.key, error = %e, "cannot delete old metadata object");
+                match backend.delete(&o.key) {
+                    Ok(()) => crate::crash_point("ship.after_prune_delete"),
+                    Err(e) => tracing::warn!(key = %o.key, error = %e, "cannot delete old metadata object"),
+                }
             }
         }
     }
@@ -91,6 +93,7 @@ impl Store {
             loop {
                 match self.chunks.backend().put(&s.key(), body.clone(), PutOptions::default()) {
                     Ok(()) => {
+                        crate::crash_point("ship.after_put");
                         delay = Duration::from_millis(100);
                         break;
                     }

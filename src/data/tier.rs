@@ -632,6 +632,7 @@ impl Store {
             self.inflight.lock().remove(&id);
             return Err(e.into());
         }
+        crate::crash_point("relocate.after_put");
         m.packs_written += 1;
         m.bytes_written += size;
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
@@ -671,6 +672,7 @@ impl Store {
             }
             tx.put_pack(id, &entry)?;
             tx.commit()?;
+            crate::crash_point("relocate.after_commit");
             Ok(())
         })();
         self.inflight.lock().remove(&id);

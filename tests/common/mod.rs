@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod nbd;
 pub mod pjdfstest;
 pub mod rpc;
@@ -161,6 +162,10 @@ pub struct Daemon {
     /// Mountpoints and the extra `storfs mount` arguments each was made with.
     mounts: Vec<(PathBuf, Vec<String>)>,
     netns: Option<String>,
+    /// The binary `serve` runs from (the storfs under test by default).
+    pub exe: PathBuf,
+    /// Environment for the next start (e.g. FAILPOINTS).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -203,8 +208,10 @@ impl Daemon {
             child: None,
             mounts: Vec::new(),
             netns: ns.map(|n| n.name.clone()),
+            exe: storfs_bin(),
+            env: Vec::new(),
         };
-        d.spawn();
+        d.spawn_ready();
         d
     }
 
@@ -213,11 +220,12 @@ impl Daemon {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(storfs_bin());
+                c.args(["netns", "exec", ns]).arg(&self.exe);
                 c
             }
-            None => Command::new(storfs_bin()),
+            None => Command::new(&self.exe),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // The standard AWS chain finds the test keys in the environment.
         let child = s3::with_credentials(&mut cmd)
             .arg("--config")
@@ -229,19 +237,40 @@ impl Daemon {
             .spawn()
             .expect("spawn storfs serve");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    fn spawn_ready(&mut self) {
+        self.spawn();
+        if let Err(st) = self.wait_ready() {
+            panic!("storfs serve exited during startup ({st}); log:\n{}", self.log_text());
+        }
+    }
+
+    /// Starts the daemon again after it died or was stopped; false if it
+    /// exited during startup (a crash point on the way up).
+    pub fn try_restart(&mut self) -> bool {
+        self.stop();
+        self.spawn();
+        match self.wait_ready() {
+            Ok(()) => true,
+            Err(_) => {
+                self.child = None;
+                false
+            }
+        }
+    }
+
+    /// Waits until the daemon answers; the exit status if it exited first.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
-                panic!("storfs serve exited during startup ({st}); log:\n{}", self.log_text());
+                return Err(st);
             }
             if self.cli_raw(&["status", "--json"]).status.success() {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "daemon not ready after 120 s; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
@@ -349,7 +378,7 @@ impl Daemon {
     /// Stops the daemon with SIGTERM (clean unmount and flush) and starts it again.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.spawn_ready();
     }
 
     /// SIGTERM and wait.
@@ -368,6 +397,22 @@ impl Daemon {
             }
         }
         self.detach_mounts();
+    }
+
+    /// Waits up to `limit` for the daemon to exit by itself (a crash point);
+    /// true if it did. The dead mounts stay, as after [`Daemon::kill9`].
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// kill -9. The dead FUSE mounts stay, as after a real crash: a client
