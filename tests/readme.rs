@@ -7,7 +7,7 @@
 //! What is adapted, and only that:
 //! - The commands run in a network namespace and a private mount namespace,
 //!   with scratch directories bound over the built-in defaults
-//!   (`/var/lib/storfs`, `/run/storfs`) and a tmpfs over `/mnt`, so the
+//!   (`/var/lib/storfs`, `/run/storfs`, `/etc/storfs`) and a tmpfs over `/mnt`, so the
 //!   README's default paths and ports are the real defaults without
 //!   colliding with anything on the test machine.
 //! - `storfs` is the binary built by this checkout, first on `PATH`.
@@ -127,7 +127,7 @@ fn readme_commands_run_as_written() {
     let s = Scratch::new("readme");
     let ns = NetNs::new("readme");
     let bin = s.path.join("bin");
-    for d in ["bin", "state", "run", "logs"] {
+    for d in ["bin", "state", "run", "etc", "logs"] {
         std::fs::create_dir_all(s.path.join(d)).expect("scratch dirs");
     }
     std::os::unix::fs::symlink(storfs_bin(), bin.join("storfs")).expect("storfs on PATH");
@@ -153,10 +153,11 @@ fn readme_commands_run_as_written() {
 
     let mut script = String::from(PRELUDE);
     script += &format!(
-        "mount --bind {state} /var/lib/storfs\nmount --bind {run} /run/storfs\nmount -t tmpfs readme-mnt /mnt\n\
-         export PATH={bin}:$PATH\ncd {repo}\n",
+        "mount --bind {state} /var/lib/storfs\nmount --bind {run} /run/storfs\nmount --bind {etc} /etc/storfs\n\
+         mount -t tmpfs readme-mnt /mnt\nexport PATH={bin}:$PATH\ncd {repo}\n",
         state = quote(&s.path.join("state").display().to_string()),
         run = quote(&s.path.join("run").display().to_string()),
+        etc = quote(&s.path.join("etc").display().to_string()),
         bin = quote(&bin.display().to_string()),
         repo = quote(&repo.display().to_string()),
     );
@@ -214,7 +215,7 @@ fn readme_commands_run_as_written() {
     let path = s.path.join("readme.sh");
     std::fs::write(&path, &script).expect("script");
     let created: Vec<&str> =
-        ["/var/lib/storfs", "/run/storfs"].into_iter().filter(|d| !Path::new(d).exists()).collect();
+        ["/var/lib/storfs", "/run/storfs", "/etc/storfs"].into_iter().filter(|d| !Path::new(d).exists()).collect();
     for d in &created {
         std::fs::create_dir_all(d).expect("mountpoint for the bind mount");
     }

@@ -89,7 +89,7 @@ impl Store {
         Ok(())
     }
 
-    fn gc_orphans(&self, report: &mut GcReport) -> Result<()> {
+    pub(super) fn gc_orphans(&self, report: &mut GcReport) -> Result<()> {
         // Order matters: list, then note packs in flight, then read the
         // table. A pack uploaded before the listing is either in flight at
         // the second step or committed by the third. The bucket's copy of

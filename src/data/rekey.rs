@@ -144,9 +144,12 @@ impl Store {
             }
             report(&p);
         }
+        // The old packs are dead now; any a crashed pass or GC left behind
+        // are orphans. Either way no pack stays under an old key.
         let mut gc = GcReport::default();
         self.delete_dead_packs(&mut gc, true)?;
-        p.packs_deleted = gc.dead_packs as u64;
+        self.gc_orphans(&mut gc)?;
+        p.packs_deleted = (gc.dead_packs + gc.orphan_packs) as u64;
         report(&p);
         p.metadata_objects = self.reseal_metadata(cur)?;
         let tx = self.meta.write()?;
