@@ -44,19 +44,6 @@ fn reconfigure(d: &mut Daemon, table: &str) {
     std::fs::write(&d.config, format!("{}{table}{}", &text[..start], &text[end..])).expect("config");
 }
 
-/// Waits until every dirty byte and metadata shipment is in the bucket.
-fn wait_uploaded(d: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let io = d.status()["backend_io"].clone();
-        if io["dirty_bytes"] == 0 && io["upload_queue"]["metadata_shipments"] == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "uploads did not drain: {io}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A tree with names, contents, an xattr, a symlink and a volume, all
 /// carrying marker strings; returns the files and the markers.
 fn write_marked_tree(d: &Daemon, mp: &Path) -> (BTreeMap<PathBuf, Vec<u8>>, Vec<Vec<u8>>) {
@@ -119,6 +106,12 @@ fn bucket_objects(b: &dyn ObjectBackend) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The key that sealed bucket object `key` (a pack or a metadata object);
+/// `None` when it is plain.
+fn sealed_by(key: &str, bytes: &[u8]) -> Option<u32> {
+    if key.starts_with("packs/") { sealed_key(&bytes[..SEALED_HEADER_LEN]) } else { Keyring::object_key(bytes) }
+}
+
 /// The markers found in any object's key or bytes.
 fn found(objects: &[(String, Vec<u8>)], markers: &[Vec<u8>]) -> Vec<String> {
     let mut hits = Vec::new();
@@ -155,7 +148,7 @@ fn with_encryption_the_bucket_holds_nothing_readable() {
     d.mount(&mp);
     let (files, markers) = write_marked_tree(&d, &mp);
     d.cli(&["flush"]);
-    wait_uploaded(&d);
+    d.wait_uploaded(Duration::from_secs(120));
     let st = d.status();
     assert_eq!(st["storage"]["encryption"], "xchacha20-poly1305", "{st}");
     assert_eq!(st["storage"]["encryption_key"], format!("{:08x}", key.id()), "{st}");
@@ -165,8 +158,7 @@ fn with_encryption_the_bucket_holds_nothing_readable() {
     let hits = found(&objects, &markers);
     assert!(hits.is_empty(), "readable in the bucket: {hits:?}");
     for (k, bytes) in &objects {
-        let kid =
-            if k.starts_with("packs/") { sealed_key(&bytes[..SEALED_HEADER_LEN]) } else { Keyring::object_key(bytes) };
+        let kid = sealed_by(k, bytes);
         assert_eq!(kid, Some(key.id()), "{k} is sealed with the key");
     }
     // The same tree without encryption, under another prefix: the search
@@ -176,7 +168,7 @@ fn with_encryption_the_bucket_holds_nothing_readable() {
     plain.mount(&pmp);
     write_marked_tree(&plain, &pmp);
     plain.cli(&["flush"]);
-    wait_uploaded(&plain);
+    plain.wait_uploaded(Duration::from_secs(120));
     let hits = found(&bucket_objects(&s3.backend("plain/")), &markers);
     assert_eq!(hits.len(), markers.len(), "the search finds every marker in a plain bucket: {hits:?}");
 
@@ -307,7 +299,7 @@ fn recovery_from_the_bucket_needs_the_key() {
     d.mount(&mp);
     let (files, _) = write_marked_tree(&d, &mp);
     d.cli(&["flush"]);
-    wait_uploaded(&d);
+    d.wait_uploaded(Duration::from_secs(120));
     d.kill9();
     std::fs::remove_dir_all(s.path.join("data")).expect("the machine is lost");
 
@@ -349,7 +341,7 @@ fn rekey_leaves_no_object_under_the_old_key() {
         write_synced(&mp.join(name), &data);
         files.insert(mp.join(name), data);
         d.cli(&["flush"]);
-        wait_uploaded(d);
+        d.wait_uploaded(Duration::from_secs(120));
     };
     write(&d, "plain");
     for (cipher, file, name) in [("aes-256-gcm", &only1, "under-k1"), ("xchacha20-poly1305", &both, "under-k2")] {
@@ -380,8 +372,7 @@ fn rekey_leaves_no_object_under_the_old_key() {
 
     let objects = bucket_objects(&bucket);
     for (k, bytes) in &objects {
-        let kid =
-            if k.starts_with("packs/") { sealed_key(&bytes[..SEALED_HEADER_LEN]) } else { Keyring::object_key(bytes) };
+        let kid = sealed_by(k, bytes);
         assert_eq!(kid, Some(k2.id()), "{k} is under the new key after the rekey");
     }
     // Key 1 can go: the store starts and reads everything with key 2 alone.

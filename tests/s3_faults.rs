@@ -38,20 +38,6 @@ fn assert_files(dir: &Path, want: &BTreeMap<String, Vec<u8>>, what: &str) {
     }
 }
 
-/// Waits until every dirty byte and metadata shipment is in the bucket.
-fn wait_uploaded(d: &Daemon, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let st = d.status();
-        let io = &st["backend_io"];
-        if io["dirty_bytes"] == 0 && io["upload_queue"]["metadata_shipments"] == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "uploads did not drain: {io}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// storfs-s3d with bucket `bucket`, and a daemon on it (config `extra`
 /// after the backend table) with the default file system mounted.
 fn s3_daemon(bucket: &str, prefix: &str, extra: &str) -> (S3Server, Scratch, Daemon, PathBuf) {
@@ -85,7 +71,7 @@ fn outage_of_sixty_seconds_loses_nothing() {
     let (s3, _scratch, mut d, mp) = s3_daemon("outage", "", "[cache]\nflush_interval = \"1s\"\n");
     let before = write_files(&mp.join("a"), "before", 12, 1);
     d.cli(&["flush"]);
-    wait_uploaded(&d, Duration::from_secs(60));
+    d.wait_uploaded(Duration::from_secs(60));
 
     s3.fault("outage=1");
     let started = Instant::now();
@@ -102,7 +88,7 @@ fn outage_of_sixty_seconds_loses_nothing() {
     assert!(st["backend_io"]["retries"].as_u64().unwrap_or(0) > 0, "retries counted: {}", st["backend_io"]);
     s3.fault("clear=1");
 
-    wait_uploaded(&d, Duration::from_secs(120));
+    d.wait_uploaded(Duration::from_secs(120));
     restart_cold(&mut d);
     assert_files(&mp.join("a"), &before, "after the outage, from the bucket");
     assert_files(&mp.join("b"), &during, "written during the outage, from the bucket");
@@ -117,7 +103,7 @@ fn error_rate_latency_and_truncated_bodies_lose_nothing() {
         let dir = mp.join(format!("s{n}"));
         let files = write_files(&dir, "f", 8, 10 + n as u64);
         d.cli(&["flush"]);
-        wait_uploaded(&d, Duration::from_secs(180));
+        d.wait_uploaded(Duration::from_secs(180));
         // Read back from the bucket with the fault still on.
         restart_cold(&mut d);
         assert_files(&dir, &files, fault);
@@ -136,7 +122,7 @@ fn recover_from_bucket_on_an_empty_machine() {
     std::os::unix::fs::symlink("x/f-0001", mp.join("tree/link")).expect("symlink");
     d.cli(&["fs", "create", "second"]);
     d.cli(&["flush"]);
-    wait_uploaded(&d, Duration::from_secs(60));
+    d.wait_uploaded(Duration::from_secs(60));
 
     // The machine is lost: kill -9, and its whole state directory with it.
     d.kill9();

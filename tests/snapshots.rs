@@ -323,7 +323,7 @@ fn volume_snapshots_on_s3_come_back_with_recover_from_bucket() {
     let other = Daemon::start(&s.path.join("b"), &s3.config("b/"));
     volume_story(&d, &other, &s.path);
     d.cli(&["flush"]);
-    wait_shipped(&d);
+    d.wait_uploaded(Duration::from_secs(60));
     // The machine is lost; its snapshots come back from the bucket.
     d.kill9();
     std::fs::remove_dir_all(s.path.join("a/data")).expect("remove data dir");
@@ -335,18 +335,6 @@ fn volume_snapshots_on_s3_come_back_with_recover_from_bucket() {
     check_vol1_snapshots(&d);
     d.assert_fsck_clean();
     delete_story(&d, &s.path);
-}
-
-fn wait_shipped(d: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let io = d.status()["backend_io"].clone();
-        if io["dirty_bytes"] == 0 && io["upload_queue"]["metadata_shipments"] == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "uploads did not drain: {io}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Writes a small tree: files, a nested directory, a symlink, a hole.

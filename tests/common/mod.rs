@@ -399,6 +399,20 @@ impl Daemon {
         self.detach_mounts();
     }
 
+    /// Waits until every dirty byte and metadata shipment is in the bucket
+    /// (status shows nothing dirty and no shipment queued), at most `within`.
+    pub fn wait_uploaded(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let io = self.status()["backend_io"].clone();
+            if io["dirty_bytes"] == 0 && io["upload_queue"]["metadata_shipments"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "uploads did not drain: {io}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits up to `limit` for the daemon to exit by itself (a crash point);
     /// true if it did. The dead mounts stay, as after [`Daemon::kill9`].
     pub fn wait_exit(&mut self, limit: Duration) -> bool {
