@@ -255,28 +255,27 @@ pub(super) fn v2_to_v3(db: &redb::Database, path: &std::path::Path) -> Result<()
 /// read, so the version moves; nothing stored changes. Chunks written
 /// before keep their encodings and are read whole, as before.
 pub(super) fn v3_to_v4(db: &redb::Database, path: &std::path::Path) -> Result<()> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(redb::Durability::Immediate)?;
-    tx.open_table(META)?.insert(counter::SCHEMA_VERSION, 4)?;
-    tx.commit()?;
-    tracing::info!(
-        store = %path.display(),
-        "migrated the metadata store in place from schema 3 to schema 4 (framed chunks for partial reads)"
-    );
-    Ok(())
+    bump_version(db, path, 4, "framed chunks for partial reads")
 }
 
 /// Migrates a schema-4 store to schema 5: sealed (encrypted) chunks and
 /// the key counters appear from now on, which older builds cannot read, so
 /// the version moves; nothing stored changes.
 pub(super) fn v4_to_v5(db: &redb::Database, path: &std::path::Path) -> Result<()> {
+    bump_version(db, path, 5, "encryption at rest")
+}
+
+/// A migration that only moves the schema version to `to` (what is new
+/// in it, `what`, is written from then on), in one durable transaction.
+fn bump_version(db: &redb::Database, path: &std::path::Path, to: u64, what: &str) -> Result<()> {
     let mut tx = db.begin_write()?;
     tx.set_durability(redb::Durability::Immediate)?;
-    tx.open_table(META)?.insert(counter::SCHEMA_VERSION, 5)?;
+    tx.open_table(META)?.insert(counter::SCHEMA_VERSION, to)?;
     tx.commit()?;
     tracing::info!(
         store = %path.display(),
-        "migrated the metadata store in place from schema 4 to schema 5 (encryption at rest)"
+        "migrated the metadata store in place from schema {} to schema {to} ({what})",
+        to - 1
     );
     Ok(())
 }
