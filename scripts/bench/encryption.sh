@@ -63,16 +63,7 @@ done
 cli() { local s=$1; shift; "$BIN" --socket "$WORK/$s/storfs.sock" "$@"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-fio_run() { # DIR FIELD ARGS... → MiB/s (FIELD=bw) or IOPS (FIELD=iops)
-  local dir=$1 field=$2; shift 2
-  fio --directory="$dir" --ioengine=psync --output-format=json "$@" > "$WORK/fio.json"
-  python3 - "$WORK/fio.json" "$field" <<'PY'
-import json, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
-side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
-print(f'{side["bw_bytes"] / 2**20:.0f}' if sys.argv[2] == "bw" else f'{side["iops"]:.0f}')
-PY
-}
+. scripts/bench/fio.sh
 
 declare -A R
 echo "round workload $SIDES"
@@ -103,7 +94,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. scripts/bench/table.sh
 echo
 echo "median of $ROUNDS rounds, ${SIZE_MIB} MiB file (write/seq: MiB/s, cold: IOPS)"
 printf '%-12s %8s %12s %20s %10s %10s\n' workload off aes-256-gcm xchacha20-poly1305 aes/off xchacha/off
@@ -112,7 +103,7 @@ for w in write seq cold; do
   for s in $SIDES; do
     col=()
     for round in $(seq "$ROUNDS"); do col+=("${R[$round,$w,$s]}"); done
-    vals+=("$(median "${col[@]}")")
+    vals+=("$(median "${col[*]}")")
   done
   python3 -c "
 o,a,x=$((vals[0])),$((vals[1])),$((vals[2]))
