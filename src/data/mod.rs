@@ -130,6 +130,10 @@ pub enum DataError {
         /// Reserve kept free.
         reserve: u64,
     },
+    /// A flush cycle failed (the flusher retries it; what it could not
+    /// upload stays dirty in the WAL).
+    #[error("the flush cycle failed: {0}")]
+    Flush(String),
     /// An earlier metadata commit failed; the store refuses changes.
     #[error("storage stopped after an earlier failure: {0}")]
     Poisoned(String),
@@ -731,7 +735,7 @@ impl Store {
             self.flush_cv.wait(&mut f);
         }
         match &f.last_error {
-            Some(e) => Err(DataError::Corrupt(format!("flush failed: {e}"))),
+            Some(e) => Err(DataError::Flush(e.clone())),
             None => Ok(()),
         }
     }

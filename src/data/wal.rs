@@ -333,8 +333,12 @@ impl Wal {
             None => (new_segment_file(&path, &header)?, 0),
         };
         // The directory entry must be durable before any record in the
-        // segment can be acknowledged as durable.
-        sync_dir(&self.dir)?;
+        // segment can be acknowledged as durable. If it cannot be, the file
+        // goes: the next rotation (once there is space) makes it afresh.
+        if let Err(e) = sync_dir(&self.dir) {
+            let _ = fs::remove_file(&path);
+            return Err(e.into());
+        }
         inner.next_seq += 1;
         inner.segments.push(Arc::new(Segment {
             seq,
@@ -583,8 +587,12 @@ fn zero_ahead(seg: &Segment, end: u64) {
 
 fn new_segment_file(path: &Path, header: &[u8]) -> io::Result<File> {
     let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-    file.write_all_at(header, 0)?;
-    file.sync_all()?;
+    if let Err(e) = file.write_all_at(header, 0).and_then(|()| file.sync_all()) {
+        // A full disk: nothing refers to the file yet, and a half-made one
+        // left behind would stop every later rotation (it exists).
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
     Ok(file)
 }
 

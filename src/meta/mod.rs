@@ -161,6 +161,47 @@ pub struct MetaStore {
     db: Arc<Database>,
     journal: std::sync::OnceLock<Arc<Journal>>,
     registry: SharedRegistry,
+    room: Room,
+}
+
+/// Disk space kept allocated ahead of the metadata file. redb treats any
+/// failed write as fatal to the open database (every later call answers
+/// "previous I/O error" until it is reopened), and a full disk is the
+/// likeliest such failure. So before each write transaction the file is
+/// made to own its blocks up to its length plus room for one growth step
+/// (redb doubles the file below 4 GiB and adds one or two 4 GiB regions
+/// beyond): if the disk cannot give that, the transaction is refused with
+/// ENOSPC before redb writes anything, and it goes through once space
+/// returns.
+#[derive(Debug)]
+struct Room {
+    file: std::fs::File,
+}
+
+/// Least room kept ahead of the metadata file.
+const MIN_ROOM: u64 = 4 << 20;
+/// Most room kept ahead of it: the largest growth step redb takes.
+const MAX_ROOM: u64 = 8 << 30;
+
+impl Room {
+    fn open(path: &Path) -> Result<Room> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(redb::Error::Io)?;
+        Ok(Room { file })
+    }
+
+    /// Makes sure the file's blocks are allocated up to its length plus one
+    /// growth step; a full disk is `ENOSPC` (see [`MetaError::is_no_space`]).
+    fn ensure(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata().map_err(redb::Error::Io)?;
+        let want = m.len() + m.len().clamp(MIN_ROOM, MAX_ROOM);
+        if m.blocks() * 512 >= want {
+            return Ok(());
+        }
+        nix::fcntl::fallocate(&self.file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, want as i64)
+            .map_err(|e| redb::Error::Io(std::io::Error::from(e)))?;
+        Ok(())
+    }
 }
 
 /// Opens (or creates) the redb file. A file the last process did not close
@@ -194,7 +235,8 @@ impl MetaStore {
     pub fn open(path: &Path) -> Result<MetaStore> {
         let db = Arc::new(open_db(path)?);
         let registry: SharedRegistry = Arc::default();
-        let store = MetaStore { db, journal: std::sync::OnceLock::new(), registry };
+        let room = Room::open(path)?;
+        let store = MetaStore { db, journal: std::sync::OnceLock::new(), registry, room };
         let tx = store.write()?;
         let version = tx.counter(counter::SCHEMA_VERSION)?;
         if version == 0 {
@@ -276,6 +318,7 @@ impl MetaStore {
 
     /// The write transaction; blocks while another is open.
     pub fn write(&self) -> Result<WriteTx> {
+        self.room.ensure()?;
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         let journal = self.journal.get().cloned();
