@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
 shift
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nfs_decode nlm_decode nbd_session wal_replay pack_decode)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nfs_decode nlm_decode nbd_session wal_replay pack_decode control)
 for t in "${TARGETS[@]}"; do
   echo "== fuzz $t for $SECONDS_EACH s"
   mkdir -p "corpus/$t" "artifacts/$t"

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod chunk;
+pub mod control;
 pub mod data;
 pub mod fuse;
 pub mod meta;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::config::{Config, Size, default_socket};
-use crate::daemon::control::{self, Request};
+use storfs::control::{self, Request};
 
 /// storfs: EFS-like file systems and EBS-like volumes on local disks or S3.
 #[derive(Debug, Parser)]

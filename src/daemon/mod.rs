@@ -3,7 +3,6 @@
 //! (unmount, final flush, checkpoint, and the metadata file closed, so the
 //! next start need not verify it).
 
-pub mod control;
 mod locks;
 mod mounts;
 mod status;
@@ -22,11 +21,11 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::BackendKind;
 use crate::config::Config;
-use control::Request;
 use storfs::backend::local::LocalBackend;
 use storfs::backend::retry::RetryBackend;
 use storfs::backend::s3::{S3Backend, S3Options};
 use storfs::backend::{BackendStats, ObjectBackend};
+use storfs::control::{self, Request};
 use storfs::data::DataOptions;
 use storfs::vfs::{Vfs, VfsError, VfsOptions};
 

@@ -337,7 +337,7 @@ pub async fn serve(listener: UnixListener, handler: Handler) {
     };
     let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING));
     // Connections still reading, oldest first, each with its stop flag.
-    let reading: Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, storfs::net::Cancel)>>> = Arc::default();
+    let reading: Arc<parking_lot::Mutex<std::collections::VecDeque<(u64, crate::net::Cancel)>>> = Arc::default();
     let mut next_id = 0u64;
     loop {
         let conn = match listener.accept().await {
@@ -350,7 +350,7 @@ pub async fn serve(listener: UnixListener, handler: Handler) {
         };
         next_id += 1;
         let id = next_id;
-        let stop = storfs::net::Cancel::default();
+        let stop = crate::net::Cancel::default();
         {
             let mut r = reading.lock();
             if r.len() >= MAX_READING
@@ -369,30 +369,49 @@ pub async fn serve(listener: UnixListener, handler: Handler) {
                 }
             };
             reading.lock().retain(|(i, _)| *i != id);
-            let (conn, line, leftover) = match req {
-                Err(_) => return,
-                Ok(Err(_)) => return,
-                Ok(Ok(x)) => x,
-            };
-            let Ok(conn) = conn.into_std() else { return };
-            let _ = conn.set_nonblocking(false);
-            let Ok(_turn) = running.acquire_owned().await else { return };
-            // The request, and any stream it carries, on a thread of its own.
-            let _ = tokio::task::spawn_blocking(move || {
-                let (response, streams_out) = match line {
-                    Err(e) => (Response { ok: false, error: Some(e), result: serde_json::Value::Null }, false),
-                    Ok(line) => respond(&line, &handler, conn.try_clone().ok(), leftover),
-                };
-                let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-                let mut conn = conn;
-                if streams_out {
-                    let _ = conn.write_all(&0u32.to_le_bytes());
-                }
-                let _ = conn.write_all(&reply_line(&response));
-            })
-            .await;
+            if let Ok(Ok((conn, line, leftover))) = req {
+                reply(conn, line, leftover, handler, running).await;
+            }
         });
     }
+}
+
+/// Reads one connection's request and answers it, without the bounds
+/// [`serve`] keeps across connections: the control protocol as the fuzzer
+/// (fuzz/fuzz_targets/control.rs) drives it.
+pub async fn answer_one(conn: tokio::net::UnixStream, handler: Handler) {
+    let running = Arc::new(tokio::sync::Semaphore::new(1));
+    if let Ok(Ok((conn, line, leftover))) = tokio::time::timeout(REQUEST_DEADLINE, read_request(conn)).await {
+        reply(conn, line, leftover, handler, running).await;
+    }
+}
+
+/// Runs the request that arrived (and any stream it carries) on a thread
+/// of its own, once one of the `running` turns is free, and sends the
+/// answer.
+async fn reply(
+    conn: tokio::net::UnixStream,
+    line: Result<String, String>,
+    leftover: Vec<u8>,
+    handler: Handler,
+    running: Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(conn) = conn.into_std() else { return };
+    let _ = conn.set_nonblocking(false);
+    let Ok(_turn) = running.acquire_owned().await else { return };
+    let _ = tokio::task::spawn_blocking(move || {
+        let (response, streams_out) = match line {
+            Err(e) => (Response { ok: false, error: Some(e), result: serde_json::Value::Null }, false),
+            Ok(line) => respond(&line, &handler, conn.try_clone().ok(), leftover),
+        };
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+        let mut conn = conn;
+        if streams_out {
+            let _ = conn.write_all(&0u32.to_le_bytes());
+        }
+        let _ = conn.write_all(&reply_line(&response));
+    })
+    .await;
 }
 
 fn reply_line(r: &Response) -> Vec<u8> {
