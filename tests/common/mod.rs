@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod fakedisk;
 pub mod nbd;
 pub mod pjdfstest;
 pub mod rpc;
