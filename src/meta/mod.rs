@@ -176,6 +176,13 @@ pub struct MetaStore {
 #[derive(Debug)]
 struct Room {
     file: std::fs::File,
+    /// Length and blocks of the file after the last reservation: while
+    /// they stay the same nothing needs reserving again (for file systems
+    /// whose block counts do not show reservations past the end).
+    covered: Mutex<(u64, u64)>,
+    /// The file system cannot reserve (no fallocate, e.g. ZFS): the
+    /// store then runs without room, as before.
+    unsupported: std::sync::atomic::AtomicBool,
 }
 
 /// Least room kept ahead of the metadata file.
@@ -186,21 +193,42 @@ const MAX_ROOM: u64 = 8 << 30;
 impl Room {
     fn open(path: &Path) -> Result<Room> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(redb::Error::Io)?;
-        Ok(Room { file })
+        Ok(Room {
+            file,
+            covered: Mutex::new((u64::MAX, 0)),
+            unsupported: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Makes sure the file's blocks are allocated up to its length plus one
     /// growth step; a full disk is `ENOSPC` (see [`MetaError::is_no_space`]).
     fn ensure(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let m = self.file.metadata().map_err(redb::Error::Io)?;
-        let want = m.len() + m.len().clamp(MIN_ROOM, MAX_ROOM);
-        if m.blocks() * 512 >= want {
+        use std::sync::atomic::Ordering;
+        if self.unsupported.load(Ordering::Relaxed) {
             return Ok(());
         }
-        nix::fcntl::fallocate(&self.file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, want as i64)
-            .map_err(|e| redb::Error::Io(std::io::Error::from(e)))?;
-        Ok(())
+        let m = self.file.metadata().map_err(redb::Error::Io)?;
+        let want = m.len() + m.len().clamp(MIN_ROOM, MAX_ROOM);
+        if m.blocks() * 512 >= want || *self.covered.lock() == (m.len(), m.blocks()) {
+            return Ok(());
+        }
+        match nix::fcntl::fallocate(&self.file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, want as i64) {
+            Ok(()) => {
+                let after = self.file.metadata().map_err(redb::Error::Io)?;
+                *self.covered.lock() = (after.len(), after.blocks());
+                Ok(())
+            }
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => {
+                tracing::warn!(
+                    "the metadata store's file system cannot reserve space (no fallocate): \
+                     a full disk there stops metadata changes until a restart"
+                );
+                self.unsupported.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(redb::Error::Io(std::io::Error::from(e)).into()),
+        }
     }
 }
 
