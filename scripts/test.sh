@@ -27,7 +27,7 @@ vm_tools=${STORFS_VM_DIR:-../shared/vm}
 # machine's userland; rpcbind and rpc.statd run in the lock tests' VMs),
 # rpcbind (tests/rpcbind.rs registers with a real one), libnfs's clients,
 # network namespaces.
-apt_pkgs=(fuse3 fio libacl1-dev acl tar diffutils passwd nfs-common rpcbind libnfs-utils iproute2 libnbd-bin qemu-utils openssl)
+apt_pkgs=(fuse3 fio curl libacl1-dev acl tar diffutils passwd nfs-common rpcbind libnfs-utils iproute2 libnbd-bin qemu-utils openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -37,6 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+# promtool (tests/metrics.rs), without the recommended node exporter.
+if ! command -v promtool >/dev/null; then
+  echo "== installing prometheus (for promtool)"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse
 

@@ -344,6 +344,44 @@ impl Default for ControlConfig {
     }
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where Prometheus metrics (`/metrics`) are served; "off": nowhere.
+    pub listen: MetricsListen,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 9567)))) }
+    }
+}
+
+/// An address, or none ("off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(MetricsListen(None));
+        }
+        s.parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|_| format!("expected \"off\" or an address like \"127.0.0.1:9567\", got {s:?}"))
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(l: MetricsListen) -> String {
+        l.0.map_or_else(|| "off".into(), |a| a.to_string())
+    }
+}
+
 /// A client network: CIDR ("10.0.0.0/8") or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Net(pub ipnet::IpNet);
@@ -625,6 +663,9 @@ pub struct Config {
     /// Prices for `storfs cost`.
     #[serde(default)]
     pub cost: CostConfig,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -704,6 +745,7 @@ impl Default for Config {
             locks: LocksConfig::default(),
             lifecycle: LifecycleConfig::default(),
             cost: CostConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1049,6 +1091,9 @@ repack_threshold = {repack}
 [control]
 socket = "{socket}"
 
+[metrics]
+listen = "127.0.0.1:9567"   # Prometheus text format at /metrics; "off" to disable
+
 [fuse]
 threads = {threads}
 attr_timeout = "{attr}"
@@ -1205,6 +1250,17 @@ mod tests {
         let c = parse(text).expect("systemd/storfs.toml");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/storfs"));
         assert_eq!(c.control.socket, PathBuf::from("/run/storfs/storfs.sock"));
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        let c = parse(&format!("{MINIMAL}[metrics]\nlisten = \"off\"\n")).expect("off");
+        assert_eq!(c.metrics.listen, MetricsListen(None));
+        let c = parse(&format!("{MINIMAL}[metrics]\nlisten = \"0.0.0.0:9100\"\n")).expect("addr");
+        assert_eq!(c.metrics.listen.0, Some(SocketAddr::from(([0, 0, 0, 0], 9100))));
+        assert_eq!(parse(MINIMAL).expect("default").metrics, MetricsConfig::default());
+        let e = parse(&format!("{MINIMAL}[metrics]\nlisten = \"on\"\n")).expect_err("bad").to_string();
+        assert!(e.contains("metrics.listen") && e.contains("\"off\""), "{e}");
     }
 
     #[test]

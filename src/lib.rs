@@ -12,6 +12,7 @@ pub mod control;
 pub mod data;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod nbd;
 pub mod net;
 pub mod nfs;

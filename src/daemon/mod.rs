@@ -4,6 +4,7 @@
 //! next start need not verify it).
 
 mod locks;
+mod metrics;
 mod mounts;
 mod status;
 
@@ -53,6 +54,8 @@ pub struct Daemon {
     port_111: &'static str,
     /// The last or running `storfs rekey` pass.
     rekey: Arc<parking_lot::Mutex<storfs::data::rekey::RekeyProgress>>,
+    /// Address the metrics listener is bound to, if it runs.
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Holds an exclusive lock on the data directory for the daemon's lifetime.
@@ -245,6 +248,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         };
     let nfs_listener = bind(config.nfs.enabled, config.nfs.listen, "nfs.listen")?;
     let nbd_listener = bind(config.nbd.enabled, config.nbd.listen, "nbd.listen")?;
+    let metrics_listener = match config.metrics.listen.0 {
+        Some(addr) => bind(true, addr, "metrics.listen")?,
+        None => None,
+    };
     let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
 
     let budget = storfs::net::Budget::new(config.limits.buffered.0, config.limits.buffered_per_client.0);
@@ -301,6 +308,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         None => (None, None),
     };
 
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         vfs: vfs.clone(),
@@ -318,7 +326,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         nlm: lock_service.nlm.clone(),
         port_111: lock_service.port_111,
         rekey: Arc::default(),
+        metrics_addr,
     });
+    if let Some(l) = metrics_listener {
+        let handle = metrics::install()?;
+        runtime.spawn(metrics::serve(l, handle, daemon.clone()));
+        tracing::info!(listen = ?metrics_addr, "metrics at /metrics");
+    }
     let d = daemon.clone();
     let handler: control::Handler = Arc::new(move |req, ch| d.handle(req, ch));
     runtime.spawn(control::serve(listener, handler));

@@ -190,6 +190,8 @@ pub struct Status {
     pub nbd_listen: Option<String>,
     /// NBD TLS: "off", "allow" or "require".
     pub nbd_tls: storfs::nbd::tls::TlsMode,
+    /// Address of the metrics listener (`/metrics`), if it runs.
+    pub metrics_listen: Option<String>,
     /// Network clients.
     pub clients: Clients,
     /// Snapshots.
@@ -281,6 +283,7 @@ pub fn collect(d: &Daemon) -> Result<Status, String> {
         nfs_portmapper: d.nfs_addr.map(|_| d.port_111.to_string()),
         nbd_listen: d.nbd_addr.map(|a| a.to_string()),
         nbd_tls: d.nbd.as_ref().map_or(storfs::nbd::tls::TlsMode::Off, |n| n.tls_mode()),
+        metrics_listen: d.metrics_addr.map(|a| a.to_string()),
         clients: {
             let of = |c: &storfs::net::Connections| ServerClients {
                 connections: c.open(),

@@ -201,13 +201,18 @@ struct SpaceState {
     since: u64,
 }
 
+/// Free bytes of the disk holding `dir`, and the reserve data writes keep
+/// free there (min(64 MiB, 10 %) of the disk).
+pub fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let f = st.fragment_size() as u64;
+    let total = st.blocks() as u64 * f;
+    Some((st.blocks_available() as u64 * f, (total / 10).min(64 << 20)))
+}
+
 impl SpaceGuard {
-    /// Free bytes and the reserve (min(64 MiB, 10 %) of the disk) for `dir`.
     fn probe(dir: &std::path::Path) -> Option<(u64, u64)> {
-        let st = nix::sys::statvfs::statvfs(dir).ok()?;
-        let f = st.fragment_size() as u64;
-        let total = st.blocks() as u64 * f;
-        Some((st.blocks_available() as u64 * f, (total / 10).min(64 << 20)))
+        disk_space(dir)
     }
 
     /// Whether `bytes` more would still leave the reserve free.

@@ -26,6 +26,7 @@ use fuser::{
 
 use crate::data::View;
 use crate::meta::{FileKind, Ino};
+use crate::metrics::{Frontend, Timed};
 use crate::vfs::{
     Attr, Creds, NewNode, OpenMode, RenameFlags, SNAPSHOTS_DIR, SetAttr, TimeSet, Vfs, VfsError, XattrMode,
 };
@@ -401,9 +402,10 @@ fn gone(ino: INodeNo) -> FileAttr {
     }
 }
 
-/// A debug span naming the request and its inode.
-fn span(op: &'static str, ino: INodeNo) -> tracing::span::EnteredSpan {
-    tracing::debug_span!("fuse", op, ino = ino.0).entered()
+/// A debug span naming the request and its inode; the request is counted
+/// and timed (crate::metrics) until this is dropped.
+fn span(op: &'static str, ino: INodeNo) -> (tracing::span::EnteredSpan, Timed) {
+    (tracing::debug_span!("fuse", op, ino = ino.0).entered(), Timed::start(Frontend::Fuse, op))
 }
 
 fn creds(req: &Request) -> Creds {
@@ -417,7 +419,9 @@ fn fail(op: &'static str, e: &VfsError) -> Errno {
     } else {
         tracing::warn!(op, error = %e, "fuse request failed");
     }
-    errno(e)
+    let code = errno(e);
+    crate::metrics::error(Frontend::Fuse, op, crate::metrics::errno_name(code.code()));
+    code
 }
 
 impl Filesystem for FuseFs {
@@ -680,7 +684,10 @@ impl Filesystem for FuseFs {
             Node::SnapDir => Err(VfsError::IsDir),
         });
         match r {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                crate::metrics::read_bytes(Frontend::Fuse, d.len());
+                reply.data(&d)
+            }
             Err(e) => reply.error(fail("read", &e)),
         }
     }
@@ -705,7 +712,10 @@ impl Filesystem for FuseFs {
         let uid = req.uid();
         let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) || (uid != 0 && uid != u32::MAX);
         match self.vfs.write_as(&creds(req), ino, offset, data, drop_setid) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                crate::metrics::written_bytes(Frontend::Fuse, n as usize);
+                reply.written(n)
+            }
             Err(e) => reply.error(fail("write", &e)),
         }
     }
@@ -793,7 +803,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _span = span("fsync", ino);
         Self::empty(self.vfs.sync(), reply, "fsync");
     }
 

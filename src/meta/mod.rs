@@ -193,11 +193,7 @@ const MAX_ROOM: u64 = 8 << 30;
 impl Room {
     fn open(path: &Path) -> Result<Room> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(redb::Error::Io)?;
-        Ok(Room {
-            file,
-            covered: Mutex::new((u64::MAX, 0)),
-            unsupported: std::sync::atomic::AtomicBool::new(false),
-        })
+        Ok(Room { file, covered: Mutex::new((u64::MAX, 0)), unsupported: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Makes sure the file's blocks are allocated up to its length plus one

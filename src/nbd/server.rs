@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::proto::{self as p, Request};
 use super::{Attachment, Server};
+use crate::metrics::{Frontend, Timed};
 use crate::net::{ClientSlot, Connections};
 use crate::vfs::{Creds, VfsError};
 
@@ -555,7 +556,44 @@ fn errno(e: &VfsError) -> u32 {
 
 /// Runs one request; returns the whole reply.
 fn execute(vfs: &crate::vfs::Vfs, e: &Export, req: &Request, payload: &[u8]) -> Vec<u8> {
-    encode(e, req, run(vfs, e, req, payload))
+    let op = cmd_name(req.kind);
+    let _timed = Timed::start(Frontend::Nbd, op);
+    let result = run(vfs, e, req, payload);
+    match &result {
+        Ok(Done::Data(d)) => crate::metrics::read_bytes(Frontend::Nbd, d.len()),
+        Ok(_) if req.kind == p::CMD_WRITE => crate::metrics::written_bytes(Frontend::Nbd, payload.len()),
+        Ok(_) => {}
+        Err((code, _)) => crate::metrics::error(Frontend::Nbd, op, nbd_error_name(*code)),
+    }
+    encode(e, req, result)
+}
+
+/// A command's name, as metrics label.
+fn cmd_name(kind: u16) -> &'static str {
+    match kind {
+        p::CMD_READ => "read",
+        p::CMD_WRITE => "write",
+        p::CMD_FLUSH => "flush",
+        p::CMD_TRIM => "trim",
+        p::CMD_CACHE => "cache",
+        p::CMD_WRITE_ZEROES => "write_zeroes",
+        p::CMD_BLOCK_STATUS => "block_status",
+        _ => "unknown",
+    }
+}
+
+/// An NBD error's name, as metrics label.
+fn nbd_error_name(code: u32) -> &'static str {
+    match code {
+        p::EPERM => "EPERM",
+        p::EIO => "EIO",
+        p::EINVAL => "EINVAL",
+        p::ENOSPC => "ENOSPC",
+        p::EOVERFLOW => "EOVERFLOW",
+        p::ENOTSUP => "ENOTSUP",
+        p::ESHUTDOWN => "ESHUTDOWN",
+        _ => "other",
+    }
 }
 
 /// The reply to a READ that needs no wait on the disk, or `None`: the
@@ -564,7 +602,13 @@ fn read_in_place(vfs: &crate::vfs::Vfs, e: &Export, req: &Request) -> Option<Vec
     if req.kind != p::CMD_READ || !in_range(e, req) || req.length > p::MAX_PAYLOAD {
         return None;
     }
-    let data = vfs.read_cached(&Creds::root(), e.ino, req.offset, req.length as usize).ok()??;
+    let timed = Timed::start(Frontend::Nbd, "read");
+    let Some(data) = vfs.read_cached(&Creds::root(), e.ino, req.offset, req.length as usize).ok().flatten() else {
+        // Counted where it then runs.
+        timed.cancel();
+        return None;
+    };
+    crate::metrics::read_bytes(Frontend::Nbd, data.len());
     Some(encode(e, req, Ok(Done::Data(data))))
 }
 

@@ -6,13 +6,14 @@ use std::net::IpAddr;
 use super::Server;
 use super::handle::Handle;
 use super::proto::{
-    self, Args, CreateHow, FILE_SYNC, MknodWhat, Nfsstat, Sattr, SetTime, UNSTABLE, put_fattr, put_post_attr,
-    put_post_fh, put_wcc,
+    self, Args, CreateHow, FILE_SYNC, MknodWhat, Nfsstat, PROC_NAMES, Sattr, SetTime, UNSTABLE, put_fattr,
+    put_post_attr, put_post_fh, put_wcc,
 };
 use super::rpc::{AcceptStat, Auth, AuthStat, Call};
 use super::xdr::Writer;
 use crate::data::View;
 use crate::meta::{FileKind, Ino, Timestamp};
+use crate::metrics::{Frontend, Timed};
 use crate::vfs::{Attr, Creds, FsInfo, NewNode, RenameFlags, SetAttr, TimeSet, VfsError, perm};
 use crate::vfs::{SNAPSHOTS_DIR, Vfs};
 
@@ -244,8 +245,17 @@ impl Server {
         } else {
             None
         };
+        let op = PROC_NAMES.get(call.proc_ as usize).copied().unwrap_or("unknown");
+        let _timed = Timed::start(Frontend::Nfs, op);
         let mut w = super::rpc::accepted(call.xid, AcceptStat::Success);
+        let at = w.buf.len();
         self.execute(&mut w, peer, &call.auth, args);
+        // Every procedure but NULL answers its nfsstat3 first.
+        if let Some(code) = w.buf.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            && code != 0
+        {
+            crate::metrics::error(Frontend::Nfs, op, proto::nfsstat_name(code));
+        }
         if let Some(slot) = slot {
             slot.finish(&w.buf);
         }
@@ -457,6 +467,7 @@ impl Server {
         };
         match self.vfs.read_at(o.view, &o.creds, o.attr.ino, offset, count.min(IO_MAX) as usize) {
             Ok(data) => {
+                crate::metrics::read_bytes(Frontend::Nfs, data.len());
                 let eof = offset.saturating_add(data.len() as u64) >= o.attr.inode.size;
                 status(w, Nfsstat::Ok);
                 put_post_attr(w, Some(&o.attr), o.fsid());
@@ -481,6 +492,7 @@ impl Server {
         });
         match written {
             Ok(n) => {
+                crate::metrics::written_bytes(Frontend::Nfs, n as usize);
                 status(w, Nfsstat::Ok);
                 put_wcc(w, Some(&o.attr), self.current(o.attr.ino).as_ref(), o.fsid());
                 w.u32(n).u32(if stable == UNSTABLE { UNSTABLE } else { FILE_SYNC }).fixed(&self.verifier);

@@ -55,6 +55,64 @@ pub enum Nfsstat {
     Jukebox = 10008,
 }
 
+/// The name of an nfsstat3 value, as metrics label.
+pub fn nfsstat_name(code: u32) -> &'static str {
+    match code {
+        0 => "NFS3_OK",
+        1 => "NFS3ERR_PERM",
+        2 => "NFS3ERR_NOENT",
+        5 => "NFS3ERR_IO",
+        13 => "NFS3ERR_ACCES",
+        17 => "NFS3ERR_EXIST",
+        18 => "NFS3ERR_XDEV",
+        20 => "NFS3ERR_NOTDIR",
+        21 => "NFS3ERR_ISDIR",
+        22 => "NFS3ERR_INVAL",
+        27 => "NFS3ERR_FBIG",
+        28 => "NFS3ERR_NOSPC",
+        30 => "NFS3ERR_ROFS",
+        31 => "NFS3ERR_MLINK",
+        63 => "NFS3ERR_NAMETOOLONG",
+        66 => "NFS3ERR_NOTEMPTY",
+        70 => "NFS3ERR_STALE",
+        10001 => "NFS3ERR_BADHANDLE",
+        10002 => "NFS3ERR_NOT_SYNC",
+        10003 => "NFS3ERR_BAD_COOKIE",
+        10004 => "NFS3ERR_NOTSUPP",
+        10005 => "NFS3ERR_TOOSMALL",
+        10006 => "NFS3ERR_SERVERFAULT",
+        10007 => "NFS3ERR_BADTYPE",
+        10008 => "NFS3ERR_JUKEBOX",
+        _ => "other",
+    }
+}
+
+/// NFSv3 procedure names by number (RFC 1813), as metrics labels.
+pub const PROC_NAMES: [&str; 22] = [
+    "null",
+    "getattr",
+    "setattr",
+    "lookup",
+    "access",
+    "readlink",
+    "read",
+    "write",
+    "create",
+    "mkdir",
+    "symlink",
+    "mknod",
+    "remove",
+    "rmdir",
+    "rename",
+    "link",
+    "readdir",
+    "readdirplus",
+    "fsstat",
+    "fsinfo",
+    "pathconf",
+    "commit",
+];
+
 /// How to set a time in SETATTR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SetTime {

@@ -186,6 +186,7 @@ impl Daemon {
         // any free ones.
         let nfs = if extra.contains("[nfs]") { "" } else { "[nfs]\nlisten = \"127.0.0.1:0\"\n" };
         let nbd = if extra.contains("[nbd]") { "" } else { "[nbd]\nlisten = \"127.0.0.1:0\"\n" };
+        let metrics = if extra.contains("[metrics]") { "" } else { "[metrics]\nlisten = \"127.0.0.1:0\"\n" };
         // Port 111 of the machine is not a test's to take: on the host, a
         // daemon answers no portmapper unless its test asks for one.
         let (extra, nfs) = match (ns, extra.contains("portmapper")) {
@@ -196,7 +197,7 @@ impl Daemon {
             _ => (extra.to_string(), nfs.to_string()),
         };
         let text = format!(
-            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}{nbd}",
+            "data_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n{nfs}{nbd}{metrics}",
             dir.join("data").display(),
             socket.display()
         );
