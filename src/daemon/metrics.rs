@@ -30,6 +30,15 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Serves `/metrics` until the runtime stops.
 pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, daemon: Arc<Daemon>) {
+    // Histogram samples wait in the recorder until upkeep folds them into
+    // buckets: without it they would pile up while nobody scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let Ok((stream, _)) = listener.accept().await else {

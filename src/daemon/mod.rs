@@ -252,6 +252,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Some(addr) => bind(true, addr, "metrics.listen")?,
         None => None,
     };
+    // Before any frontend serves, so every request is counted.
+    let metrics_handle = metrics_listener.as_ref().map(|_| metrics::install()).transpose()?;
     let listener = control::bind(&config.control.socket).map_err(|e| anyhow!(e))?;
 
     let budget = storfs::net::Budget::new(config.limits.buffered.0, config.limits.buffered_per_client.0);
@@ -328,8 +330,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         rekey: Arc::default(),
         metrics_addr,
     });
-    if let Some(l) = metrics_listener {
-        let handle = metrics::install()?;
+    if let (Some(l), Some(handle)) = (metrics_listener, metrics_handle) {
         runtime.spawn(metrics::serve(l, handle, daemon.clone()));
         tracing::info!(listen = ?metrics_addr, "metrics at /metrics");
     }
