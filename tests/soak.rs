@@ -92,10 +92,23 @@ impl Run {
     }
 }
 
+/// Stops the whole run when the thread holding it panics, so a failure
+/// shows at once rather than at the end of the soak.
+struct StopOnPanic<'a>(&'a Run);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Creates files of 4 KiB to 3 MiB under `f/`, fsyncing each, and deletes
 /// the oldest past 150. A refusal (ENOSPC while the log disk is at its
 /// reserve, EIO) leaves the file out of the ledger.
 fn fuse_writer(run: &Run, ledger: &Ledger) {
+    let _stop = StopOnPanic(run);
     let dir = run.mp.join("f");
     let mut i = 0u64;
     while run.going() {
@@ -136,6 +149,7 @@ fn fuse_writer(run: &Run, ledger: &Ledger) {
 /// Copies files of up to 1 MiB in with libnfs's nfs-cp, and reads one
 /// back with nfs-cat now and then; deletes the oldest past 60.
 fn nfs_client(run: &Run, ledger: &Ledger) {
+    let _stop = StopOnPanic(run);
     let (nfs_cp, nfs_cat) = (require_tool("nfs-cp"), require_tool("nfs-cat"));
     let src = run.scratch.join("nfs-src");
     let mut i = 0u64;
@@ -193,6 +207,7 @@ fn nbd_uri(port: u16) -> String {
 /// Overwrites whole regions of the volume with qemu-io, one pattern byte
 /// each, with a flush.
 fn nbd_writer(run: &Run, regions: &Regions) {
+    let _stop = StopOnPanic(run);
     let qemu_io = require_tool("qemu-io");
     let mut i = 0usize;
     while run.going() {
@@ -222,6 +237,7 @@ fn nbd_writer(run: &Run, regions: &Regions) {
 /// An error is allowed (a backend fault can outlast the read's retries);
 /// wrong bytes are not.
 fn reader(run: &Run, ledger: &Ledger) {
+    let _stop = StopOnPanic(run);
     let mut i = 0usize;
     while run.going() {
         i += 1;
@@ -262,6 +278,7 @@ fn flood_conn(rt: &tokio::runtime::Runtime, port: u16) -> Option<TcpStream> {
 /// handshakes, trickles of one byte a second, and half-sent control
 /// requests; each wave held for a while, then dropped.
 fn flooder(run: &Run) {
+    let _stop = StopOnPanic(run);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     while run.going() {
         let mut held: Vec<TcpStream> = Vec::new();
@@ -312,6 +329,7 @@ fn flooder(run: &Run) {
 
 /// Asks the daemon for its status once a second; it must always answer.
 fn prober(run: &Run, d: &Daemon) {
+    let _stop = StopOnPanic(run);
     while run.going() {
         let t = Instant::now();
         let out = d.cli_within(&["status", "--json"], Duration::from_secs(20));
@@ -337,7 +355,7 @@ const PHASES: &[(&str, &str, u64)] = &[
 fn weather(run: &Run, s3: &S3Server, deadline: Instant) -> Vec<String> {
     let mut log = Vec::new();
     for (name, query, secs) in PHASES.iter().cycle() {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || !run.going() {
             break;
         }
         s3.fault("clear=1");

@@ -190,6 +190,9 @@ pub struct DataStats {
 #[derive(Debug)]
 struct SpaceGuard {
     dir: std::path::PathBuf,
+    /// Device of `dir` (`st_dev`), to tell whether the metadata store
+    /// shares the disk.
+    dev: u64,
     state: Mutex<SpaceState>,
 }
 
@@ -336,8 +339,10 @@ impl Store {
         chunks: ChunkReader,
         opts: DataOptions,
     ) -> Store {
+        use std::os::unix::fs::MetadataExt;
         let space_guard = SpaceGuard {
             dir: wal.dir().to_path_buf(),
+            dev: std::fs::metadata(wal.dir()).map_or(u64::MAX, |m| m.dev()),
             state: Mutex::new(SpaceState { checked: None, free: 0, reserve: 0, since: 0 }),
         };
         Store {
@@ -627,7 +632,8 @@ impl Store {
         data: &[u8],
     ) -> Result<u64> {
         self.check_poisoned()?;
-        let owed = if self.opts.packs_on_log_disk { self.cells.dirty_bytes() } else { 0 };
+        let packs = if self.opts.packs_on_log_disk { self.cells.dirty_bytes() } else { 0 };
+        let owed = packs + self.meta.room_owed_on(self.space_guard.dev);
         if let Err(e) = self.space_guard.check(data.len() as u64 + 64, owed) {
             // Flushing and checkpointing is what gives the space back.
             self.request_flush();
@@ -651,7 +657,7 @@ impl Store {
     /// and computed the attributes after it.
     pub fn log_zero(&self, cd: &mut CellData, ino: Ino, after: Inode, rec: &Record, off: u64, len: u64) -> Result<()> {
         self.check_poisoned()?;
-        self.space_guard.check(64, 0)?;
+        self.space_guard.check(64, self.meta.room_owed_on(self.space_guard.dev))?;
         let (bs, fs_id) = (after.block_size, after.fs_id);
         let a = self.wal.append(rec, &[], |a| self.pending.set(ino, after, a.lsn))?;
         let boundary = self.boundary(ino, fs_id, a.lsn);

@@ -183,6 +183,13 @@ struct Room {
     /// The file system cannot reserve (no fallocate, e.g. ZFS): the
     /// store then runs without room, as before.
     unsupported: std::sync::atomic::AtomicBool,
+    /// Device of the file (`st_dev`).
+    dev: u64,
+    /// Bytes the next reservation may need beyond what is reserved now:
+    /// what data writes on the same disk must leave free, or a disk filled
+    /// by unflushed data could refuse the very metadata commits that flush
+    /// it (and so never drain).
+    next: std::sync::atomic::AtomicU64,
 }
 
 /// Least room kept ahead of the metadata file.
@@ -192,8 +199,16 @@ const MAX_ROOM: u64 = 8 << 30;
 
 impl Room {
     fn open(path: &Path) -> Result<Room> {
+        use std::os::unix::fs::MetadataExt;
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(redb::Error::Io)?;
-        Ok(Room { file, covered: Mutex::new((u64::MAX, 0)), unsupported: std::sync::atomic::AtomicBool::new(false) })
+        let dev = file.metadata().map_err(redb::Error::Io)?.dev();
+        Ok(Room {
+            file,
+            covered: Mutex::new((u64::MAX, 0)),
+            unsupported: std::sync::atomic::AtomicBool::new(false),
+            dev,
+            next: std::sync::atomic::AtomicU64::new(MIN_ROOM),
+        })
     }
 
     /// Makes sure the file's blocks are allocated up to its length plus one
@@ -206,6 +221,10 @@ impl Room {
         }
         let m = self.file.metadata().map_err(redb::Error::Io)?;
         let want = m.len() + m.len().clamp(MIN_ROOM, MAX_ROOM);
+        // Once the file grows into what is reserved, the next reservation
+        // adds one more growth step (plus whatever is missing now).
+        let next = want.saturating_sub(m.blocks() * 512) + want.clamp(MIN_ROOM, MAX_ROOM);
+        self.next.store(next, Ordering::Relaxed);
         if m.blocks() * 512 >= want || *self.covered.lock() == (m.len(), m.blocks()) {
             return Ok(());
         }
@@ -213,6 +232,7 @@ impl Room {
             Ok(()) => {
                 let after = self.file.metadata().map_err(redb::Error::Io)?;
                 *self.covered.lock() = (after.len(), after.blocks());
+                self.next.store(want.clamp(MIN_ROOM, MAX_ROOM), Ordering::Relaxed);
                 Ok(())
             }
             Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => {
@@ -338,6 +358,16 @@ impl MetaStore {
     /// A consistent read snapshot.
     pub fn read(&self) -> Result<ReadTx> {
         Ok(ReadTx { tx: self.db.begin_read()?, reg: self.registry() })
+    }
+
+    /// Bytes data writes on device `dev` must leave free for the metadata
+    /// store's next reservation (see `Room`); 0 on another device.
+    pub fn room_owed_on(&self, dev: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        if self.room.dev != dev || self.room.unsupported.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.room.next.load(Ordering::Relaxed)
     }
 
     /// The write transaction; blocks while another is open.
