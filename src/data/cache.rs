@@ -144,8 +144,24 @@ impl DiskCache {
         let _ = fs::remove_file(self.path(id));
     }
 
+    /// Drops every cached chunk.
+    fn clear(&self) {
+        let ids: Vec<ChunkId> = self.state.lock().entries.keys().copied().collect();
+        for id in ids {
+            self.remove(&id);
+        }
+    }
+
     fn insert(&self, id: &ChunkId, data: &[u8]) {
         if self.state.lock().entries.contains_key(id) || data.len() as u64 > self.limit / 4 {
+            return;
+        }
+        // The cache never takes the space the log and the metadata store
+        // need to drain a full disk (data writes keep a reserve free for
+        // them): near the reserve nothing more is cached, and what is
+        // cached goes, as its bytes are the one thing here that can.
+        if super::disk_space(&self.dir).is_some_and(|(free, reserve)| free < 2 * reserve + data.len() as u64) {
+            self.clear();
             return;
         }
         let path = self.path(id);
